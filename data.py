@@ -1,0 +1,231 @@
+"""Datasets as uint8 tensors, the paper's class splits, and a GPU-resident batch loader (Sec. 2.1, App. A.2).
+
+Class-incremental protocol (Sec. 2.1): the classes are permuted with a seed and cut into groups, e.g.
+CIFAR-100 "70+30" or "50+5x10". Task t trains on the cumulative data of groups 0..t (old and new data
+together) and is tested on every class seen so far. Labels are remapped so that group 0's classes are
+0..k0-1, group 1's follow, and so on: a model of task t has exactly as many outputs as classes seen, and
+growing the head means appending rows.
+
+Speed (DEVELOPERS.md): the training set lives on the device as uint8 [N,3,H,W]; every batch is gathered,
+randomly cropped (4-pixel zero padding) and flipped per example on the device, normalised and returned in
+channels_last. Nothing in a training step reads a value back to the host.
+"""
+import hashlib
+import os
+import re
+from collections import namedtuple
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+DATASETS = ("cifar10", "cifar100", "folder")
+
+TaskData = namedtuple("TaskData", "x y is_old index test_x test_y num_classes num_old_classes")
+TaskData.__doc__ = """The data of one task. x uint8 [N,3,H,W], y int64 [N] (remapped labels), is_old bool [N]
+(examples of groups < t), index int64 [N] (positions in the full training set, to carry learning speed from
+one task to the next), test_x/test_y (test set of all classes seen up to t), num_classes (seen up to t),
+num_old_classes (seen up to t-1)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading
+
+def load_dataset(name, data_dir, image_size=32, download=True):
+    """Returns ((train_x uint8 [N,3,H,W], train_y int64 [N]), (test_x, test_y), class_names).
+
+    cifar10 / cifar100 go through torchvision's dataset classes, so downloading and checksums are the
+    library's. folder reads data_dir/train/<class>/* and data_dir/test/<class>/*, resized to image_size,
+    and caches the decoded tensors in one file next to the data."""
+    if name in ("cifar10", "cifar100"):
+        import torchvision  # only here: the method modules and tests of other parts do not need it
+
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        splits = []
+        for train in (True, False):
+            ds = cls(root=data_dir, train=train, download=download)
+            x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # [N,3,32,32]
+            splits.append((x, torch.as_tensor(ds.targets, dtype=torch.int64)))
+        return splits[0], splits[1], list(ds.classes)
+    if name == "folder":
+        return _load_folder(data_dir, image_size)
+    raise ValueError(f"unknown dataset '{name}' (choose from {', '.join(DATASETS)})")
+
+
+def _list_folder(root):
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    files = []
+    for k, c in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(root, c))):
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                files.append((os.path.join(c, f), k))
+    return classes, files
+
+
+def _decode(args):
+    path, size = args
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _load_folder(data_dir, image_size):
+    listing, fingerprint = {}, hashlib.sha256(str(image_size).encode())
+    for split in ("train", "test"):
+        root = os.path.join(data_dir, split)
+        if not os.path.isdir(root):
+            raise ValueError(f"folder dataset needs {root}/<class>/<image> (not found)")
+        classes, files = _list_folder(root)
+        if not files:
+            raise ValueError(f"no images found under {root}/<class>/")
+        listing[split] = (root, classes, files)
+        for rel, _ in files:  # names and sizes: a changed folder invalidates the cache
+            fingerprint.update(f"{split}/{rel}:{os.path.getsize(os.path.join(root, rel))}".encode())
+    if listing["train"][1] != listing["test"][1]:
+        raise ValueError(f"train and test class folders differ under {data_dir}")
+    fingerprint = fingerprint.hexdigest()
+    cache = os.path.join(data_dir, f".decoded-{image_size}px.pt")
+    if os.path.exists(cache):
+        blob = torch.load(cache, weights_only=True)
+        if blob.get("fingerprint") == fingerprint:
+            return (blob["train_x"], blob["train_y"]), (blob["test_x"], blob["test_y"]), blob["classes"]
+    out = {"fingerprint": fingerprint, "classes": listing["train"][1]}
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for split in ("train", "test"):
+            root, _, files = listing[split]
+            jobs = [(os.path.join(root, rel), image_size) for rel, _ in files]
+            imgs = list(pool.map(_decode, jobs, chunksize=256))
+            out[f"{split}_x"] = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()  # [N,3,S,S]
+            out[f"{split}_y"] = torch.tensor([k for _, k in files], dtype=torch.int64)
+    try:  # atomic: a killed first load never leaves a half-written cache
+        tmp = f"{cache}.tmp{os.getpid()}"
+        torch.save(out, tmp)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only data folder still loads, just without the cache
+    return (out["train_x"], out["train_y"]), (out["test_x"], out["test_y"]), out["classes"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# class splits
+
+def parse_split(spec, num_classes):
+    """The paper's split notation -> list of group sizes: "70+30" -> [70, 30], "80+10+10",
+    "50+5x10" -> [50, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5] (Fig. 6's 50 + ten tasks of 5)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"split '{spec}' is empty; write it like 70+30 or 50+5x10")
+    groups = []
+    for term in spec.replace(" ", "").split("+"):
+        m = re.fullmatch(r"(\d+)(?:[xX](\d+))?", term)
+        if not m:
+            raise ValueError(f"split '{spec}': cannot read '{term}' (terms are N or NxK, joined by '+')")
+        size, times = int(m.group(1)), int(m.group(2) or 1)
+        if size == 0 or times == 0:
+            raise ValueError(f"split '{spec}': group '{term}' has zero classes")
+        groups += [size] * times
+    if sum(groups) > num_classes:
+        raise ValueError(f"split '{spec}' needs {sum(groups)} classes but the dataset has {num_classes}")
+    return groups
+
+
+def class_order(num_classes, split_seed):
+    """A seeded permutation: order[k] is the original class that becomes label k."""
+    g = torch.Generator().manual_seed(int(split_seed))
+    return torch.randperm(num_classes, generator=g).tolist()
+
+
+def task_data(train, test, groups, order, task):
+    """The cumulative data of task `task` (groups 0..task), with labels remapped through `order`."""
+    if not 0 <= task < len(groups):
+        raise ValueError(f"task {task} is out of range: the split has tasks 0..{len(groups) - 1}")
+    num_classes, num_old = sum(groups[: task + 1]), sum(groups[:task])
+    remap = torch.full((len(order),), -1, dtype=torch.int64)
+    remap[torch.as_tensor(order)] = torch.arange(len(order))  # original class -> new label
+
+    def select(x, y):
+        new = remap[y]
+        keep = (new >= 0) & (new < num_classes)
+        return x[keep], new[keep], keep.nonzero().squeeze(1)
+
+    x, y, index = select(*train)
+    test_x, test_y, _ = select(*test)
+    return TaskData(x, y, y < num_old, index, test_x, test_y, num_classes, num_old)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the device-resident loader
+
+def channel_stats(x):
+    """Per-channel mean and std of uint8 images [N,3,H,W], in [0,1] units (float64 sums: exact enough)."""
+    mean = torch.zeros(3, dtype=torch.float64, device=x.device)
+    sq = torch.zeros(3, dtype=torch.float64, device=x.device)
+    for chunk in x.split(4096):
+        c = chunk.to(torch.float64) / 255
+        mean += c.sum((0, 2, 3))
+        sq += (c * c).sum((0, 2, 3))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean /= n
+    return mean.float(), (sq / n - mean * mean).sqrt().float()
+
+
+def crop_flip(x, generator, pad=4):
+    """Per-example random crop with `pad` zero pixels and per-example horizontal flip, on x's device.
+
+    Equivalent to torchvision's RandomCrop(H, padding=pad) + RandomHorizontalFlip(0.5) applied to each
+    image: offsets are uniform in 0..2*pad on each axis, flips have probability 1/2. One gather does both.
+    x: uint8 [B,C,H,W] -> uint8 [B,C,H,W]."""
+    B, C, H, W = x.shape
+    dev = x.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # [B,C,H+2p,W+2p], zeros like torchvision
+    dy = torch.randint(0, 2 * pad + 1, (B, 1), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (B, 1), device=dev, generator=generator)
+    flip = torch.rand((B, 1), device=dev, generator=generator) < 0.5
+    rows = dy + torch.arange(H, device=dev)  # [B,H]
+    cols = torch.arange(W, device=dev)
+    cols = dx + torch.where(flip, cols.flip(0), cols)  # [B,W]; a flipped crop reads its columns backwards
+    b = torch.arange(B, device=dev)[:, None, None, None]
+    c = torch.arange(C, device=dev)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class Loader:
+    """The training set on the device as uint8, and its augmented, normalised batches.
+
+    batch(idx) -> (images float [B,3,H,W] channels_last, labels int64 [B], idx int64 [B])."""
+
+    def __init__(self, x, y, device, seed=0, mean=None, std=None, augment=True):
+        self.x = x.to(device)  # uint8 [N,3,H,W]
+        self.y = y.to(device)  # int64 [N]
+        self.device = torch.device(device)
+        if mean is None:
+            mean, std = channel_stats(self.x)
+        self.mean = mean.to(device).view(1, -1, 1, 1)
+        self.std = std.to(device).view(1, -1, 1, 1)
+        self.augment = augment
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def normalize(self, x):  # uint8 [B,3,H,W] -> float [B,3,H,W] channels_last
+        x = (x.float() / 255 - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def batch(self, idx):
+        x = self.x[idx]
+        if self.augment:
+            x = crop_flip(x, self.generator)
+        return self.normalize(x), self.y[idx], idx
+
+
+@torch.no_grad()
+def predict(model, x, loader, batch_size=1000, autocast_dtype=None):
+    """Predicted labels for uint8 images x [N,3,H,W] (on the loader's device), without augmentation."""
+    out = []
+    for chunk in x.split(batch_size):
+        with torch.autocast(loader.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out.append(model(loader.normalize(chunk)).argmax(1))
+    return torch.cat(out)  # int64 [N]
