@@ -1,0 +1,182 @@
+"""The paper's speed-up metric (Sec. 2, Eq. 1 and Eq. 2) and a table of runs from their logs.
+
+    s(f, a) = min { i : accuracy of f after i iterations >= a }                                   (Eq. 1)
+    L_r(f, f_scratch) = s(f_scratch, a_scratch) / s(f, r/100 * a_scratch)                          (Eq. 2)
+
+a_scratch is the reference (scratch) model's maximum accuracy, so s(f_scratch, a_scratch) is the iteration
+at which the reference reaches its own best. L_100 = 2 means half the iterations to match the reference;
+L_99 asks for 99% of it. Accuracy is only known at logged evaluations, so s is the first logged iteration at
+or above the target. With seeds, the paper reports averages: curves are averaged over seeds first and L_r is
+computed on the mean curves; Max Acc is the mean (+- standard error) of each seed's maximum.
+
+The same ratios in measured training seconds (the logs' train_seconds at those iterations) show whether the
+savings survive in wall-clock time when some methods cost more per iteration.
+
+The functions import only the standard library and numpy; the CLI reads train.py's log.jsonl files:
+    python speedup.py runs/*/ --reference scratch [--md table.md] [--csv table.csv]
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+
+def iterations_to_reach(iters, accs, target):
+    """Eq. 1: the first logged iteration whose accuracy is >= target, or None if never reached."""
+    for i, a in zip(iters, accs):
+        if a is not None and a >= target:
+            return i
+    return None
+
+
+def speedup(ref_iters, ref_accs, iters, accs, r=100):
+    """Eq. 2: L_r of a run (iters, accs) against the reference run; None where the target is not reached.
+
+    A run at the target before any training (iteration 0) has an infinite speed-up."""
+    a_ref = max(a for a in ref_accs if a is not None)
+    num = iterations_to_reach(ref_iters, ref_accs, a_ref)
+    den = iterations_to_reach(iters, accs, r / 100 * a_ref)
+    if den is None:
+        return None
+    return math.inf if den == 0 else num / den
+
+
+def cost_at(iters, costs, it):
+    """The cost (e.g. cumulative training seconds) logged at iteration `it`."""
+    return costs[list(iters).index(it)]
+
+
+def speedup_cost(ref_iters, ref_accs, ref_costs, iters, accs, costs, r=100):
+    """Eq. 2 with each side's iteration count replaced by its logged cost (seconds) at that iteration."""
+    a_ref = max(a for a in ref_accs if a is not None)
+    num_it = iterations_to_reach(ref_iters, ref_accs, a_ref)
+    den_it = iterations_to_reach(iters, accs, r / 100 * a_ref)
+    if den_it is None:
+        return None
+    den = cost_at(iters, costs, den_it)
+    return math.inf if den == 0 else cost_at(ref_iters, ref_costs, num_it) / den
+
+
+def mean_se(values):
+    """Mean and standard error (sample std / sqrt(n); 0 for a single value)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0)
+
+
+def fmt_speedup(x):
+    """The paper's notation: 'x1.83', '/' where the target is not reached."""
+    return "/" if x is None else ("x inf" if math.isinf(x) else f"x{x:.2f}")
+
+
+# --------------------------------------------------------------------------------------- reading logs
+
+def read_log(run_dir):
+    """A run's log.jsonl -> (header, evaluations, summary or None). Raises ValueError on a bad file."""
+    path = os.path.join(run_dir, "log.jsonl") if os.path.isdir(run_dir) else run_dir
+    try:
+        with open(path) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read log {path}: {e}") from None
+    if not lines or lines[0].get("event") != "header":
+        raise ValueError(f"{path} does not start with a header line")
+    evals = [x for x in lines if x.get("event") == "eval"]
+    summary = next((x for x in lines if x.get("event") == "summary"), None)
+    return lines[0], evals, summary
+
+
+def group_runs(run_dirs, finished_only=True):
+    """{label: [(header, evals), ...]} over seeds. Runs sharing a label must share their method config."""
+    groups, keys = {}, {}
+    for d in run_dirs:
+        header, evals, summary = read_log(d)
+        if finished_only and summary is None:
+            continue
+        label = header["label"]
+        key = json.dumps(header["group"], sort_keys=True)
+        if keys.setdefault(label, key) != key:
+            raise ValueError(f"runs labelled '{label}' differ in configuration (give them distinct --label)")
+        groups.setdefault(label, []).append((header, evals))
+    return groups
+
+
+def mean_curve(runs, field="acc"):
+    """Seed-averaged curve on the iterations every run logged: (iters, mean values)."""
+    common = sorted(set.intersection(*[{e["iter"] for e in evals} for _, evals in runs]))
+    per_run = [{e["iter"]: e[field] for e in evals} for _, evals in runs]
+    return common, [float(np.mean([r[i] for r in per_run])) for i in common]
+
+
+def summarize(groups, reference, rs=(99, 100)):
+    """One row per label: n seeds, Max Acc mean +- s.e., L_r in iterations and in training seconds."""
+    if reference not in groups:
+        raise ValueError(f"reference '{reference}' not among the runs ({', '.join(sorted(groups))})")
+    ref_it, ref_acc = mean_curve(groups[reference])
+    _, ref_sec = mean_curve(groups[reference], "train_seconds")
+    rows = []
+    for label, runs in groups.items():
+        it, acc = mean_curve(runs)
+        _, sec = mean_curve(runs, "train_seconds")
+        m, se = mean_se([max(e["acc"] for e in evals) for _, evals in runs])
+        row = {"label": label, "n": len(runs), "max_acc": m, "max_acc_se": se}
+        for r in rs:
+            row[f"L{r}"] = speedup(ref_it, ref_acc, it, acc, r)
+            row[f"L{r}_seconds"] = speedup_cost(ref_it, ref_acc, ref_sec, it, acc, sec, r)
+        rows.append(row)
+    return rows
+
+
+def to_markdown(rows, rs=(99, 100)):
+    head = ["run", "n", "Max Acc"] + [f"L{r}" for r in rs] + [f"L{r} (seconds)" for r in rs]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["label"], str(row["n"]), f"{row['max_acc']:.2f} ± {row['max_acc_se']:.2f}"]
+        cells += [fmt_speedup(row[f"L{r}"]) for r in rs] + [fmt_speedup(row[f"L{r}_seconds"]) for r in rs]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(rows, rs=(99, 100)):
+    cols = ["label", "n", "max_acc", "max_acc_se"] + [f"L{r}" for r in rs] + [f"L{r}_seconds" for r in rs]
+    lines = [",".join(cols)]
+    for row in rows:
+        vals = [row[c] for c in cols]
+        lines.append(",".join('"%s"' % v.replace('"', '""') if isinstance(v, str) else ("" if v is None else
+                                                                                             f"{v:.6g}")
+                              for v in vals))
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="L99/L100 speed-ups (paper Eq. 1-2) from train.py run folders.")
+    p.add_argument("runs", nargs="+", help="run folders (each holding log.jsonl) or log files")
+    p.add_argument("--reference", required=True, help="label of the reference runs (e.g. scratch)")
+    p.add_argument("--md", help="also write the table as Markdown to this file")
+    p.add_argument("--csv", help="also write the table as CSV to this file")
+    args = p.parse_args(argv)
+    try:
+        rows = summarize(group_runs(args.runs), args.reference)
+    except (ValueError, KeyError) as e:
+        print(f"speedup.py: error: {e}", file=sys.stderr)
+        return 2
+    md = to_markdown(rows)
+    print(md, end="")
+    if args.md:
+        write_atomic(args.md, md)
+    if args.csv:
+        write_atomic(args.csv, to_csv(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

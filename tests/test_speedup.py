@@ -1,0 +1,83 @@
+"""speedup.py (Eq. 1, Eq. 2) on hand-made curves with known answers, and its CLI on hand-written logs."""
+import json
+import math
+
+import pytest
+
+from speedup import iterations_to_reach, main, speedup, speedup_cost
+
+IT = [0, 100, 200, 300, 400]
+
+
+def test_iterations_to_reach():
+    accs = [10, 50, 60, 60, 58]
+    assert iterations_to_reach(IT, accs, 60) == 200  # ties at the target count: first >=
+    assert iterations_to_reach(IT, accs, 59.4) == 200
+    assert iterations_to_reach(IT, accs, 50) == 100
+    assert iterations_to_reach(IT, accs, 60.01) is None
+    assert iterations_to_reach(IT, accs, 0) == 0
+
+
+def test_speedup_known_answers():
+    ref = [10, 40, 55, 60, 59]  # a_scratch = 60, reached at 300
+    fast = [30, 59.5, 61, 62, 62]
+    assert speedup(IT, ref, IT, fast, 100) == 300 / 200
+    assert speedup(IT, ref, IT, fast, 99) == 300 / 100  # 99% of 60 = 59.4, reached at 100
+    assert speedup(IT, ref, IT, ref, 100) == 1.0  # the reference against itself
+    assert speedup(IT, ref, IT, ref, 99) == 300 / 300  # 59.4 first reached at 300 by the reference too
+    slow = [10, 20, 30, 59.4, 59.9]
+    assert speedup(IT, ref, IT, slow, 100) is None  # '/'
+    assert speedup(IT, ref, IT, slow, 99) == 1.0  # exactly 59.4 at 300: a tie counts
+    assert speedup(IT, ref, IT, [60, 60, 60, 60, 60], 100) == math.inf  # at the target before training
+
+
+def test_speedup_cost_uses_seconds_at_those_iterations():
+    ref, fast = [10, 40, 55, 60, 59], [30, 59.5, 61, 62, 62]
+    ref_s, fast_s = [0, 10, 20, 30, 40], [0, 20, 40, 60, 80]  # the fast run costs twice as much per iteration
+    assert speedup_cost(IT, ref, ref_s, IT, fast, fast_s, 100) == 30 / 40
+    assert speedup_cost(IT, ref, ref_s, IT, [1] * 5, fast_s, 100) is None
+
+
+def write_run(path, label, seed, accs, group=None, finished=True):
+    path.mkdir(parents=True)
+    lines = [{"event": "header", "label": label, "group": group or {"label": label}, "config": {"seed": seed}}]
+    lines += [{"event": "eval", "iter": i, "acc": a, "train_seconds": i / 100} for i, a in zip(IT, accs)]
+    if finished:
+        lines.append({"event": "summary", "max_acc": max(accs)})
+    (path / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return str(path)
+
+
+def test_cli_averages_seeds_before_speedups(tmp_path, capsys):
+    runs = [
+        write_run(tmp_path / "s0", "scratch", 0, [10, 40, 50, 62, 60]),
+        write_run(tmp_path / "s1", "scratch", 1, [10, 40, 60, 58, 60]),  # mean: 10 40 55 60 60 -> a=60 at 300
+        write_run(tmp_path / "o0", "ours", 0, [20, 58, 61, 61, 61]),
+        write_run(tmp_path / "o1", "ours", 1, [20, 62, 59, 61, 61]),  # mean: 20 60 60 61 61 -> 60 at 100
+        write_run(tmp_path / "n0", "naive", 0, [20, 30, 40, 50, 59]),  # never 59.4: '/' for both
+        write_run(tmp_path / "u0", "unfinished", 0, [99] * 5, finished=False),  # skipped
+    ]
+    md, csv = tmp_path / "t.md", tmp_path / "t.csv"
+    assert main(runs + ["--reference", "scratch", "--md", str(md), "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in out.splitlines()[2:]}
+    assert set(rows) == {"scratch", "ours", "naive"}
+    # Max Acc: mean of per-seed maxima, +- s.e.: scratch maxima 62 and 60 -> 61 +- 1
+    assert rows["scratch"][:2] == ["2", "61.00 ± 1.00"]
+    assert rows["ours"][:4] == ["2", "61.50 ± 0.50", "x3.00", "x3.00"]
+    assert rows["naive"][2:4] == ["/", "/"]
+    assert rows["scratch"][2:4] == ["x1.00", "x1.00"]
+    assert md.read_text() == out
+    lines = csv.read_text().splitlines()
+    assert lines[0].startswith("label,n,max_acc") and any(x.startswith('"ours",2,61.5,') for x in lines)
+
+
+def test_cli_refuses_mixed_configs_and_missing_reference(tmp_path, capsys):
+    a = write_run(tmp_path / "a", "ours", 0, [1, 2, 3, 4, 5], group={"lr": 1})
+    b = write_run(tmp_path / "b", "ours", 1, [1, 2, 3, 4, 5], group={"lr": 2})
+    assert main([a, b, "--reference", "ours"]) == 2
+    assert "differ in configuration" in capsys.readouterr().err
+    assert main([a, "--reference", "scratch"]) == 2
+    assert "reference 'scratch' not among" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing"), "--reference", "x"]) == 2
+    assert "cannot read log" in capsys.readouterr().err

@@ -1,0 +1,371 @@
+"""Train one model of the paper's protocol: an old model, a continued model, or a scratch model.
+
+    python train.py --task 0 --out runs/old                                   # the old model (70 classes)
+    python train.py --task 1 --init shrink_perturb --old-ckpt runs/old/ckpt.pt \\
+        --reg l2init --sampler easy_hard --schedule-scale 0.25 --out runs/ours   # all four methods (Table 1)
+    python train.py --task 1 --out runs/scratch                               # the scratch reference
+
+Reads like a recipe: configuration (argparse, the paper's defaults of App. A.2), data (data.py), the
+starting point (Sec. 3.1, shrink_perturb.py), the objective (Sec. 3.2, l2init.py), the batches (Sec. 3.3,
+sampler.py), the learning rate (Sec. 3.4, schedule.py), then the loop. Every run records the learning speed
+of all its training examples (Eq. 6) so that the next task can sample by it, and writes log.jsonl (header,
+one line per evaluation, summary) and ckpt.pt into --out, both atomically.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import data as D
+from l2init import l2_init_penalty, snapshot
+from resnet import grow_head, resnet18
+from sampler import LearningSpeed, batches, easy_hard_weights, old_new_weights
+from schedule import lr_at
+from shrink_perturb import shrink_perturb_
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# config keys that do not change what a run computes: runs that differ only in these are seeds of one row
+NOT_METHOD = ("seed", "out", "overwrite", "device", "compile", "label", "data_dir", "old_ckpt", "download", "quiet")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr with exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block: bad input is reported the same everywhere
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser():
+    p = Parser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    # data (Sec. 2.1)
+    a("--dataset", default="cifar100", help="cifar100, cifar10, or folder (data-dir/train/<class>/*, data-dir/test/<class>/*)")
+    a("--data-dir", default="data", help="where the dataset is (or is downloaded to)")
+    a("--download", action=argparse.BooleanOptionalAction, default=True, help="download CIFAR if missing")
+    a("--image-size", type=int, default=32, help="folder datasets are resized to this")
+    a("--split", default="70+30", help="class groups, e.g. 70+30, 80+10+10, 50+5x10")
+    a("--split-seed", type=int, default=0, help="seed of the class order")
+    a("--task", type=int, default=0, help="train on the cumulative data of groups 0..task (0 = the old model)")
+    # initialisation (Sec. 3.1, Eq. 4)
+    a("--init", default="scratch", choices=["scratch", "old", "shrink_perturb"], help="starting point")
+    a("--old-ckpt", help="ckpt.pt of task-1 (for --init old / shrink_perturb and for --sampler easy_hard)")
+    a("--sp", action="store_true", help="with --init scratch: shrink-perturb the random init too (Table 1's Scratch column)")
+    a("--sp-alpha", type=float, default=0.4, help="shrink factor alpha of Eq. 4")
+    a("--sp-beta", type=float, default=0.001, help="perturb factor beta of Eq. 4")
+    # objective (Sec. 3.2, Eq. 5)
+    a("--reg", default="none", choices=["none", "l2", "l2init"], help="l2: towards 0; l2init: towards the lineage's random init")
+    a("--reg-lambda", type=float, default=0.01, help="lambda of Eq. 5")
+    # batches (Sec. 3.3, Eq. 6)
+    a("--sampler", default="uniform", choices=["uniform", "old_new", "easy_hard"], help="how batches are drawn")
+    a("--eh-c", type=float, default=0.2, help="easy/hard: fraction of old examples down-weighted (half easiest, half hardest)")
+    a("--eh-r", type=float, default=0.1, help="easy/hard: their relative sampling weight (0 removes them)")
+    # schedule (Sec. 3.4, App. A.2, A.6)
+    a("--schedule", default="cosine", choices=["cosine", "multistep"], help="learning-rate schedule")
+    a("--schedule-scale", type=float, default=1.0, help="the schedule ends after scale*iters (x0.25, x0.5, x0.75)")
+    a("--iters", type=int, default=39100, help="training iterations (always all of them)")
+    a("--batch-size", type=int, default=128)
+    a("--lr", type=float, default=1e-3, help="Adam learning rate at the start")
+    a("--lr-min", type=float, default=1e-6, help="learning rate at the end of the cosine schedule")
+    # run
+    a("--seed", type=int, default=0, help="seed of init, data order and augmentation")
+    a("--eval-every", type=int, default=200, help="evaluate on the test set every this many iterations")
+    a("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
+    a("--out", default="runs/run", help="output folder for log.jsonl and ckpt.pt")
+    a("--overwrite", action="store_true", help="replace a finished run in --out")
+    a("--label", help="row name used by speedup.py (default: made from the method flags)")
+    a("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def default_label(args):
+    """A row name from the method flags: 'shrink_perturb + l2init + easy_hard + x0.25'."""
+    parts = [args.init + ("+sp" if args.sp else "")]
+    if args.init != "scratch" or args.sp:
+        parts += [f"alpha={args.sp_alpha:g}"] * (args.sp_alpha != 0.4) + [f"beta={args.sp_beta:g}"] * (args.sp_beta != 0.001)
+    if args.reg != "none":
+        parts.append(args.reg + (f"(lambda={args.reg_lambda:g})" if args.reg_lambda != 0.01 else ""))
+    if args.sampler != "uniform":
+        parts.append(args.sampler + (f"(c={args.eh_c:g},r={args.eh_r:g})" if args.sampler == "easy_hard"
+                                     and (args.eh_c, args.eh_r) != (0.2, 0.1) else ""))
+    if args.schedule != "cosine":
+        parts.append(args.schedule)
+    if args.schedule_scale != 1:
+        parts.append(f"x{args.schedule_scale:g}")
+    return " + ".join(parts)
+
+
+def validate(args):
+    checks = [
+        (args.dataset in D.DATASETS, f"unknown dataset '{args.dataset}' (choose from {', '.join(D.DATASETS)})"),
+        (0 <= args.sp_alpha <= 1, f"--sp-alpha must be in [0, 1], got {args.sp_alpha}"),
+        (args.sp_beta >= 0, f"--sp-beta must be >= 0, got {args.sp_beta}"),
+        (args.reg_lambda >= 0, f"--reg-lambda must be >= 0, got {args.reg_lambda}"),
+        (0 <= args.eh_c <= 1, f"--eh-c must be in [0, 1], got {args.eh_c}"),
+        (args.eh_r >= 0, f"--eh-r must be >= 0, got {args.eh_r}"),
+        (args.schedule_scale > 0, f"--schedule-scale must be > 0, got {args.schedule_scale}"),
+        (args.iters > 0, f"--iters must be > 0, got {args.iters}"),
+        (args.batch_size > 0, f"--batch-size must be > 0, got {args.batch_size}"),
+        (args.lr > 0 and 0 <= args.lr_min <= args.lr, f"need 0 <= --lr-min <= --lr and --lr > 0, got {args.lr_min}, {args.lr}"),
+        (args.eval_every > 0, f"--eval-every must be > 0, got {args.eval_every}"),
+        (args.width > 0 and args.image_size > 0, "--width and --image-size must be > 0"),
+        (args.task >= 0, f"--task must be >= 0, got {args.task}"),
+        (not (args.sp and args.init != "scratch"), "--sp is for --init scratch (use --init shrink_perturb to continue)"),
+        (args.init == "scratch" or args.old_ckpt, f"--init {args.init} needs --old-ckpt (the task-1 checkpoint)"),
+        (args.init == "scratch" or args.task > 0, f"--init {args.init} needs --task >= 1 (task 0 has no old model)"),
+        (args.sampler == "uniform" or args.task > 0, f"--sampler {args.sampler} needs --task >= 1 (no old examples at task 0)"),
+        (args.sampler != "easy_hard" or args.old_ckpt, "--sampler easy_hard needs --old-ckpt (learning speed of the old examples)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UsageError(msg)
+    if os.path.exists(os.path.join(args.out, "log.jsonl")) and not args.overwrite:
+        with open(os.path.join(args.out, "log.jsonl")) as f:
+            if any('"event": "summary"' in line for line in f):
+                raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} exists and is not a folder")
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{name}'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available")
+    return dev
+
+
+def load_old(path, args, task, class_names):
+    """The task-1 checkpoint, after checking that it belongs to this run's lineage."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        need = ("model", "init", "learning_speed", "index", "class_order", "groups", "dataset", "task", "width")
+        missing = [k for k in need if k not in ckpt]
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    if missing:
+        raise UsageError(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
+    for key, mine in (("dataset", args.dataset), ("groups", task["groups"]), ("class_order", task["order"]),
+                      ("class_names", class_names), ("width", args.width)):
+        if ckpt.get(key) != mine:
+            raise UsageError(f"checkpoint {path} is from a different {key.replace('_', ' ')} "
+                             f"({str(ckpt.get(key))[:60]} vs {str(mine)[:60]})")
+    if ckpt["task"] != args.task - 1:
+        raise UsageError(f"checkpoint {path} is of task {ckpt['task']}, task {args.task} needs task {args.task - 1}")
+    return ckpt
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def save_atomic(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def main(args):
+    """Run one training job; returns the summary dict. Raises UsageError on bad input."""
+    validate(args)
+    device = resolve_device(args.device)
+    try:
+        train, test, class_names = D.load_dataset(args.dataset, args.data_dir, args.image_size, args.download)
+        groups = D.parse_split(args.split, len(class_names))
+    except (ValueError, RuntimeError, OSError) as e:
+        raise UsageError(f"{args.dataset} at {args.data_dir}: {str(e).splitlines()[0]}") from None
+    order = D.class_order(len(class_names), args.split_seed)
+    if args.task >= len(groups):
+        raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{len(groups) - 1}")
+    d = D.task_data(train, test, groups, order, args.task)
+    old = load_old(args.old_ckpt, args, {"groups": groups, "order": order}, class_names) if args.old_ckpt else None
+    if old is not None and not torch.equal(old["index"], d.index[d.is_old]):
+        raise UsageError(f"checkpoint {args.old_ckpt} was trained on other examples than this task's old data")
+
+    # -- the starting point (Sec. 3.1) and the L2-init anchor theta_0 (Sec. 3.2) ---------------------------
+    torch.manual_seed(args.seed)
+    if args.init == "scratch":
+        model = resnet18(d.num_classes, args.width)
+        anchor = snapshot(model)  # the lineage's random init is this model's own
+        if args.sp:
+            shrink_perturb_(model, args.sp_alpha, args.sp_beta)  # Eq. 4 on a random init
+    else:
+        model = resnet18(d.num_old_classes, args.width)
+        model.load_state_dict(old["model"])
+        grow_head(model, d.num_classes)  # old rows copied, new rows freshly initialised
+        anchor = dict(old["init"])  # the old model's own random init ...
+        k = d.num_old_classes
+        anchor["fc.weight"] = torch.cat([anchor["fc.weight"][:k], model.fc.weight.detach()[k:]])
+        anchor["fc.bias"] = torch.cat([anchor["fc.bias"][:k], model.fc.bias.detach()[k:]])  # ... new rows: theirs
+        if args.init == "shrink_perturb":
+            shrink_perturb_(model, args.sp_alpha, args.sp_beta)  # Eq. 4
+    model = model.to(device, memory_format=torch.channels_last)
+    anchor_dev = {n: t.to(device) for n, t in anchor.items()}
+    reg_anchor = {"none": None, "l2": {n: torch.zeros_like(t) for n, t in anchor_dev.items()}, "l2init": anchor_dev}[args.reg]
+    step_model = torch.compile(model) if args.compile else model
+
+    # -- the batches (Sec. 3.3) -------------------------------------------------------------------------
+    loader = D.Loader(d.x, d.y, device, seed=args.seed + 1)
+    test_x, test_y = d.test_x.to(device), d.test_y.to(device)
+    is_old_test = test_y < d.num_old_classes
+    weights = None
+    if args.sampler == "old_new":
+        weights = old_new_weights(d.is_old.to(device))
+    elif args.sampler == "easy_hard":
+        ls_old = LearningSpeed(int(d.is_old.sum()))
+        ls_old.load_state_dict(old["learning_speed"])
+        ls_all = torch.zeros(len(d.y))
+        ls_all[d.is_old] = ls_old.value()  # the old model's learning speed of each old example (Eq. 6)
+        weights = easy_hard_weights(ls_all, d.is_old, args.eh_c, args.eh_r).to(device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    batch_iter = batches(len(d.y), args.batch_size, gen, weights)
+    speed = LearningSpeed(len(d.y), device)  # recorded for the next task
+
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0, **fused)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    # -- the log --------------------------------------------------------------------------------------------
+    config = {k.replace("-", "_"): v for k, v in vars(args).items()}
+    config["label"] = args.label or default_label(args)
+    os.makedirs(args.out, exist_ok=True)
+    log_path = os.path.join(args.out, "log.jsonl")
+    part = f"{log_path}.part"
+    header = {
+        "event": "header", "label": config["label"], "config": config,
+        "group": {k: v for k, v in config.items() if k not in NOT_METHOD},
+        "groups": groups, "class_order": order, "class_names": class_names,
+        "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
+        "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(test_y),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
+                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"},
+    }
+    logf = open(part, "w")
+
+    def log(rec):
+        logf.write(json.dumps(rec) + "\n")
+        logf.flush()
+
+    log(header)
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        pred = D.predict(model, test_x, loader, autocast_dtype=amp)
+        model.train()
+        hit = pred == test_y
+
+        def pct(mask):  # exact percentages from integer counts (float32 means print as 34.99999)
+            n = int(mask.sum())
+            return 100.0 * int(hit[mask].sum()) / n if n else None
+
+        return pct(torch.ones_like(hit)), pct(is_old_test), pct(~is_old_test)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    loss_sum = torch.zeros((), device=device)
+    reg_sum = torch.zeros((), device=device)
+    n_since, train_seconds, t0 = 0, 0.0, time.perf_counter()
+    best = (-1.0, 0)
+    acc, acc_old, acc_new = evaluate()  # iteration 0: the starting point
+    log({"event": "eval", "iter": 0, "acc": acc, "acc_old": acc_old, "acc_new": acc_new, "loss": None,
+         "lr": lr_at(0, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule),
+         "wall": 0.0, "train_seconds": 0.0, "images_per_s": None})
+    best = (acc, 0)
+    tick = time.perf_counter()
+    model.train()
+    for it in range(args.iters):
+        lr = lr_at(it, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y, idx = loader.batch(next(batch_iter))
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = step_model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        total = loss
+        if reg_anchor is not None:
+            reg = l2_init_penalty(model, reg_anchor, args.reg_lambda)  # Eq. 5
+            total = loss + reg
+            reg_sum += reg.detach()
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        speed.update(idx, logits.detach().argmax(1) == y)  # Eq. 6, from the batch we trained on
+        loss_sum += loss.detach()
+        n_since += 1
+        if (it + 1) % args.eval_every == 0 or it + 1 == args.iters:
+            mean_loss = (loss_sum / n_since).item()  # the one host sync per evaluation
+            now = time.perf_counter()
+            train_seconds += now - tick
+            if not math.isfinite(mean_loss):
+                log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
+                logf.close()
+                raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
+                                         f"the log so far is in {part}")
+            acc, acc_old, acc_new = evaluate()
+            ips = n_since * args.batch_size / (now - tick)
+            log({"event": "eval", "iter": it + 1, "acc": acc, "acc_old": acc_old, "acc_new": acc_new,
+                 "loss": mean_loss, "reg_loss": (reg_sum / n_since).item() if reg_anchor is not None else None,
+                 "lr": lr, "wall": time.perf_counter() - t0, "train_seconds": train_seconds, "images_per_s": ips})
+            if acc > best[0]:
+                best = (acc, it + 1)
+            if not args.quiet:
+                eta = (args.iters - it - 1) * train_seconds / (it + 1)
+                print(f"{config['label']} | it {it + 1:6d}/{args.iters} | acc {acc:6.2f} | loss {mean_loss:.4f} "
+                      f"| {ips / args.batch_size:6.1f} it/s | eta {eta / 60:5.1f} min", flush=True)
+            loss_sum.zero_()
+            reg_sum.zero_()
+            n_since, tick = 0, time.perf_counter()
+
+    # -- results: checkpoint first, then the log that marks the run as finished -------------------------------
+    summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
+               "wall": time.perf_counter() - t0, "train_seconds": train_seconds}
+    save_atomic({
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(), "index": d.index,
+        "class_order": order, "class_names": class_names, "groups": groups, "split": args.split,
+        "dataset": args.dataset, "task": args.task, "width": args.width, "num_classes": d.num_classes,
+        "config": config, "summary": summary,
+    }, os.path.join(args.out, "ckpt.pt"))
+    log(summary)
+    logf.close()
+    os.replace(part, log_path)
+    return summary
+
+
+def cli(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        main(args)
+    except UsageError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
