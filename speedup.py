@@ -35,13 +35,20 @@ def iterations_to_reach(iters, accs, target):
 def speedup(ref_iters, ref_accs, iters, accs, r=100):
     """Eq. 2: L_r of a run (iters, accs) against the reference run; None where the target is not reached.
 
-    A run at the target before any training (iteration 0) has an infinite speed-up."""
+    A run at the target before any training (iteration 0) has an infinite speed-up (1 if the reference's best
+    is its starting point too)."""
     a_ref = max(a for a in ref_accs if a is not None)
     num = iterations_to_reach(ref_iters, ref_accs, a_ref)
     den = iterations_to_reach(iters, accs, r / 100 * a_ref)
+    return ratio(num, den)
+
+
+def ratio(num, den):
     if den is None:
         return None
-    return math.inf if den == 0 else num / den
+    if den == 0:
+        return 1.0 if num == 0 else math.inf
+    return num / den
 
 
 def cost_at(iters, costs, it):
@@ -56,8 +63,7 @@ def speedup_cost(ref_iters, ref_accs, ref_costs, iters, accs, costs, r=100):
     den_it = iterations_to_reach(iters, accs, r / 100 * a_ref)
     if den_it is None:
         return None
-    den = cost_at(iters, costs, den_it)
-    return math.inf if den == 0 else cost_at(ref_iters, ref_costs, num_it) / den
+    return ratio(cost_at(ref_iters, ref_costs, num_it), cost_at(iters, costs, den_it))
 
 
 def mean_se(values):

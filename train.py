@@ -31,8 +31,10 @@ from schedule import lr_at
 from shrink_perturb import shrink_perturb_
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# config keys that do not change what a run computes: runs that differ only in these are seeds of one row
-NOT_METHOD = ("seed", "out", "overwrite", "device", "compile", "label", "data_dir", "old_ckpt", "download", "quiet")
+# config keys that are seeds (of the init, data order and class order) or paths: runs that differ only in these
+# are seeds of one row of a table
+NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "label", "data_dir", "old_ckpt", "download",
+              "quiet")
 
 
 class UsageError(Exception):
@@ -225,7 +227,8 @@ def main(args):
     step_model = torch.compile(model) if args.compile else model
 
     # -- the batches (Sec. 3.3) -------------------------------------------------------------------------
-    loader = D.Loader(d.x, d.y, device, seed=args.seed + 1)
+    mean, std = D.channel_stats(train[0])  # of the whole training set: one normalisation for every task
+    loader = D.Loader(d.x, d.y, device, seed=args.seed + 1, mean=mean, std=std)
     test_x, test_y = d.test_x.to(device), d.test_y.to(device)
     is_old_test = test_y < d.num_old_classes
     weights = None

@@ -1,0 +1,125 @@
+"""reproduce.sh's driver on a tiny synthetic image-folder dataset: the whole Table 1 plan (2 seeds x 21 runs),
+its table checked against speed-ups recomputed here from the logs, resumability, --list, and refusals."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import reproduce
+from conftest import ROOT, write_folder
+
+ARGS = ["--dataset", "folder", "--split", "6+4", "--width", "8", "--batch-size", "32", "--seeds", "2",
+        "--iters", "16", "--eval-every", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro")
+    write_folder(root / "data", num_classes=10, n_train=12, n_test=6)
+    argv = ARGS + ["--data-dir", str(root / "data"), "--runs", str(root / "runs"), "--results", str(root / "res")]
+    assert reproduce.main(argv) == 0
+    return {"root": root, "argv": argv}
+
+
+def curves(run_dir):
+    lines = [json.loads(x) for x in open(os.path.join(run_dir, "log.jsonl"))]
+    return [e for e in lines if e["event"] == "eval"]
+
+
+def independent_speedup(ref, cur, r):
+    """Eq. 1-2 written again: seed-averaged curves, a = max of the reference mean curve."""
+    it = [e["iter"] for e in ref[0]]
+    ref_mean = np.mean([[e["acc"] for e in c] for c in ref], axis=0)
+    cur_mean = np.mean([[e["acc"] for e in c] for c in cur], axis=0)
+    a = ref_mean.max()
+    s_ref = it[int(np.argmax(ref_mean >= a))]
+    reached = np.nonzero(cur_mean >= r / 100 * a)[0]
+    if len(reached) == 0:
+        return None
+    s = it[reached[0]]
+    return (1.0 if s_ref == 0 else float("inf")) if s == 0 else s_ref / s
+
+
+def test_table1_is_complete_and_consistent_with_logs(table):
+    res, runs = table["root"] / "res", table["root"] / "runs"
+    md = (res / "table1.md").read_text().splitlines()
+    body = [line for line in md if line.startswith("| ") and "---" not in line][1:]
+    assert len(body) == 10 and all(len(line.split("|")) == 12 for line in body)
+    rows = list(csv.DictReader(open(res / "table1.csv")))
+    assert len(rows) == 20
+    ref = [curves(runs / f"seed{s}" / "scratch") for s in (0, 1)]
+    for row in rows:
+        cols = ["init"] * (row["init"] == "1") + ["reg"] * (row["reg"] == "1") + ["data"] * (row["data"] == "1")
+        label = "+".join([row["column"]] + cols + (["x0.25"] if row["scheduler"] == "0.25" else []))
+        cur = [curves(runs / f"seed{s}" / label) for s in (0, 1)]
+        maxima = [max(e["acc"] for e in c) for c in cur]
+        assert float(row["max_acc"]) == pytest.approx(np.mean(maxima), abs=1e-4)
+        assert float(row["max_acc_se"]) == pytest.approx(np.std(maxima, ddof=1) / np.sqrt(2), abs=1e-4)
+        for r in (99, 100):
+            want = independent_speedup(ref, cur, r)
+            got = row[f"L{r}"]
+            if want is None:
+                assert got == "", (label, r)
+            else:
+                assert float(got) == pytest.approx(want, rel=1e-5), (label, r)
+    # '/' in the Markdown exactly where the CSV has no speed-up; the paper's value beside each cell
+    cont_l100 = [line.split("|")[7].strip() for line in body]
+    csv_l100 = [r["L100"] for r in rows if r["column"] == "continuous"]
+    assert [c.startswith("/") for c in cont_l100] == [v == "" for v in csv_l100]
+    assert body[0].split("|")[5].strip().endswith("(65.26)") and body[9].split("|")[7].strip().endswith("(x5.32)")
+    for fig in ("fig1_scratch_naive_ours", "fig2_initialization", "fig3_objective", "fig4_data", "fig5_scheduler"):
+        assert (res / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_runs_only_what_is_unfinished(table):
+    runs = table["root"] / "runs"
+    logs = {p: p.read_bytes() for p in runs.glob("seed*/*/log.jsonl")}
+    assert len(logs) == 42
+    victim = runs / "seed1" / "continuous+init"
+    lines = (victim / "log.jsonl").read_text().splitlines()
+    (victim / "log.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # as if killed before the summary
+    table_before = (table["root"] / "res" / "table1.csv").read_text()
+    assert reproduce.main(table["argv"]) == 0
+    for p, b in logs.items():
+        if p.parent != victim:
+            assert p.read_bytes() == b, p  # finished runs are not re-run
+    assert json.loads((victim / "log.jsonl").read_text().splitlines()[-1])["event"] == "summary"
+    # the re-run is the same computation (same seed): the table comes out the same
+    assert (table["root"] / "res" / "table1.csv").read_text() == table_before
+
+
+def test_a_finished_run_of_another_configuration_is_not_mixed_in(table, capsys):
+    argv = [a if a != "16" else "20" for a in table["argv"]]  # --iters 20 into the same runs folder
+    with pytest.raises(SystemExit, match="another configuration"):
+        reproduce.main(argv)
+
+
+def test_list_prints_commands_in_dependency_order(table, capsys):
+    assert reproduce.main(table["argv"] + ["--list"]) == 0
+    cmds = capsys.readouterr().out.strip().splitlines()
+    assert len(cmds) == 42 and all(c.startswith("python ") and "train.py" in c for c in cmds)
+    outs = [c.split("--out ")[1].split()[0] for c in cmds]
+    olds = [i for i, o in enumerate(outs) if o.endswith("/old")]
+    assert olds == [0, 1]  # both seeds' old models first
+    for c in cmds:  # every --old-ckpt is produced by an earlier line
+        if "--old-ckpt" in c:
+            assert c.split("--old-ckpt ")[1].split()[0].endswith("/old/ckpt.pt")
+    # wave 0: old models and scratch runs that read no checkpoint; wave 1: the 10 continuous runs and the
+    # 5 scratch runs with easy/hard sampling (learning speed from the old model) of each seed
+    assert reproduce.main(table["argv"] + ["--list", "--wave", "0"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2 * (1 + 5)
+    assert reproduce.main(table["argv"] + ["--list", "--wave", "1"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2 * 15
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
+def test_refuses_to_run_on_cpu_without_asking(tmp_path):
+    r = subprocess.run([os.path.join(ROOT, "reproduce.sh"), "--quick", "--runs", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "no GPU found" in r.stderr and "--device cpu" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
