@@ -262,6 +262,7 @@ def main(args):
         "groups": groups, "class_order": order, "class_names": class_names,
         "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
         "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(test_y),
+        "num_test_all": len(test[1]),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
                      "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"},
     }

@@ -1,5 +1,4 @@
 """data.py: loading from the real on-disk formats, split notation, class remapping, the device loader."""
-import numpy as np
 import pytest
 import torch
 

@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -49,14 +48,14 @@ def test_table1_is_complete_and_consistent_with_logs(table):
     res, runs = table["root"] / "res", table["root"] / "runs"
     md = (res / "table1.md").read_text().splitlines()
     body = [line for line in md if line.startswith("| ") and "---" not in line][1:]
-    assert len(body) == 10 and all(len(line.split("|")) == 12 for line in body)
+    assert len(body) == 10 and all(len(line.split("|")) == 13 for line in body)
     rows = list(csv.DictReader(open(res / "table1.csv")))
     assert len(rows) == 20
-    ref = [curves(runs / f"seed{s}" / "scratch") for s in (0, 1)]
+    ref = [curves(runs / "6+4" / f"seed{s}" / "scratch") for s in (0, 1)]
     for row in rows:
         cols = ["init"] * (row["init"] == "1") + ["reg"] * (row["reg"] == "1") + ["data"] * (row["data"] == "1")
         label = "+".join([row["column"]] + cols + (["x0.25"] if row["scheduler"] == "0.25" else []))
-        cur = [curves(runs / f"seed{s}" / label) for s in (0, 1)]
+        cur = [curves(runs / "6+4" / f"seed{s}" / label) for s in (0, 1)]
         maxima = [max(e["acc"] for e in c) for c in cur]
         assert float(row["max_acc"]) == pytest.approx(np.mean(maxima), abs=1e-4)
         assert float(row["max_acc_se"]) == pytest.approx(np.std(maxima, ddof=1) / np.sqrt(2), abs=1e-4)
@@ -78,9 +77,9 @@ def test_table1_is_complete_and_consistent_with_logs(table):
 
 def test_resume_runs_only_what_is_unfinished(table):
     runs = table["root"] / "runs"
-    logs = {p: p.read_bytes() for p in runs.glob("seed*/*/log.jsonl")}
+    logs = {p: p.read_bytes() for p in runs.glob("6+4/seed*/*/log.jsonl")}
     assert len(logs) == 42
-    victim = runs / "seed1" / "continuous+init"
+    victim = runs / "6+4" / "seed1" / "continuous+init"
     lines = (victim / "log.jsonl").read_text().splitlines()
     (victim / "log.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # as if killed before the summary
     table_before = (table["root"] / "res" / "table1.csv").read_text()

@@ -2,7 +2,6 @@
 import json
 import math
 
-import pytest
 
 from speedup import iterations_to_reach, main, speedup, speedup_cost
 
