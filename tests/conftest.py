@@ -2,6 +2,7 @@
 
 Images are learnable: each class has its own colour (plus noise), which survives cropping and flipping,
 so a tiny network learns it in tens of iterations and "starts from the old model" is measurable."""
+import json
 import os
 import pickle
 import sys
@@ -76,3 +77,24 @@ def no_checksum(monkeypatch):
     import torchvision.datasets.cifar as cifar
 
     monkeypatch.setattr(cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+# ------------------------------------------------------------------ independent re-computation from logs
+
+def curves(run_dir):
+    lines = [json.loads(x) for x in open(os.path.join(run_dir, "log.jsonl"))]
+    return [e for e in lines if e["event"] == "eval"]
+
+
+def independent_speedup(ref, cur, r):
+    """Eq. 1-2 written again: seed-averaged curves, a = max of the reference mean curve."""
+    it = [e["iter"] for e in ref[0]]
+    ref_mean = np.mean([[e["acc"] for e in c] for c in ref], axis=0)
+    cur_mean = np.mean([[e["acc"] for e in c] for c in cur], axis=0)
+    a = ref_mean.max()
+    s_ref = it[int(np.argmax(ref_mean >= a))]
+    reached = np.nonzero(cur_mean >= r / 100 * a)[0]
+    if len(reached) == 0:
+        return None
+    s = it[reached[0]]
+    return (1.0 if s_ref == 0 else float("inf")) if s == 0 else s_ref / s

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import reproduce
-from conftest import ROOT, write_folder
+from conftest import ROOT, curves, independent_speedup, write_folder
 
 ARGS = ["--dataset", "folder", "--split", "6+4", "--width", "8", "--batch-size", "32", "--seeds", "2",
         "--iters", "16", "--eval-every", "4", "--device", "cpu"]
@@ -23,25 +23,6 @@ def table(tmp_path_factory):
     argv = ARGS + ["--data-dir", str(root / "data"), "--runs", str(root / "runs"), "--results", str(root / "res")]
     assert reproduce.main(argv) == 0
     return {"root": root, "argv": argv}
-
-
-def curves(run_dir):
-    lines = [json.loads(x) for x in open(os.path.join(run_dir, "log.jsonl"))]
-    return [e for e in lines if e["event"] == "eval"]
-
-
-def independent_speedup(ref, cur, r):
-    """Eq. 1-2 written again: seed-averaged curves, a = max of the reference mean curve."""
-    it = [e["iter"] for e in ref[0]]
-    ref_mean = np.mean([[e["acc"] for e in c] for c in ref], axis=0)
-    cur_mean = np.mean([[e["acc"] for e in c] for c in cur], axis=0)
-    a = ref_mean.max()
-    s_ref = it[int(np.argmax(ref_mean >= a))]
-    reached = np.nonzero(cur_mean >= r / 100 * a)[0]
-    if len(reached) == 0:
-        return None
-    s = it[reached[0]]
-    return (1.0 if s_ref == 0 else float("inf")) if s == 0 else s_ref / s
 
 
 def test_table1_is_complete_and_consistent_with_logs(table):

@@ -1,0 +1,123 @@
+"""The other plans of reproduce.sh (table2a, table2b, fig6, appendix) on a tiny synthetic image folder:
+each output table is complete and its numbers agree with a re-computation from the run logs."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import plans
+import reproduce
+from conftest import curves, independent_speedup, write_folder
+
+COMMON = ["--dataset", "folder", "--width", "8", "--batch-size", "32", "--iters", "12", "--eval-every", "3",
+          "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plans")
+    write_folder(root / "data", num_classes=10, n_train=10, n_test=4)
+    return root
+
+
+def run_plan(root, plan, *extra):
+    argv = COMMON + ["--plan", plan, "--data-dir", str(root / "data"), "--runs", str(root / "runs"),
+                     "--results", str(root / "res"), *extra]
+    assert reproduce.main(argv) == 0
+    return argv
+
+
+def check_row(row, runs_dirs, ref_dirs):
+    """A CSV row against the logs: Max Acc mean over seeds, L99 / L100 recomputed independently."""
+    cur, ref = [curves(d) for d in runs_dirs], [curves(d) for d in ref_dirs]
+    assert int(row["n"]) == len(runs_dirs)
+    assert float(row["max_acc"]) == pytest.approx(np.mean([max(e["acc"] for e in c) for c in cur]), abs=1e-4)
+    for r in (99, 100):
+        want = independent_speedup(ref, cur, r)
+        assert (row[f"L{r}"] == "") if want is None else float(row[f"L{r}"]) == pytest.approx(want), (row, r)
+
+
+def test_table2a(root, capsys):
+    argv = run_plan(root, "table2a", "--split", "8+2", "--seeds", "2", "--compare-to", "cifar10")
+    rows = list(csv.DictReader(open(root / "res" / "table2a_cifar10.csv")))
+    assert [r["algorithm"] for r in rows] == ["Scratch", "Continuous", "Ours (x1)", "Ours (x0.5)"]
+    assert [r["paper_max_acc"] for r in rows] == ["83.32", "81.37", "83.95", "84.33"]
+    run = lambda s, lab: root / "runs" / "8+2" / f"seed{s}" / lab  # noqa: E731
+    for r in rows:
+        check_row(r, [run(s, r["label"]) for s in (0, 1)], [run(s, "scratch") for s in (0, 1)])
+    md = (root / "res" / "table2a_cifar10.md").read_text()
+    assert "CIFAR-10 (8+2)" in md and md.count("seed 0:") == 5  # wall time of every run, old models too
+    assert (root / "res" / "table2a_cifar10.png").exists()
+    capsys.readouterr()
+    assert reproduce.main(argv + ["--list"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2 * 5
+
+
+def test_table2b(root):
+    run_plan(root, "table2b", "--split", "8+2,6+4", "--seeds", "1")
+    rows = list(csv.DictReader(open(root / "res" / "table2b.csv")))
+    assert [(r["split"], r["algorithm"]) for r in rows] == [
+        (s, a) for s in ("8+2", "6+4") for a, _ in plans.TABLE2B_ROWS]
+    for r in rows:  # the reference of each split is its own Scratch + L2-init
+        d = root / "runs" / r["split"] / "seed0"
+        check_row(r, [d / r["label"]], [d / "scratch+reg"])
+    for s in ("8-2", "6-4"):
+        assert (root / "res" / f"table2b_{s}.png").exists()
+
+
+def test_fig6_chain(root, capsys):
+    argv = run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
+    rows = list(csv.DictReader(open(root / "res" / "fig6.csv")))
+    assert [int(r["task"]) for r in rows] == [1, 2, 3] and [int(r["classes"]) for r in rows] == [6, 8, 10]
+    cum_chain = cum_scratch = 0
+    for r in rows:
+        t = int(r["task"])
+        cont = [root / "runs" / "4+2x3" / f"seed{s}" / f"task{t}" / plans.OURS for s in (0, 1)]
+        ref = [root / "runs" / "4+2x3" / f"seed{s}" / f"task{t}" / "scratch" for s in (0, 1)]
+        want = independent_speedup([curves(d) for d in ref], [curves(d) for d in cont], 100)
+        assert (r["L100"] == "") if want is None else float(r["L100"]) == pytest.approx(want)
+        cum_chain += int(r["chain_iters"])
+        cum_scratch += int(r["scratch_iters"])
+        assert int(r["chain_cumulative"]) == cum_chain and int(r["scratch_cumulative"]) == cum_scratch
+        # the chain's task t starts from task t-1's continuous model
+        header = json.loads(open(cont[0] / "log.jsonl").readline())
+        prev = "old" if t == 1 else f"task{t - 1}/{plans.OURS}"
+        assert header["config"]["old_ckpt"].endswith(f"seed0/{prev}/ckpt.pt")
+    assert (root / "res" / "fig6.png").exists()
+    capsys.readouterr()
+    assert reproduce.main(argv + ["--list"]) == 0
+    outs = [c.split("--out ")[1].split()[0] for c in capsys.readouterr().out.strip().splitlines()]
+    assert len(outs) == 2 * (1 + 3 * 2)
+    pos = {o: i for i, o in enumerate(outs)}
+    for s in (0, 1):  # every chain link is listed after the link it continues from
+        chain = [f"seed{s}/old"] + [f"seed{s}/task{t}/{plans.OURS}" for t in (1, 2, 3)]
+        idx = [next(i for o, i in pos.items() if o.endswith(c)) for c in chain]
+        assert idx == sorted(idx)
+
+
+def test_appendix(root):
+    run_plan(root, "appendix", "--split", "6+4", "--seeds", "1")
+    rows = list(csv.DictReader(open(root / "res" / "appendix.csv")))
+    expected = [(sweep, name) for sweep, (_, rs) in plans.APPENDIX.items() for name, _ in rs]
+    assert [(r["sweep"], r["setting"]) for r in rows] == expected
+    d = root / "runs" / "6+4" / "seed0"
+    for r in rows:
+        check_row(r, [d / r["label"]], [d / "scratch"])
+    # the sweeps really vary the hyper-parameter they name
+    h = json.loads(open(d / "continuous+init+alpha=0.1" / "log.jsonl").readline())
+    assert h["config"]["sp_alpha"] == 0.1 and h["config"]["init"] == "shrink_perturb"
+    h = json.loads(open(d / "scratch+data+r=0" / "log.jsonl").readline())
+    assert h["config"]["eh_r"] == 0 and h["config"]["sampler"] == "easy_hard"
+    for sweep in plans.APPENDIX:
+        assert (root / "res" / f"appendix_{sweep}.png").exists()
+
+
+def test_labels_map_to_flags():
+    flags, reads = plans.flags_for("scratch+init+reg+data+x0.25+c=0.4", 1, "old.pt")
+    assert reads and flags == ["--task", "1", "--init", "scratch", "--sp", "--reg", "l2init", "--sampler",
+                               "easy_hard", "--schedule-scale", "0.25", "--eh-c", "0.4", "--old-ckpt", "old.pt"]
+    flags, reads = plans.flags_for("scratch+multistep", 2, "old.pt")
+    assert not reads and flags == ["--task", "2", "--init", "scratch", "--schedule", "multistep"]
+    with pytest.raises(ValueError, match="unknown token"):
+        plans.flags_for("continuous+bogus", 1, "x")
