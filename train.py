@@ -187,6 +187,18 @@ def save_atomic(obj, path):
     os.replace(tmp, path)
 
 
+def forward_backward(model, x, y, reg_anchor=None, lam=0.0, amp=None, forward=None):
+    """Loss of one batch (Eq. 3's L, plus Eq. 5's penalty when reg_anchor is given) and its gradients in
+    .grad. The forward pass runs under autocast(amp) (bf16 on a GPU), the loss in fp32. `forward` is the
+    (maybe compiled) callable of `model`. Returns detached (loss, penalty or None, logits): no host sync."""
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+        logits = (forward or model)(x)
+    loss = F.cross_entropy(logits.float(), y)
+    reg = l2_init_penalty(model, reg_anchor, lam) if reg_anchor is not None else None  # Eq. 5
+    (loss if reg is None else loss + reg).backward()
+    return loss.detach(), None if reg is None else reg.detach(), logits.detach()
+
+
 def main(args):
     """Run one training job; returns the summary dict. Raises UsageError on bad input."""
     validate(args)
@@ -304,19 +316,13 @@ def main(args):
         for group in opt.param_groups:
             group["lr"] = lr
         x, y, idx = loader.batch(next(batch_iter))
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = step_model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        total = loss
-        if reg_anchor is not None:
-            reg = l2_init_penalty(model, reg_anchor, args.reg_lambda)  # Eq. 5
-            total = loss + reg
-            reg_sum += reg.detach()
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        loss, reg, logits = forward_backward(model, x, y, reg_anchor, args.reg_lambda, amp, step_model)
         opt.step()
-        speed.update(idx, logits.detach().argmax(1) == y)  # Eq. 6, from the batch we trained on
-        loss_sum += loss.detach()
+        speed.update(idx, logits.argmax(1) == y)  # Eq. 6, from the batch we trained on
+        loss_sum += loss
+        if reg is not None:
+            reg_sum += reg
         n_since += 1
         if (it + 1) % args.eval_every == 0 or it + 1 == args.iters:
             mean_loss = (loss_sum / n_since).item()  # the one host sync per evaluation
