@@ -81,3 +81,24 @@ def test_augmentation_matches_torchvision_statistically():
     h = [torch.bincount(positions_and_flips(o)[0] * 9 + positions_and_flips(o)[1], minlength=81).float()
          for o in (ours, theirs)]
     assert float(((h[0] - h[1]) ** 2 / (h[0] + h[1]).clamp(min=1)).sum()) < 124.8  # chi-square 80 dof, 0.1%
+
+
+def hand_count_flops(width, classes):
+    """Forward: 2*k*k*Cin*Cout*H*W per conv (stride-aware), 2*512*classes for the head; backward: twice the
+    forward (input and weight gradients), less the stem's input gradient (images need none)."""
+    convs, c_in, h = [(3, width, 3, 32)], width, 32
+    for i, c in enumerate([width, 2 * width, 4 * width, 8 * width]):
+        for j in range(2):
+            stride = 2 if (j == 0 and i > 0) else 1
+            h //= stride
+            convs += [(c_in, c, 3, h), (c, c, 3, h)] + ([(c_in, c, 1, h)] if stride != 1 or c_in != c else [])
+            c_in = c
+    fwd = sum(2 * k * k * a * b * s * s for a, b, k, s in convs) + 2 * 8 * width * classes
+    return 3 * fwd - 2 * 9 * 3 * width * 32 * 32
+
+
+def test_bench_flop_count_matches_a_hand_count():
+    from bench import flops_per_image
+
+    assert flops_per_image(8, 10) == hand_count_flops(8, 10)
+    assert flops_per_image(64, 100) == hand_count_flops(64, 100) == 3_329_273_856  # the issue's ~3.33 GFLOP

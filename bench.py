@@ -1,0 +1,262 @@
+"""Benchmark: training-step and evaluation speed of this project's pipeline against the pipeline a typical
+reproduction would use, and the aggregate throughput of K concurrent runs on one GPU.
+
+    python bench.py                         # on the GPU: ours, typical, and K = 1, 2, 4 concurrent runs
+    python bench.py --device cpu --width 8 --steps 5 --repeats 2 --concurrency 1   # a smoke run anywhere
+
+Ours: the training set on the device as uint8, per-example crop + flip on the device, bf16 autocast,
+channels_last, cudnn.benchmark, fused Adam, no host sync inside the step (train.forward_backward, the
+same code train.py runs). Typical: torchvision's CIFAR-100 dataset with PIL transforms (RandomCrop(32, padding=4),
+RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader with worker processes, the same ResNet-18 in
+fp32, eager, with loss.item() every step for logging. No downloads: random uint8 images of CIFAR shape (written
+to disk in the CIFAR-100 format for the typical pipeline). Figures are medians over --repeats timings.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+import data as D
+from resnet import resnet18
+from sampler import batches
+from train import forward_backward
+
+PAPER_ITERS, EVAL_EVERY, TABLE1_RUNS, PEAK_TFLOPS = 39100, 200, 105, 800.0
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def flops_per_image(width, num_classes):
+    """Forward + backward FLOPs of one 32x32 image, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = resnet18(num_classes, width)
+    x = torch.randn(2, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
+    return counter.get_total_flops() / 2
+
+
+def time_ours(args, device, n_train=50000, n_test=10000):
+    """Median ms per training step and per full evaluation of our pipeline, and peak memory."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, args.classes, (n_train,), generator=g)
+    test_x = torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    loader = D.Loader(x, y, device, seed=0)
+    model = resnet18(args.classes, args.width).to(device, memory_format=torch.channels_last)
+    forward = torch.compile(model) if args.compile else model
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **fused)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(device)
+    it = batches(n_train, args.batch_size, torch.Generator(device=device).manual_seed(0))
+    loss_sum = torch.zeros((), device=device)
+
+    def steps(n):
+        nonlocal loss_sum
+        for _ in range(n):
+            for group in opt.param_groups:
+                group["lr"] = 1e-3  # as train.py: a Python float set every step
+            xb, yb, _ = loader.batch(next(it))
+            opt.zero_grad(set_to_none=True)
+            loss, _, _ = forward_backward(model, xb, yb, None, 0.0, amp, forward)
+            opt.step()
+            loss_sum += loss
+
+    steps(args.warmup)
+    train_ms = []
+    for _ in range(args.repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        steps(args.steps)
+        sync(device)
+        train_ms.append((time.perf_counter() - t0) * 1000 / args.steps)
+    eval_ms = []
+    model.eval()
+    for _ in range(max(2, args.repeats)):
+        sync(device)
+        t0 = time.perf_counter()
+        D.predict(model, test_x, loader, autocast_dtype=amp).sum().item()
+        eval_ms.append((time.perf_counter() - t0) * 1000)
+    model.train()
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return statistics.median(train_ms), statistics.median(eval_ms[1:]), peak
+
+
+def write_cifar100(root, n_train=50000, n_test=10000, classes=100):
+    """Random uint8 images in the CIFAR-100 python format torchvision reads."""
+    import pickle
+
+    import numpy as np
+
+    d = os.path.join(root, "cifar-100-python")
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", n_train), ("test", n_test)):
+        blob = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": rng.integers(0, classes, n).tolist()}
+        with open(os.path.join(d, name), "wb") as f:
+            pickle.dump(blob, f)
+    with open(os.path.join(d, "meta"), "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(classes)]}, f)
+
+
+def time_typical(args, device):
+    """Median ms per training step of the usual torchvision + DataLoader + fp32 eager pipeline."""
+    import torchvision
+    import torchvision.transforms as T
+
+    import torchvision.datasets.cifar as cifar
+
+    cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)  # random data has no official md5
+    with tempfile.TemporaryDirectory() as root:
+        write_cifar100(root, classes=args.classes)
+        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))])
+        ds = torchvision.datasets.CIFAR100(root, train=True, transform=tf, download=False)
+        workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=workers,
+                                         pin_memory=device.type == "cuda", drop_last=True,
+                                         persistent_workers=workers > 0)
+        model = resnet18(args.classes, args.width).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        batches_ = iter(())
+
+        def steps(n):
+            nonlocal batches_
+            for _ in range(n):
+                try:
+                    xb, yb = next(batches_)
+                except StopIteration:
+                    batches_ = iter(dl)
+                    xb, yb = next(batches_)
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                loss.item()  # the usual per-step logging
+
+        steps(args.warmup)
+        ms = []
+        for _ in range(args.repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            steps(args.steps)
+            sync(device)
+            ms.append((time.perf_counter() - t0) * 1000 / args.steps)
+        return statistics.median(ms)
+
+
+def time_concurrent(args, k):
+    """Aggregate iterations/s of k processes training side by side on one device."""
+    start_at = time.time() + 20 + 10 * k + (60 if args.compile else 0)  # after every worker's warm-up
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--start-at", str(start_at), "--device",
+           args.device, "--width", str(args.width), "--batch-size", str(args.batch_size), "--steps",
+           str(args.steps), "--warmup", str(args.warmup), "--classes", str(args.classes)] + \
+        (["--compile"] if args.compile else [])
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+    results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    late = sum(r["late"] for r in results)
+    return sum(r["it_per_s"] for r in results), late
+
+
+def worker(args, device):
+    g = torch.Generator().manual_seed(os.getpid())
+    x = torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8, generator=g)
+    loader = D.Loader(x, torch.randint(0, args.classes, (50000,), generator=g), device, seed=0)
+    model = resnet18(args.classes, args.width).to(device, memory_format=torch.channels_last)
+    forward = torch.compile(model) if args.compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if device.type == "cuda" else {}))
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    torch.backends.cudnn.benchmark = True
+    it = batches(50000, args.batch_size, torch.Generator(device=device).manual_seed(0))
+
+    def steps(n):
+        for _ in range(n):
+            xb, yb, _ = loader.batch(next(it))
+            opt.zero_grad(set_to_none=True)
+            forward_backward(model, xb, yb, None, 0.0, amp, forward)
+            opt.step()
+
+    steps(args.warmup)
+    sync(device)
+    late = time.time() > args.start_at
+    time.sleep(max(0.0, args.start_at - time.time()))
+    t0 = time.perf_counter()
+    steps(args.steps)
+    sync(device)
+    print(json.dumps({"it_per_s": args.steps / (time.perf_counter() - t0), "late": late}))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--steps", type=int, default=200, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=5, help="timings per figure; the median is reported")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in our pipeline")
+    p.add_argument("--no-typical", action="store_true", help="skip the typical pipeline")
+    p.add_argument("--workers", type=int, help="DataLoader workers of the typical pipeline (default min(8, CPUs))")
+    p.add_argument("--concurrency", default=None, help="K values to try, e.g. 1,2,4 (default on a GPU: 1,2,4)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.device = device.type
+    if args.worker:
+        return worker(args, device)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    out = {"device": name, "torch": torch.__version__, "width": args.width, "batch_size": args.batch_size,
+           "date": time.strftime("%Y-%m-%d"), "command": "python bench.py " + " ".join(argv or sys.argv[1:])}
+    print(f"bench: {name}, torch {torch.__version__}, ResNet-18 width {args.width}, batch {args.batch_size}, "
+          f"median of {args.repeats} x {args.steps} steps", flush=True)
+    flops = flops_per_image(args.width, args.classes)
+    ms, eval_ms, peak = time_ours(args, device)
+    tflops = flops * args.batch_size / (ms / 1000) / 1e12
+    run_s = PAPER_ITERS * ms / 1000 + (PAPER_ITERS // EVAL_EVERY + 1) * eval_ms / 1000
+    out.update(ours_ms_per_iter=ms, ours_images_per_s=args.batch_size / ms * 1000, eval_ms=eval_ms,
+               gflop_per_image=flops / 1e9, tflops=tflops, peak_gib=peak, full_run_s=run_s,
+               table1_h_sequential=TABLE1_RUNS * run_s / 3600)
+    print(f"ours     : {ms:8.3f} ms/it | {args.batch_size / ms * 1000:9.0f} img/s | {flops / 1e9:.2f} GFLOP/img | "
+          f"{tflops:6.1f} TFLOP/s ({100 * tflops / PEAK_TFLOPS:4.1f}% of {PEAK_TFLOPS:.0f}) | peak {peak:.2f} GiB", flush=True)
+    print(f"eval     : {eval_ms:8.1f} ms per 10,000 test images", flush=True)
+    print(f"projected: full run ({PAPER_ITERS} it, eval every {EVAL_EVERY}) {run_s:7.1f} s | "
+          f"Table 1 ({TABLE1_RUNS} runs, one at a time) {TABLE1_RUNS * run_s / 3600:5.2f} h", flush=True)
+    if not args.no_typical:
+        tms = time_typical(args, device)
+        out.update(typical_ms_per_iter=tms, speedup_over_typical=tms / ms)
+        print(f"typical  : {tms:8.3f} ms/it | {args.batch_size / tms * 1000:9.0f} img/s | ours is "
+              f"{tms / ms:.2f}x faster", flush=True)
+    ks = args.concurrency or ("1,2,4" if device.type == "cuda" else "")
+    for k in [int(v) for v in ks.split(",") if v.strip()]:
+        agg, late = time_concurrent(args, k)
+        out[f"aggregate_it_per_s_k{k}"] = agg
+        print(f"K={k}      : {agg:8.1f} it/s aggregate ({agg / k:.1f} per run)"
+              + (f"; {late} worker(s) started late, overlap partial" if late else "") +
+              f" | Table 1 at this rate {TABLE1_RUNS * PAPER_ITERS / agg / 3600:5.2f} h (training only)", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
