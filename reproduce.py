@@ -134,7 +134,13 @@ def run_inprocess(argv, out_path):
     import train
 
     with open(out_path, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        return train.cli(argv) == 0
+        try:
+            return train.cli(argv) == 0
+        except Exception:  # noqa: BLE001 - a crashed run (out of memory, ...) fails alone, like a subprocess
+            import traceback
+
+            traceback.print_exc()
+            return False
 
 
 def launch(argv, slot, args, run_dir):

@@ -121,3 +121,21 @@ def test_labels_map_to_flags():
     assert not reads and flags == ["--task", "2", "--init", "scratch", "--schedule", "multistep"]
     with pytest.raises(ValueError, match="unknown token"):
         plans.flags_for("continuous+bogus", 1, "x")
+
+
+def test_parallel_workers_give_the_same_table(root):
+    """--jobs-per-gpu 2 runs train.py in subprocesses, two at a time; same seeds, same numbers."""
+    first = list(csv.DictReader(open(root / "res" / "table2a_cifar10.csv"))) if (
+        root / "res" / "table2a_cifar10.csv").exists() else None
+    if first is None:
+        run_plan(root, "table2a", "--split", "8+2", "--seeds", "2", "--compare-to", "cifar10")
+        first = list(csv.DictReader(open(root / "res" / "table2a_cifar10.csv")))
+    argv = COMMON + ["--plan", "table2a", "--data-dir", str(root / "data"), "--runs", str(root / "runs_par"),
+                     "--results", str(root / "res_par"), "--split", "8+2", "--seeds", "2", "--compare-to",
+                     "cifar10", "--jobs-per-gpu", "2"]
+    assert reproduce.main(argv) == 0
+    second = list(csv.DictReader(open(root / "res_par" / "table2a_cifar10.csv")))
+    for a, b in zip(first, second):
+        assert [a[k] for k in ("label", "n", "max_acc", "max_acc_se", "L99", "L100")] == \
+               [b[k] for k in ("label", "n", "max_acc", "max_acc_se", "L99", "L100")]
+    assert (root / "runs_par" / "8+2" / "seed1" / "old" / "train.out").exists()
