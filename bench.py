@@ -47,13 +47,12 @@ def flops_per_image(width, num_classes):
     return counter.get_total_flops() / 2
 
 
-def time_ours(args, device, n_train=50000, n_test=10000):
-    """Median ms per training step and per full evaluation of our pipeline, and peak memory."""
-    g = torch.Generator().manual_seed(0)
+def our_pipeline(args, device, seed=0, n_train=50000):
+    """Our training loop on random data: returns (steps(n) -> None, model, loader)."""
+    g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, args.classes, (n_train,), generator=g)
-    test_x = torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
-    loader = D.Loader(x, y, device, seed=0)
+    loader = D.Loader(x, y, device, seed=seed)
     model = resnet18(args.classes, args.width).to(device, memory_format=torch.channels_last)
     forward = torch.compile(model) if args.compile else model
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -61,8 +60,7 @@ def time_ours(args, device, n_train=50000, n_test=10000):
     amp = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.cuda.reset_peak_memory_stats(device)
-    it = batches(n_train, args.batch_size, torch.Generator(device=device).manual_seed(0))
+    it = batches(n_train, args.batch_size, torch.Generator(device=device).manual_seed(seed))
     loss_sum = torch.zeros((), device=device)
 
     def steps(n):
@@ -74,26 +72,39 @@ def time_ours(args, device, n_train=50000, n_test=10000):
             opt.zero_grad(set_to_none=True)
             loss, _, _ = forward_backward(model, xb, yb, None, 0.0, amp, forward)
             opt.step()
-            loss_sum += loss
+            loss_sum += loss  # accumulated on the device, as train.py does, never read here
 
+    return steps, model, loader
+
+
+def median_ms(fn, n, repeats, device):
+    """Median wall milliseconds of fn() over `repeats` timings, divided by n (e.g. per step)."""
+    ms = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        ms.append((time.perf_counter() - t0) * 1000 / n)
+    return statistics.median(ms)
+
+
+def time_ours(args, device, n_test=10000):
+    """Median ms per training step and per full evaluation of our pipeline, and peak memory (GiB)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    steps, model, loader = our_pipeline(args, device)
+    test_x = torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8).to(device)
     steps(args.warmup)
-    train_ms = []
-    for _ in range(args.repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        steps(args.steps)
-        sync(device)
-        train_ms.append((time.perf_counter() - t0) * 1000 / args.steps)
-    eval_ms = []
+    ms = median_ms(lambda: steps(args.steps), args.steps, args.repeats, device)
+    amp = torch.bfloat16 if device.type == "cuda" else None
     model.eval()
-    for _ in range(max(2, args.repeats)):
-        sync(device)
-        t0 = time.perf_counter()
-        D.predict(model, test_x, loader, autocast_dtype=amp).sum().item()
-        eval_ms.append((time.perf_counter() - t0) * 1000)
+    evaluate = lambda: D.predict(model, test_x, loader, autocast_dtype=amp).sum().item()  # noqa: E731
+    evaluate()  # warm-up (cudnn.benchmark picks its algorithms for the eval batch shape)
+    eval_ms = median_ms(evaluate, 1, max(2, args.repeats), device)
     model.train()
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return statistics.median(train_ms), statistics.median(eval_ms[1:]), peak
+    return ms, eval_ms, peak
 
 
 def write_cifar100(root, n_train=50000, n_test=10000, classes=100):
@@ -150,14 +161,7 @@ def time_typical(args, device):
                 loss.item()  # the usual per-step logging
 
         steps(args.warmup)
-        ms = []
-        for _ in range(args.repeats):
-            sync(device)
-            t0 = time.perf_counter()
-            steps(args.steps)
-            sync(device)
-            ms.append((time.perf_counter() - t0) * 1000 / args.steps)
-        return statistics.median(ms)
+        return median_ms(lambda: steps(args.steps), args.steps, args.repeats, device)
 
 
 def time_concurrent(args, k):
@@ -174,23 +178,7 @@ def time_concurrent(args, k):
 
 
 def worker(args, device):
-    g = torch.Generator().manual_seed(os.getpid())
-    x = torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8, generator=g)
-    loader = D.Loader(x, torch.randint(0, args.classes, (50000,), generator=g), device, seed=0)
-    model = resnet18(args.classes, args.width).to(device, memory_format=torch.channels_last)
-    forward = torch.compile(model) if args.compile else model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if device.type == "cuda" else {}))
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    torch.backends.cudnn.benchmark = True
-    it = batches(50000, args.batch_size, torch.Generator(device=device).manual_seed(0))
-
-    def steps(n):
-        for _ in range(n):
-            xb, yb, _ = loader.batch(next(it))
-            opt.zero_grad(set_to_none=True)
-            forward_backward(model, xb, yb, None, 0.0, amp, forward)
-            opt.step()
-
+    steps, _, _ = our_pipeline(args, device, seed=os.getpid())
     steps(args.warmup)
     sync(device)
     late = time.time() > args.start_at
@@ -236,7 +224,7 @@ def main(argv=None):
                gflop_per_image=flops / 1e9, tflops=tflops, peak_gib=peak, full_run_s=run_s,
                table1_h_sequential=TABLE1_RUNS * run_s / 3600)
     print(f"ours     : {ms:8.3f} ms/it | {args.batch_size / ms * 1000:9.0f} img/s | {flops / 1e9:.2f} GFLOP/img | "
-          f"{tflops:6.1f} TFLOP/s ({100 * tflops / PEAK_TFLOPS:4.1f}% of {PEAK_TFLOPS:.0f}) | peak {peak:.2f} GiB", flush=True)
+          f"{tflops:.3g} TFLOP/s ({100 * tflops / PEAK_TFLOPS:.3g}% of {PEAK_TFLOPS:.0f}) | peak {peak:.2f} GiB", flush=True)
     print(f"eval     : {eval_ms:8.1f} ms per 10,000 test images", flush=True)
     print(f"projected: full run ({PAPER_ITERS} it, eval every {EVAL_EVERY}) {run_s:7.1f} s | "
           f"Table 1 ({TABLE1_RUNS} runs, one at a time) {TABLE1_RUNS * run_s / 3600:5.2f} h", flush=True)
