@@ -117,7 +117,8 @@ def write_cifar100(root, n_train=50000, n_test=10000, classes=100):
     os.makedirs(d, exist_ok=True)
     rng = np.random.default_rng(0)
     for name, n in (("train", n_train), ("test", n_test)):
-        blob = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": rng.integers(0, classes, n).tolist()}
+        blob = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                "fine_labels": rng.integers(0, classes, n).tolist()}
         with open(os.path.join(d, name), "wb") as f:
             pickle.dump(blob, f)
     with open(os.path.join(d, "meta"), "wb") as f:
@@ -224,7 +225,8 @@ def main(argv=None):
                gflop_per_image=flops / 1e9, tflops=tflops, peak_gib=peak, full_run_s=run_s,
                table1_h_sequential=TABLE1_RUNS * run_s / 3600)
     print(f"ours     : {ms:8.3f} ms/it | {args.batch_size / ms * 1000:9.0f} img/s | {flops / 1e9:.2f} GFLOP/img | "
-          f"{tflops:.3g} TFLOP/s ({100 * tflops / PEAK_TFLOPS:.3g}% of {PEAK_TFLOPS:.0f}) | peak {peak:.2f} GiB", flush=True)
+          f"{tflops:.3g} TFLOP/s ({100 * tflops / PEAK_TFLOPS:.3g}% of {PEAK_TFLOPS:.0f}) | peak {peak:.2f} GiB",
+          flush=True)
     print(f"eval     : {eval_ms:8.1f} ms per 10,000 test images", flush=True)
     print(f"projected: full run ({PAPER_ITERS} it, eval every {EVAL_EVERY}) {run_s:7.1f} s | "
           f"Table 1 ({TABLE1_RUNS} runs, one at a time) {TABLE1_RUNS * run_s / 3600:5.2f} h", flush=True)

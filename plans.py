@@ -181,7 +181,8 @@ APPENDIX = {
     "lambda": ("Fig. 10: L2-init lambda", [(f"lambda={x:g}", "continuous+reg" + (f"+lambda={x:g}" if x != 0.01 else ""))
                                            for x in (0.0001, 0.001, 0.01, 0.1)]),
     "easy_hard": ("Fig. 12: easy/hard c and r", [
-        (f"{col} c={c:g} r={r:g}", f"{col}+data" + (f"+c={c:g}" if c != 0.2 else "") + (f"+r={r:g}" if r != 0.1 else ""))
+        (f"{col} c={c:g} r={r:g}",
+         f"{col}+data" + (f"+c={c:g}" if c != 0.2 else "") + (f"+r={r:g}" if r != 0.1 else ""))
         for col in ("continuous", "scratch") for c, r in ((0.2, 0.1), (0.1, 0.1), (0.4, 0.1), (0.2, 0), (0.2, 0.5))]),
     "multistep": ("Fig. 13: multistep against cosine", [
         ("scratch cosine", "scratch"), ("continuous cosine", "continuous"),
@@ -386,14 +387,15 @@ def report_fig6(runs, args, runs_dir, results_dir, finished):
         # accuracy on the full test set: classes not seen yet count as errors
         frac = header["num_test"] / header["num_test_all"]
         full = [a * frac for a in acc]
-        ax.plot([offset + i for i in it], full, color="C0", lw=1.2, label="continuous (ours)" if t == tasks[0] else None)
+        first = t == tasks[0]  # label each kind of mark once
+        ax.plot([offset + i for i in it], full, color="C0", lw=1.2, label="continuous (ours)" if first else None)
         ax.plot([offset + i for i in ref_it], [a * frac for a in ref_acc], color="C1", lw=0.8, alpha=0.7,
-                label="scratch on all data so far" if t == tasks[0] else None)
+                label="scratch on all data so far" if first else None)
         ax.fill_between([offset, offset + it[-1]], [100 * frac] * 2, [100] * 2, color="gray", alpha=0.15, lw=0,
-                        label="not reachable (unseen classes)" if t == tasks[0] else None)
+                        label="not reachable (unseen classes)" if first else None)
         if hit is not None:
             ax.plot([offset + hit], [full[it.index(hit)]], "o", color="gold", mec="k", ms=6,
-                    label="L100 point" if t == tasks[0] else None)
+                    label="L100 point" if first else None)
         offset += it[-1]
     md += ["", f"Chain total: {cum_chain} iterations; scratch runs total: {cum_scratch} iterations "
            f"(scratch / chain = {S.fmt_speedup(S.ratio(cum_scratch, cum_chain))})."]

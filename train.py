@@ -33,8 +33,8 @@ from shrink_perturb import shrink_perturb_
 HERE = os.path.dirname(os.path.abspath(__file__))
 # config keys that are seeds (of the init, data order and class order) or paths: runs that differ only in these
 # are seeds of one row of a table
-NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "label", "data_dir", "old_ckpt", "download",
-              "quiet")
+NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "label", "data_dir", "old_ckpt",
+              "download", "quiet")
 
 
 class UsageError(Exception):
@@ -50,7 +50,8 @@ def build_parser():
     p = Parser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     # data (Sec. 2.1)
-    a("--dataset", default="cifar100", help="cifar100, cifar10, or folder (data-dir/train/<class>/*, data-dir/test/<class>/*)")
+    a("--dataset", default="cifar100",
+      help="cifar100, cifar10, or folder (data-dir/train/<class>/*, data-dir/test/<class>/*)")
     a("--data-dir", default="data", help="where the dataset is (or is downloaded to)")
     a("--download", action=argparse.BooleanOptionalAction, default=True, help="download CIFAR if missing")
     a("--image-size", type=int, default=32, help="folder datasets are resized to this")
@@ -60,15 +61,18 @@ def build_parser():
     # initialisation (Sec. 3.1, Eq. 4)
     a("--init", default="scratch", choices=["scratch", "old", "shrink_perturb"], help="starting point")
     a("--old-ckpt", help="ckpt.pt of task-1 (for --init old / shrink_perturb and for --sampler easy_hard)")
-    a("--sp", action="store_true", help="with --init scratch: shrink-perturb the random init too (Table 1's Scratch column)")
+    a("--sp", action="store_true",
+      help="with --init scratch: shrink-perturb the random init too (Table 1's Scratch column)")
     a("--sp-alpha", type=float, default=0.4, help="shrink factor alpha of Eq. 4")
     a("--sp-beta", type=float, default=0.001, help="perturb factor beta of Eq. 4")
     # objective (Sec. 3.2, Eq. 5)
-    a("--reg", default="none", choices=["none", "l2", "l2init"], help="l2: towards 0; l2init: towards the lineage's random init")
+    a("--reg", default="none", choices=["none", "l2", "l2init"],
+      help="l2: towards 0; l2init: towards the lineage's random init")
     a("--reg-lambda", type=float, default=0.01, help="lambda of Eq. 5")
     # batches (Sec. 3.3, Eq. 6)
     a("--sampler", default="uniform", choices=["uniform", "old_new", "easy_hard"], help="how batches are drawn")
-    a("--eh-c", type=float, default=0.2, help="easy/hard: fraction of old examples down-weighted (half easiest, half hardest)")
+    a("--eh-c", type=float, default=0.2,
+      help="easy/hard: fraction of old examples down-weighted (half easiest, half hardest)")
     a("--eh-r", type=float, default=0.1, help="easy/hard: their relative sampling weight (0 removes them)")
     # schedule (Sec. 3.4, App. A.2, A.6)
     a("--schedule", default="cosine", choices=["cosine", "multistep"], help="learning-rate schedule")
@@ -94,7 +98,8 @@ def default_label(args):
     """A row name from the method flags: 'shrink_perturb + l2init + easy_hard + x0.25'."""
     parts = [args.init + ("+sp" if args.sp else "")]
     if args.init != "scratch" or args.sp:
-        parts += [f"alpha={args.sp_alpha:g}"] * (args.sp_alpha != 0.4) + [f"beta={args.sp_beta:g}"] * (args.sp_beta != 0.001)
+        parts += [f"alpha={args.sp_alpha:g}"] * (args.sp_alpha != 0.4)
+        parts += [f"beta={args.sp_beta:g}"] * (args.sp_beta != 0.001)
     if args.reg != "none":
         parts.append(args.reg + (f"(lambda={args.reg_lambda:g})" if args.reg_lambda != 0.01 else ""))
     if args.sampler != "uniform":
@@ -118,15 +123,19 @@ def validate(args):
         (args.schedule_scale > 0, f"--schedule-scale must be > 0, got {args.schedule_scale}"),
         (args.iters > 0, f"--iters must be > 0, got {args.iters}"),
         (args.batch_size > 0, f"--batch-size must be > 0, got {args.batch_size}"),
-        (args.lr > 0 and 0 <= args.lr_min <= args.lr, f"need 0 <= --lr-min <= --lr and --lr > 0, got {args.lr_min}, {args.lr}"),
+        (args.lr > 0 and 0 <= args.lr_min <= args.lr,
+         f"need 0 <= --lr-min <= --lr and --lr > 0, got {args.lr_min}, {args.lr}"),
         (args.eval_every > 0, f"--eval-every must be > 0, got {args.eval_every}"),
         (args.width > 0 and args.image_size > 0, "--width and --image-size must be > 0"),
         (args.task >= 0, f"--task must be >= 0, got {args.task}"),
-        (not (args.sp and args.init != "scratch"), "--sp is for --init scratch (use --init shrink_perturb to continue)"),
+        (not (args.sp and args.init != "scratch"),
+         "--sp is for --init scratch (use --init shrink_perturb to continue)"),
         (args.init == "scratch" or args.old_ckpt, f"--init {args.init} needs --old-ckpt (the task-1 checkpoint)"),
         (args.init == "scratch" or args.task > 0, f"--init {args.init} needs --task >= 1 (task 0 has no old model)"),
-        (args.sampler == "uniform" or args.task > 0, f"--sampler {args.sampler} needs --task >= 1 (no old examples at task 0)"),
-        (args.sampler != "easy_hard" or args.old_ckpt, "--sampler easy_hard needs --old-ckpt (learning speed of the old examples)"),
+        (args.sampler == "uniform" or args.task > 0,
+         f"--sampler {args.sampler} needs --task >= 1 (no old examples at task 0)"),
+        (args.sampler != "easy_hard" or args.old_ckpt,
+         "--sampler easy_hard needs --old-ckpt (learning speed of the old examples)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -235,7 +244,8 @@ def main(args):
             shrink_perturb_(model, args.sp_alpha, args.sp_beta)  # Eq. 4
     model = model.to(device, memory_format=torch.channels_last)
     anchor_dev = {n: t.to(device) for n, t in anchor.items()}
-    reg_anchor = {"none": None, "l2": {n: torch.zeros_like(t) for n, t in anchor_dev.items()}, "l2init": anchor_dev}[args.reg]
+    zeros = {n: torch.zeros_like(t) for n, t in anchor_dev.items()}  # plain L2 is L2 towards the origin
+    reg_anchor = {"none": None, "l2": zeros, "l2init": anchor_dev}[args.reg]
     step_model = torch.compile(model) if args.compile else model
 
     # -- the batches (Sec. 3.3) -------------------------------------------------------------------------
@@ -276,7 +286,8 @@ def main(args):
         "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(test_y),
         "num_test_all": len(test[1]),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
-                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"},
+                     "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                     else platform.processor() or "cpu"},
     }
     logf = open(part, "w")
 

@@ -28,8 +28,8 @@ def test_fast_step_matches_fp32_reference():
 
     g_ref = torch.cat([p.grad.flatten() for p in ref.parameters()])
     for amp, cos_min, rel_err in ((None, 0.9999, 0.02), (torch.bfloat16, 0.9, 0.3)):
-        # fp32 in channels_last must match up to the conv algorithms' rounding; bf16 within its ~3 significant digits, which over
-        # ~20 layers of a random-init width-8 net leaves a gradient cosine of ~0.95 against fp32
+        # fp32 in channels_last must match up to the conv algorithms' rounding; bf16 within its ~3 significant
+        # digits, which over ~20 layers of a random-init width-8 net leaves a gradient cosine of ~0.95 against fp32
         fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
         loss, reg, logits = forward_backward(fast, imgs, labels, anchor, lam, amp=amp)
         assert logits.dtype == (amp or torch.float32)  # the forward really ran in that precision

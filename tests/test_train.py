@@ -177,7 +177,8 @@ def test_bad_inputs_exit_2_with_one_line(chain, capsys):
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--task", "1", "--init", "old",
                         "--out", str(tmp_path / "x")], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip() == "train.py: error: --init old needs --old-ckpt (the task-1 checkpoint)"
+    assert r.returncode == 2
+    assert r.stderr.strip() == "train.py: error: --init old needs --old-ckpt (the task-1 checkpoint)"
 
 
 def test_nan_loss_stops_with_a_readable_log(chain, capsys):
