@@ -243,9 +243,11 @@ def main(args):
         if args.init == "shrink_perturb":
             shrink_perturb_(model, args.sp_alpha, args.sp_beta)  # Eq. 4
     model = model.to(device, memory_format=torch.channels_last)
-    anchor_dev = {n: t.to(device) for n, t in anchor.items()}
-    zeros = {n: torch.zeros_like(t) for n, t in anchor_dev.items()}  # plain L2 is L2 towards the origin
-    reg_anchor = {"none": None, "l2": zeros, "l2init": anchor_dev}[args.reg]
+    reg_anchor = None
+    if args.reg == "l2init":
+        reg_anchor = {n: t.to(device) for n, t in anchor.items()}
+    elif args.reg == "l2":
+        reg_anchor = {n: torch.zeros_like(t, device=device) for n, t in anchor.items()}  # L2 towards the origin
     step_model = torch.compile(model) if args.compile else model
 
     # -- the batches (Sec. 3.3) -------------------------------------------------------------------------
@@ -314,7 +316,6 @@ def main(args):
     loss_sum = torch.zeros((), device=device)
     reg_sum = torch.zeros((), device=device)
     n_since, train_seconds, t0 = 0, 0.0, time.perf_counter()
-    best = (-1.0, 0)
     acc, acc_old, acc_new = evaluate()  # iteration 0: the starting point
     log({"event": "eval", "iter": 0, "acc": acc, "acc_old": acc_old, "acc_new": acc_new, "loss": None,
          "lr": lr_at(0, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule),
