@@ -90,36 +90,41 @@ def execute(runs, args, runs_dir):
         else:
             print(f"[{k}/{total}] {r.name:42s} FAILED (see {os.path.join(runs_dir, r.name, 'train.out')})", flush=True)
 
-    procs = {}  # name -> (Popen, start time)
-    while todo or procs:
-        for r in [r for r in todo if any(d in failed for d in r.deps)]:  # its old model failed: cannot run
-            todo.remove(r)
-            failed.add(r.name)
-            print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
-        busy = {slot for slot, _, _ in procs.values()}
-        free = [s for s in args.slots if s not in busy]
-        ready = [r for r in todo if all(d in done for d in r.deps)]
-        if not procs and todo and not ready:
-            raise RuntimeError(f"plan has unsatisfiable dependencies: {[r.name for r in todo]}")
-        for slot, r in zip(free, ready):
-            todo.remove(r)
-            run_dir = os.path.join(runs_dir, r.name)
-            os.makedirs(run_dir, exist_ok=True)
-            if len(args.slots) == 1:  # one worker: run in this process (no interpreter start per run)
-                t0 = time.time()
-                ok = run_inprocess(argvs[r.name] + ["--device", slot_device(slot, args), "--quiet"],
-                                   os.path.join(run_dir, "train.out"))
-                (done if ok else failed).add(r.name)
-                report(r, ok, time.time() - t0)
-            else:
-                procs[r.name] = (slot, launch(argvs[r.name], slot, args, run_dir), time.time())
-        for name, (slot, proc, t0) in list(procs.items()):
-            if proc.poll() is not None:
-                del procs[name]
-                (done if proc.returncode == 0 else failed).add(name)
-                report(by_name[name], proc.returncode == 0, time.time() - t0)
-        if procs:
-            time.sleep(0.2)
+    procs = {}  # name -> (slot, Popen, start time)
+    try:
+        while todo or procs:
+            for r in [r for r in todo if any(d in failed for d in r.deps)]:  # its old model failed: cannot run
+                todo.remove(r)
+                failed.add(r.name)
+                print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
+            busy = {slot for slot, _, _ in procs.values()}
+            free = [s for s in args.slots if s not in busy]
+            ready = [r for r in todo if all(d in done for d in r.deps)]
+            if not procs and todo and not ready:
+                raise RuntimeError(f"plan has unsatisfiable dependencies: {[r.name for r in todo]}")
+            for slot, r in zip(free, ready):
+                todo.remove(r)
+                run_dir = os.path.join(runs_dir, r.name)
+                os.makedirs(run_dir, exist_ok=True)
+                if len(args.slots) == 1:  # one worker: run in this process (no interpreter start per run)
+                    t0 = time.time()
+                    ok = run_inprocess(argvs[r.name] + ["--device", slot_device(slot, args), "--quiet"],
+                                       os.path.join(run_dir, "train.out"))
+                    (done if ok else failed).add(r.name)
+                    report(r, ok, time.time() - t0)
+                else:
+                    procs[r.name] = (slot, launch(argvs[r.name], slot, args, run_dir), time.time())
+            for name, (slot, proc, t0) in list(procs.items()):
+                if proc.poll() is not None:
+                    del procs[name]
+                    (done if proc.returncode == 0 else failed).add(name)
+                    report(by_name[name], proc.returncode == 0, time.time() - t0)
+            if procs:
+                time.sleep(0.2)
+    except KeyboardInterrupt:  # finished runs are safe; unfinished ones start again next time
+        for _, proc, _ in procs.values():
+            proc.terminate()
+        raise SystemExit("reproduce.sh: interrupted; finished runs are kept, run the same command to resume")
     print(f"{args.plan}: finished in {(time.time() - started) / 60:.1f} min, {len(failed)} failed", flush=True)
     return failed
 

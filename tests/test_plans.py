@@ -139,3 +139,36 @@ def test_parallel_workers_give_the_same_table(root):
         assert [a[k] for k in ("label", "n", "max_acc", "max_acc_se", "L99", "L100")] == \
                [b[k] for k in ("label", "n", "max_acc", "max_acc_se", "L99", "L100")]
     assert (root / "runs_par" / "8+2" / "seed1" / "old" / "train.out").exists()
+
+
+def test_killed_driver_resumes_without_rerunning_finished_runs(root):
+    """SIGKILL reproduce.sh part way, start it again: finished logs stay byte for byte, the table is the same."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import ROOT
+
+    runs = root / "runs_kill"
+    argv = COMMON + ["--plan", "table2a", "--data-dir", str(root / "data"), "--runs", str(runs), "--results",
+                     str(root / "res_kill"), "--split", "8+2", "--seeds", "2", "--compare-to", "cifar10"]
+    proc = subprocess.Popen([os.path.join(ROOT, "reproduce.sh"), *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(runs.glob("*/*/*/log.jsonl"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.read_bytes() for p in runs.glob("*/*/*/log.jsonl")}
+    assert 3 <= len(finished) < 10
+    assert reproduce.main(argv) == 0
+    for p, b in finished.items():
+        assert p.read_bytes() == b, p
+    assert len(list(runs.glob("*/*/*/log.jsonl"))) == 10
+    if not (root / "res" / "table2a_cifar10.csv").exists():
+        run_plan(root, "table2a", "--split", "8+2", "--seeds", "2", "--compare-to", "cifar10")
+    keys = ("label", "n", "max_acc", "max_acc_se", "L99", "L100")
+    killed = [[r[k] for k in keys] for r in csv.DictReader(open(root / "res_kill" / "table2a_cifar10.csv"))]
+    clean = [[r[k] for k in keys] for r in csv.DictReader(open(root / "res" / "table2a_cifar10.csv"))]
+    assert killed == clean
