@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import data
 import plans as P
 import speedup as S
 
@@ -24,6 +25,12 @@ PAPER_ITERS = 39100
 
 
 # --------------------------------------------------------------------------------------------- running
+
+def die(msg):
+    """Bad input or state: one line on stderr, exit code 2 (as train.py)."""
+    print(f"reproduce.sh: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
 
 def train_argv(run, args, runs_dir):
     """The full train.py command line of a run (without --device)."""
@@ -54,8 +61,8 @@ def check_matches(run, argv, runs_dir):
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     if diff or header["config"]["seed"] != run.seed or header["label"] != run.label:
         what = ", ".join(f"{k}: {got.get(k)} vs planned {want.get(k)}" for k in diff[:3]) or "seed or label"
-        raise SystemExit(f"reproduce.sh: error: {os.path.join(runs_dir, run.name)} holds a finished run of another "
-                         f"configuration ({what}); use another --runs folder or remove it")
+        die(f"{os.path.join(runs_dir, run.name)} holds a finished run of another "
+            f"configuration ({what}); use another --runs folder or remove it")
 
 
 def depth(run, by_name):
@@ -195,7 +202,7 @@ def resolve(args):
     if args.quick:
         args.seeds, args.iters = min(args.seeds, 2), 4000 if args.iters == PAPER_ITERS else args.iters
     if args.seeds < 1 or args.iters < 1 or args.width < 1 or args.batch_size < 1 or args.jobs_per_gpu < 1:
-        raise SystemExit("reproduce.sh: error: --seeds, --iters, --width, --batch-size and --jobs-per-gpu must be >= 1")
+        die("--seeds, --iters, --width, --batch-size and --jobs-per-gpu must be >= 1")
     if args.eval_every is None:
         args.eval_every = max(1, round(args.iters * 200 / PAPER_ITERS))
     name = args.dataset if args.dataset != "folder" else "folder-" + os.path.basename(os.path.abspath(args.data_dir))
@@ -215,7 +222,7 @@ def main(argv=None):
     try:
         runs = P.PLANS[args.plan](args, runs_dir)
     except ValueError as e:
-        raise SystemExit(f"reproduce.sh: error: {e}") from None
+        die(str(e))
     by_name = {r.name: r for r in runs}
     if args.list:
         for r in sorted(runs, key=lambda r: (depth(r, by_name), not r.label.startswith("old"))):
@@ -227,14 +234,18 @@ def main(argv=None):
         import torch
 
         if not torch.cuda.is_available():
-            raise SystemExit(f"reproduce.sh: error: no GPU found. This plan is {len(runs)} runs of {args.iters} "
-                             "iterations: days to weeks on a CPU. Pass --device cpu to run on the CPU anyway "
-                             "(try --quick --width 8).")
+            die(f"no GPU found. This plan is {len(runs)} runs of {args.iters} iterations: days to weeks on a "
+                "CPU. Pass --device cpu to run on the CPU anyway (try --quick --width 8).")
         args.device = "cuda"
     gpus = [g for g in args.gpus.split(",") if g.strip()]
     args.slots = [(g, j) for g in (gpus if args.device == "cuda" else ["cpu"]) for j in range(args.jobs_per_gpu)]
     if not args.report_only:
-        prepare_data(args)
+        num_classes = prepare_data(args)
+        for split in sorted({r.split for r in runs}):  # a bad split is one error here, not N failed runs
+            try:
+                data.parse_split(split, num_classes)
+            except ValueError as e:
+                die(str(e))
         failed = execute(runs, args, runs_dir)
     else:
         failed = set()
@@ -244,14 +255,13 @@ def main(argv=None):
 
 
 def prepare_data(args):
-    """Download / decode the dataset once, before parallel runs read it (they run with --no-download)."""
-    import data
-
+    """Download / decode the dataset once, before parallel runs read it (they run with --no-download).
+    Returns the number of classes."""
     try:
-        data.load_dataset(args.dataset, args.data_dir, download=True)
+        return len(data.load_dataset(args.dataset, args.data_dir, download=True)[2])
     except Exception as e:  # noqa: BLE001 - any failure to get the data is reported the same way
-        raise SystemExit(f"reproduce.sh: error: cannot load {args.dataset} from {args.data_dir}: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        die(f"cannot load {args.dataset} from {args.data_dir}: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
 
 if __name__ == "__main__":

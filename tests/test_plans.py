@@ -172,3 +172,12 @@ def test_killed_driver_resumes_without_rerunning_finished_runs(root):
     killed = [[r[k] for k in keys] for r in csv.DictReader(open(root / "res_kill" / "table2a_cifar10.csv"))]
     clean = [[r[k] for k in keys] for r in csv.DictReader(open(root / "res" / "table2a_cifar10.csv"))]
     assert killed == clean
+
+
+def test_bad_split_is_one_error_before_any_run(root, capsys):
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(COMMON + ["--data-dir", str(root / "data"), "--runs", str(root / "runs_bad"),
+                                 "--split", "8+4"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "reproduce.sh: error: split '8+4' needs 12 classes but the dataset has 10"
+    assert not (root / "runs_bad").exists()

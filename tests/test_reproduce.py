@@ -75,8 +75,11 @@ def test_resume_runs_only_what_is_unfinished(table):
 
 def test_a_finished_run_of_another_configuration_is_not_mixed_in(table, capsys):
     argv = [a if a != "16" else "20" for a in table["argv"]]  # --iters 20 into the same runs folder
-    with pytest.raises(SystemExit, match="another configuration"):
+    with pytest.raises(SystemExit) as e:
         reproduce.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "another configuration" in err and "iters: 16 vs planned 20" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_list_prints_commands_in_dependency_order(table, capsys):
@@ -101,5 +104,5 @@ def test_list_prints_commands_in_dependency_order(table, capsys):
 def test_refuses_to_run_on_cpu_without_asking(tmp_path):
     r = subprocess.run([os.path.join(ROOT, "reproduce.sh"), "--quick", "--runs", str(tmp_path)],
                        capture_output=True, text=True)
-    assert r.returncode != 0 and "no GPU found" in r.stderr and "--device cpu" in r.stderr
+    assert r.returncode == 2 and "no GPU found" in r.stderr and "--device cpu" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
