@@ -46,8 +46,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # no "(default: None)" on flags without a default
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
 def build_parser():
-    p = Parser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     # data (Sec. 2.1)
     a("--dataset", default="cifar100",
