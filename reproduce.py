@@ -4,7 +4,7 @@ figures made from their logs only (speedup.py), with the paper's published value
     ./reproduce.sh                      # Table 1: CIFAR-100 70+30, 5 seeds x (old model + 20 runs)
     ./reproduce.sh --quick              # the same table, scaled down (2 seeds, 4,000 iterations)
     ./reproduce.sh --list --wave 0      # shell commands of the old models (then --wave 1, ...) for a cluster
-    ./reproduce.sh --plan table2b       # also: table2a, fig6, appendix (plans.py)
+    ./reproduce.sh --plan table2b       # also: table2a, fig6, appendix (plans.py, report.py)
 
 A finished run (its log.jsonl has a summary line) is never run again; an unfinished one starts again from
 scratch; a finished run whose configuration differs from the plan stops the driver instead of being mixed in.
@@ -18,6 +18,7 @@ import time
 
 import data
 import plans as P
+import report as R
 import speedup as S
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,17 +38,7 @@ def train_argv(run, args, runs_dir):
     return ["--dataset", args.dataset, "--data-dir", args.data_dir, "--no-download", "--split", run.split,
             "--split-seed", str(run.seed), "--seed", str(run.seed), "--iters", str(args.iters),
             "--eval-every", str(args.eval_every), "--batch-size", str(args.batch_size), "--width", str(args.width),
-            "--label", run.label, "--out", os.path.join(runs_dir, run.name), *run.flags] + args.train_extra
-
-
-def is_finished(run_dir):
-    path = os.path.join(run_dir, "log.jsonl")
-    if not os.path.exists(path):
-        return False
-    try:
-        return S.read_log(path)[2] is not None
-    except ValueError:
-        return False
+            "--label", run.label, "--out", os.path.join(runs_dir, run.name), *run.flags]
 
 
 def check_matches(run, argv, runs_dir):
@@ -75,7 +66,7 @@ def execute(runs, args, runs_dir):
     argvs = {r.name: train_argv(r, args, runs_dir) for r in runs}
     done = set()
     for r in runs:
-        if is_finished(os.path.join(runs_dir, r.name)):
+        if S.is_finished(os.path.join(runs_dir, r.name)):
             check_matches(r, argvs[r.name], runs_dir)
             done.add(r.name)
     todo = [r for r in runs if r.name not in done]
@@ -217,7 +208,6 @@ def resolve(args):
     paper_setting = (args.dataset, args.split, args.iters, args.width, args.batch_size, args.seeds) == \
         (dataset, split, PAPER_ITERS, 64, 128, 5)
     results_dir = args.results or ("results" if paper_setting else os.path.join("results", f"{tag}-{args.seeds}seeds"))
-    args.train_extra = []
     return runs_dir, results_dir
 
 
@@ -230,6 +220,7 @@ def main(argv=None):
     except ValueError as e:
         die(str(e))
     by_name = {r.name: r for r in runs}
+    assert len(by_name) == len(runs), "a plan lists a run twice"
     if args.list:
         for r in sorted(runs, key=lambda r: (depth(r, by_name), not r.label.startswith("old"))):
             if args.wave is None or depth(r, by_name) == args.wave:
@@ -255,7 +246,7 @@ def main(argv=None):
         failed = execute(runs, args, runs_dir)
     else:
         failed = set()
-    P.REPORTS[args.plan](runs, args, runs_dir, results_dir, is_finished)
+    R.REPORTS[args.plan](runs, args, runs_dir, results_dir)
     print(f"results in {results_dir}/", flush=True)
     return 1 if failed else 0
 

@@ -94,6 +94,14 @@ def read_log(run_dir):
     return lines[0], evals, summary
 
 
+def is_finished(run_dir):
+    """Whether a run folder holds a log with its summary line (train.py writes it last)."""
+    try:
+        return read_log(run_dir)[2] is not None
+    except ValueError:
+        return False
+
+
 def group_runs(run_dirs, finished_only=True):
     """{label: [(header, evals), ...]} over seeds. Runs sharing a label must share their method config."""
     groups, keys = {}, {}
@@ -116,23 +124,28 @@ def mean_curve(runs, field="acc"):
     return common, [float(np.mean([r[i] for r in per_run])) for i in common]
 
 
-def summarize(groups, reference, rs=(99, 100)):
-    """One row per label: n seeds, Max Acc mean +- s.e., L_r in iterations and in training seconds."""
-    if reference not in groups:
-        raise ValueError(f"reference '{reference}' not among the runs ({', '.join(sorted(groups))})")
+def row_stats(groups, label, reference, rs=(99, 100)):
+    """One row: n seeds, Max Acc mean +- s.e. over seeds, and L_r on the seed-averaged curves against the
+    reference label, in iterations and in training seconds. None if either has no runs."""
+    if label not in groups or reference not in groups:
+        return None
     ref_it, ref_acc = mean_curve(groups[reference])
     _, ref_sec = mean_curve(groups[reference], "train_seconds")
-    rows = []
-    for label, runs in groups.items():
-        it, acc = mean_curve(runs)
-        _, sec = mean_curve(runs, "train_seconds")
-        m, se = mean_se([max(e["acc"] for e in evals) for _, evals in runs])
-        row = {"label": label, "n": len(runs), "max_acc": m, "max_acc_se": se}
-        for r in rs:
-            row[f"L{r}"] = speedup(ref_it, ref_acc, it, acc, r)
-            row[f"L{r}_seconds"] = speedup_cost(ref_it, ref_acc, ref_sec, it, acc, sec, r)
-        rows.append(row)
-    return rows
+    it, acc = mean_curve(groups[label])
+    _, sec = mean_curve(groups[label], "train_seconds")
+    m, se = mean_se([max(e["acc"] for e in evals) for _, evals in groups[label]])
+    row = {"label": label, "n": len(groups[label]), "max_acc": m, "max_acc_se": se}
+    for r in rs:
+        row[f"L{r}"] = speedup(ref_it, ref_acc, it, acc, r)
+        row[f"L{r}_seconds"] = speedup_cost(ref_it, ref_acc, ref_sec, it, acc, sec, r)
+    return row
+
+
+def summarize(groups, reference, rs=(99, 100)):
+    """One row_stats per label."""
+    if reference not in groups:
+        raise ValueError(f"reference '{reference}' not among the runs ({', '.join(sorted(groups))})")
+    return [row_stats(groups, label, reference, rs) for label in groups]
 
 
 def to_markdown(rows, rs=(99, 100)):

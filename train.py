@@ -29,6 +29,7 @@ from resnet import grow_head, resnet18
 from sampler import LearningSpeed, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
 from shrink_perturb import shrink_perturb_
+from speedup import is_finished
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # config keys that are seeds (of the init, data order and class order) or paths: runs that differ only in these
@@ -145,12 +146,10 @@ def validate(args):
     for ok, msg in checks:
         if not ok:
             raise UsageError(msg)
-    if os.path.exists(os.path.join(args.out, "log.jsonl")) and not args.overwrite:
-        with open(os.path.join(args.out, "log.jsonl")) as f:
-            if any('"event": "summary"' in line for line in f):
-                raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} exists and is not a folder")
+    if is_finished(args.out) and not args.overwrite:
+        raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
 
 
 def resolve_device(name):

@@ -21,9 +21,12 @@ def root(tmp_path_factory):
     return root
 
 
+def common(root, runs, res):
+    return COMMON + ["--data-dir", str(root / "data"), "--runs", str(root / runs), "--results", str(root / res)]
+
+
 def run_plan(root, plan, *extra):
-    argv = COMMON + ["--plan", plan, "--data-dir", str(root / "data"), "--runs", str(root / "runs"),
-                     "--results", str(root / "res"), *extra]
+    argv = common(root, "runs", "res") + ["--plan", plan, *extra]
     assert reproduce.main(argv) == 0
     return argv
 
@@ -38,10 +41,19 @@ def check_row(row, runs_dirs, ref_dirs):
         assert (row[f"L{r}"] == "") if want is None else float(row[f"L{r}"]) == pytest.approx(want), (row, r)
 
 
-def test_table2a(root, capsys):
-    argv = run_plan(root, "table2a", "--split", "8+2", "--seeds", "2", "--compare-to", "cifar10")
-    rows = list(csv.DictReader(open(root / "res" / "table2a_cifar10.csv")))
-    assert [r["algorithm"] for r in rows] == ["Scratch", "Continuous", "Ours (x1)", "Ours (x0.5)"]
+TABLE2A = ["--plan", "table2a", "--split", "8+2", "--seeds", "2", "--compare-to", "cifar10"]  # 10 runs
+
+
+@pytest.fixture(scope="module")
+def table2a(root):
+    """Table 2a (2 seeds) run once, in-process; returns its CSV rows."""
+    run_plan(root, "table2a", *TABLE2A[2:])
+    return list(csv.DictReader(open(root / "res" / "table2a_cifar10.csv")))
+
+
+def test_table2a(root, table2a, capsys):
+    rows = table2a
+    assert [r["row"] for r in rows] == ["Scratch", "Continuous", "Ours (x1)", "Ours (x0.5)"]
     assert [r["paper_max_acc"] for r in rows] == ["83.32", "81.37", "83.95", "84.33"]
     run = lambda s, lab: root / "runs" / "8+2" / f"seed{s}" / lab  # noqa: E731
     for r in rows:
@@ -50,17 +62,17 @@ def test_table2a(root, capsys):
     assert "CIFAR-10 (8+2)" in md and md.count("seed 0:") == 5  # wall time of every run, old models too
     assert (root / "res" / "table2a_cifar10.png").exists()
     capsys.readouterr()
-    assert reproduce.main(argv + ["--list"]) == 0
+    assert reproduce.main(common(root, "runs", "res") + TABLE2A + ["--list"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2 * 5
 
 
 def test_table2b(root):
     run_plan(root, "table2b", "--split", "8+2,6+4", "--seeds", "1")
     rows = list(csv.DictReader(open(root / "res" / "table2b.csv")))
-    assert [(r["split"], r["algorithm"]) for r in rows] == [
+    assert [(r["section"], r["row"]) for r in rows] == [
         (s, a) for s in ("8+2", "6+4") for a, _ in plans.TABLE2B_ROWS]
     for r in rows:  # the reference of each split is its own Scratch + L2-init
-        d = root / "runs" / r["split"] / "seed0"
+        d = root / "runs" / r["section"] / "seed0"
         check_row(r, [d / r["label"]], [d / "scratch+reg"])
     for s in ("8-2", "6-4"):
         assert (root / "res" / f"table2b_{s}.png").exists()
@@ -100,7 +112,7 @@ def test_appendix(root):
     run_plan(root, "appendix", "--split", "6+4", "--seeds", "1")
     rows = list(csv.DictReader(open(root / "res" / "appendix.csv")))
     expected = [(sweep, name) for sweep, (_, rs) in plans.APPENDIX.items() for name, _ in rs]
-    assert [(r["sweep"], r["setting"]) for r in rows] == expected
+    assert [(r["section"], r["row"]) for r in rows] == expected
     d = root / "runs" / "6+4" / "seed0"
     for r in rows:
         check_row(r, [d / r["label"]], [d / "scratch"])
@@ -123,25 +135,18 @@ def test_labels_map_to_flags():
         plans.flags_for("continuous+bogus", 1, "x")
 
 
-def test_parallel_workers_give_the_same_table(root):
+KEYS = ("label", "n", "max_acc", "max_acc_se", "L99", "L100")  # all but the timing columns
+
+
+def test_parallel_workers_give_the_same_table(root, table2a):
     """--jobs-per-gpu 2 runs train.py in subprocesses, two at a time; same seeds, same numbers."""
-    first = list(csv.DictReader(open(root / "res" / "table2a_cifar10.csv"))) if (
-        root / "res" / "table2a_cifar10.csv").exists() else None
-    if first is None:
-        run_plan(root, "table2a", "--split", "8+2", "--seeds", "2", "--compare-to", "cifar10")
-        first = list(csv.DictReader(open(root / "res" / "table2a_cifar10.csv")))
-    argv = COMMON + ["--plan", "table2a", "--data-dir", str(root / "data"), "--runs", str(root / "runs_par"),
-                     "--results", str(root / "res_par"), "--split", "8+2", "--seeds", "2", "--compare-to",
-                     "cifar10", "--jobs-per-gpu", "2"]
-    assert reproduce.main(argv) == 0
+    assert reproduce.main(common(root, "runs_par", "res_par") + TABLE2A + ["--jobs-per-gpu", "2"]) == 0
     second = list(csv.DictReader(open(root / "res_par" / "table2a_cifar10.csv")))
-    for a, b in zip(first, second):
-        assert [a[k] for k in ("label", "n", "max_acc", "max_acc_se", "L99", "L100")] == \
-               [b[k] for k in ("label", "n", "max_acc", "max_acc_se", "L99", "L100")]
+    assert [[r[k] for k in KEYS] for r in second] == [[r[k] for k in KEYS] for r in table2a]
     assert (root / "runs_par" / "8+2" / "seed1" / "old" / "train.out").exists()
 
 
-def test_killed_driver_resumes_without_rerunning_finished_runs(root):
+def test_killed_driver_resumes_without_rerunning_finished_runs(root, table2a):
     """SIGKILL reproduce.sh part way, start it again: finished logs stay byte for byte, the table is the same."""
     import os
     import signal
@@ -151,8 +156,7 @@ def test_killed_driver_resumes_without_rerunning_finished_runs(root):
     from conftest import ROOT
 
     runs = root / "runs_kill"
-    argv = COMMON + ["--plan", "table2a", "--data-dir", str(root / "data"), "--runs", str(runs), "--results",
-                     str(root / "res_kill"), "--split", "8+2", "--seeds", "2", "--compare-to", "cifar10"]
+    argv = common(root, "runs_kill", "res_kill") + TABLE2A
     proc = subprocess.Popen([os.path.join(ROOT, "reproduce.sh"), *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -166,18 +170,13 @@ def test_killed_driver_resumes_without_rerunning_finished_runs(root):
     for p, b in finished.items():
         assert p.read_bytes() == b, p
     assert len(list(runs.glob("*/*/*/log.jsonl"))) == 10
-    if not (root / "res" / "table2a_cifar10.csv").exists():
-        run_plan(root, "table2a", "--split", "8+2", "--seeds", "2", "--compare-to", "cifar10")
-    keys = ("label", "n", "max_acc", "max_acc_se", "L99", "L100")
-    killed = [[r[k] for k in keys] for r in csv.DictReader(open(root / "res_kill" / "table2a_cifar10.csv"))]
-    clean = [[r[k] for k in keys] for r in csv.DictReader(open(root / "res" / "table2a_cifar10.csv"))]
-    assert killed == clean
+    killed = list(csv.DictReader(open(root / "res_kill" / "table2a_cifar10.csv")))
+    assert [[r[k] for k in KEYS] for r in killed] == [[r[k] for k in KEYS] for r in table2a]
 
 
 def test_bad_split_is_one_error_before_any_run(root, capsys):
     with pytest.raises(SystemExit) as e:
-        reproduce.main(COMMON + ["--data-dir", str(root / "data"), "--runs", str(root / "runs_bad"),
-                                 "--split", "8+4"])
+        reproduce.main(common(root, "runs_bad", "res_bad") + ["--split", "8+4"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err == "reproduce.sh: error: split '8+4' needs 12 classes but the dataset has 10"
     assert not (root / "runs_bad").exists()
