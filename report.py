@@ -104,7 +104,8 @@ def report_sections(runs, args, runs_dir, results_dir):
         walls += [f"- {sec.split} {label}: " + ", ".join(f"seed {h['config']['seed']}: {ev[-1]['wall']:.0f} s"
                                                         for h, ev in rs) for label, rs in sorted(groups.items())]
     md += ["Wall time of every run (training and evaluation):", ""] + sorted(set(walls))
-    write(results_dir, name, sections[0].title if len(sections) == 1 else name, args, md, csv)
+    titles = {"table2b": "Table 2b: ratios of old and new classes", "appendix": "Appendix A.3-A.6: sweeps"}
+    write(results_dir, name, titles.get(name, sections[0].title), args, md, csv)
 
 
 def report_fig6(runs, args, runs_dir, results_dir):
