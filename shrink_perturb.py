@@ -9,11 +9,11 @@ freshly initialised network of the same architecture: Ash & Adams add "parameter
 randomly-initialized network" rather than Gaussian noise, so that each layer's noise has that layer's own
 init scale (a BatchNorm weight's random init is 1, a conv kernel's is kaiming-uniform, ...).
 
-BatchNorm running statistics are buffers, not parameters, and are left unchanged, as in Ash & Adams' code
-(which loops over model.parameters()). Shrinking a conv kernel scales its pre-BN activations by ~alpha, so
-for a short while the running variance is stale by ~alpha^2; but training uses batch statistics and the
-running estimates (momentum 0.1) are fully refreshed within a few dozen steps, long before the first
-evaluation, while resetting them would throw away the old model's estimate of the input statistics.
+BatchNorm running statistics (buffers, not parameters) are reset to a fresh network's (mean 0, variance 1),
+as in Ash & Adams' code (JordanAsh/warm_start, run.py): it builds a new network, writes
+shrink * old + perturb * fresh into that network's parameters and trains it, so its buffers are the fresh
+ones. keep_bn_stats=True keeps the old model's running estimates instead (stale by ~alpha^2 in variance after
+shrinking; training uses batch statistics either way and momentum 0.1 refreshes them in a few dozen steps).
 
 Copy this file alone into a project: it imports torch only.
 """
@@ -33,8 +33,10 @@ def fresh_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def shrink_perturb_(model: nn.Module, alpha: float = 0.4, beta: float = 0.001, noise_model: nn.Module = None):
-    """In place: theta <- alpha * theta + beta * theta_random for every parameter (Eq. 4). Returns model.
+def shrink_perturb_(model: nn.Module, alpha: float = 0.4, beta: float = 0.001, noise_model: nn.Module = None,
+                    keep_bn_stats: bool = False):
+    """In place: theta <- alpha * theta + beta * theta_random for every parameter (Eq. 4), and BatchNorm running
+    statistics reset to a fresh network's unless keep_bn_stats. Returns model.
 
     noise_model: a network of the same architecture supplying theta_random; when None, a fresh copy of
     `model` (drawn from torch's global RNG, so seed it for reproducibility)."""
@@ -49,4 +51,8 @@ def shrink_perturb_(model: nn.Module, alpha: float = 0.4, beta: float = 0.001, n
         if name not in noise or noise[name].shape != p.shape:
             raise ValueError(f"noise_model does not match model at parameter '{name}'")
         p.mul_(alpha).add_(noise[name].to(p), alpha=beta)  # Eq. 4
+    if not keep_bn_stats:  # Ash & Adams return the fresh network, whose running statistics are its own
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                m.reset_running_stats()
     return model

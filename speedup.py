@@ -3,17 +3,23 @@
     s(f, a) = min { i : accuracy of f after i iterations >= a }                                   (Eq. 1)
     L_r(f, f_scratch) = s(f_scratch, a_scratch) / s(f, r/100 * a_scratch)                          (Eq. 2)
 
-a_scratch is the reference (scratch) model's maximum accuracy, so s(f_scratch, a_scratch) is the iteration
-at which the reference reaches its own best. L_100 = 2 means half the iterations to match the reference;
-L_99 asks for 99% of it. Accuracy is only known at logged evaluations, so s is the first logged iteration at
-or above the target. With seeds, the paper reports averages: curves are averaged over seeds first and L_r is
-computed on the mean curves; Max Acc is the mean (+- standard error) of each seed's maximum.
+The paper calls a_scratch the scratch model's "final accuracy"; its tables report Max Acc. We take a_scratch =
+the maximum (target="max", the default) or the last logged accuracy (target="final"), so s(f_scratch,
+a_scratch) is the iteration at which the reference first reaches it. L_100 = 2 means half the iterations to
+match the reference; L_99 asks for 99% of it. Accuracy is only known at logged evaluations, so s is the first
+logged iteration at or above the target.
+
+With seeds (the paper reports averages of five runs) curves are averaged over seeds first, and both a_scratch
+and every row's Max Acc are the maximum of the seed-averaged curve: one statistic, so a row reaches L_100
+exactly when its Max Acc is at least the reference's. Its standard error is that of the seeds' accuracies
+at the iteration of the maximum. A verdict ('/' or a number) that would flip if the row's Max Acc moved by
+one combined standard error is marked fragile.
 
 The same ratios in measured training seconds (the logs' train_seconds at those iterations) show whether the
 savings survive in wall-clock time when some methods cost more per iteration.
 
 The functions import only the standard library and numpy; the CLI reads train.py's log.jsonl files:
-    python speedup.py runs/*/ --reference scratch [--md table.md] [--csv table.csv]
+    python speedup.py runs/*/ --reference scratch [--target max|final] [--md table.md] [--csv table.csv]
 """
 import argparse
 import json
@@ -32,12 +38,20 @@ def iterations_to_reach(iters, accs, target):
     return None
 
 
-def speedup(ref_iters, ref_accs, iters, accs, r=100):
+def reference_accuracy(accs, target="max"):
+    """a_scratch of Eq. 2: the maximum of a curve, or its last value (the paper's 'final accuracy')."""
+    accs = [a for a in accs if a is not None]
+    if target not in ("max", "final"):
+        raise ValueError(f"unknown target '{target}' (max or final)")
+    return max(accs) if target == "max" else accs[-1]
+
+
+def speedup(ref_iters, ref_accs, iters, accs, r=100, target="max"):
     """Eq. 2: L_r of a run (iters, accs) against the reference run; None where the target is not reached.
 
     A run at the target before any training (iteration 0) has an infinite speed-up (1 if the reference's best
     is its starting point too)."""
-    a_ref = max(a for a in ref_accs if a is not None)
+    a_ref = reference_accuracy(ref_accs, target)
     num = iterations_to_reach(ref_iters, ref_accs, a_ref)
     den = iterations_to_reach(iters, accs, r / 100 * a_ref)
     return ratio(num, den)
@@ -56,9 +70,9 @@ def cost_at(iters, costs, it):
     return costs[list(iters).index(it)]
 
 
-def speedup_cost(ref_iters, ref_accs, ref_costs, iters, accs, costs, r=100):
+def speedup_cost(ref_iters, ref_accs, ref_costs, iters, accs, costs, r=100, target="max"):
     """Eq. 2 with each side's iteration count replaced by its logged cost (seconds) at that iteration."""
-    a_ref = max(a for a in ref_accs if a is not None)
+    a_ref = reference_accuracy(ref_accs, target)
     num_it = iterations_to_reach(ref_iters, ref_accs, a_ref)
     den_it = iterations_to_reach(iters, accs, r / 100 * a_ref)
     if den_it is None:
@@ -72,9 +86,9 @@ def mean_se(values):
     return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0)
 
 
-def fmt_speedup(x):
-    """The paper's notation: 'x1.83', '/' where the target is not reached."""
-    return "/" if x is None else ("x inf" if math.isinf(x) else f"x{x:.2f}")
+def fmt_speedup(x, fragile=False):
+    """The paper's notation: 'x1.83', '/' where the target is not reached; '†' marks a fragile verdict."""
+    return ("/" if x is None else ("x inf" if math.isinf(x) else f"x{x:.2f}")) + ("†" if fragile else "")
 
 
 # --------------------------------------------------------------------------------------- reading logs
@@ -124,28 +138,46 @@ def mean_curve(runs, field="acc"):
     return common, [float(np.mean([r[i] for r in per_run])) for i in common]
 
 
-def row_stats(groups, label, reference, rs=(99, 100)):
-    """One row: n seeds, Max Acc mean +- s.e. over seeds, and L_r on the seed-averaged curves against the
-    reference label, in iterations and in training seconds. None if either has no runs."""
+def max_of_mean(runs):
+    """(Max Acc, its standard error, its iteration): the maximum of the seed-averaged curve, and the standard
+    error of the seeds' accuracies at that iteration."""
+    it, acc = mean_curve(runs)
+    k = int(np.argmax(acc))
+    _, se = mean_se([{e["iter"]: e["acc"] for e in evals}[it[k]] for _, evals in runs])
+    return acc[k], se, it[k]
+
+
+def row_stats(groups, label, reference, rs=(99, 100), target="max"):
+    """One row: n seeds, Max Acc (maximum of the seed-averaged curve) +- s.e., and L_r on the seed-averaged
+    curves against the reference label, in iterations and in training seconds, each with a flag `fragile`
+    when reaching r% of a_scratch or not is within one combined standard error. None if either has no runs."""
     if label not in groups or reference not in groups:
         return None
     ref_it, ref_acc = mean_curve(groups[reference])
     _, ref_sec = mean_curve(groups[reference], "train_seconds")
     it, acc = mean_curve(groups[label])
     _, sec = mean_curve(groups[label], "train_seconds")
-    m, se = mean_se([max(e["acc"] for e in evals) for _, evals in groups[label]])
-    row = {"label": label, "n": len(groups[label]), "max_acc": m, "max_acc_se": se}
+    m, se, m_it = max_of_mean(groups[label])
+    _, ref_se, _ = max_of_mean(groups[reference])
+    a_ref = reference_accuracy(ref_acc, target)
+    row = {"label": label, "n": len(groups[label]), "max_acc": m, "max_acc_se": se, "max_acc_iter": m_it,
+           "final_acc": acc[-1], "a_scratch": a_ref}
     for r in rs:
-        row[f"L{r}"] = speedup(ref_it, ref_acc, it, acc, r)
-        row[f"L{r}_seconds"] = speedup_cost(ref_it, ref_acc, ref_sec, it, acc, sec, r)
+        row[f"L{r}"] = speedup(ref_it, ref_acc, it, acc, r, target)
+        row[f"L{r}_seconds"] = speedup_cost(ref_it, ref_acc, ref_sec, it, acc, sec, r, target)
+        margin = math.hypot(se, r / 100 * ref_se)
+        row[f"L{r}_fragile"] = label != reference and abs(m - r / 100 * a_ref) <= margin and margin > 0
     return row
 
 
-def summarize(groups, reference, rs=(99, 100)):
+def summarize(groups, reference, rs=(99, 100), target="max"):
     """One row_stats per label."""
     if reference not in groups:
         raise ValueError(f"reference '{reference}' not among the runs ({', '.join(sorted(groups))})")
-    return [row_stats(groups, label, reference, rs) for label in groups]
+    return [row_stats(groups, label, reference, rs, target) for label in groups]
+
+
+FRAGILE_NOTE = "\n† within one standard error of the target: the verdict (reached or '/') could flip.\n"
 
 
 def to_markdown(rows, rs=(99, 100)):
@@ -153,13 +185,15 @@ def to_markdown(rows, rs=(99, 100)):
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["label"], str(row["n"]), f"{row['max_acc']:.2f} ± {row['max_acc_se']:.2f}"]
-        cells += [fmt_speedup(row[f"L{r}"]) for r in rs] + [fmt_speedup(row[f"L{r}_seconds"]) for r in rs]
+        cells += [fmt_speedup(row[f"L{r}"], row[f"L{r}_fragile"]) for r in rs]
+        cells += [fmt_speedup(row[f"L{r}_seconds"], row[f"L{r}_fragile"]) for r in rs]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
 def to_csv(rows, rs=(99, 100)):
-    cols = ["label", "n", "max_acc", "max_acc_se"] + [f"L{r}" for r in rs] + [f"L{r}_seconds" for r in rs]
+    cols = ["label", "n", "max_acc", "max_acc_se"] + [f"L{r}" for r in rs] + [f"L{r}_seconds" for r in rs] + \
+        [f"L{r}_fragile" for r in rs]
     lines = [",".join(cols)]
     for row in rows:
         vals = [row[c] for c in cols]
@@ -180,15 +214,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="L99/L100 speed-ups (paper Eq. 1-2) from train.py run folders.")
     p.add_argument("runs", nargs="+", help="run folders (each holding log.jsonl) or log files")
     p.add_argument("--reference", required=True, help="label of the reference runs (e.g. scratch)")
+    p.add_argument("--target", default="max", choices=["max", "final"],
+                   help="a_scratch of Eq. 2: the reference's maximum or its final accuracy")
     p.add_argument("--md", help="also write the table as Markdown to this file")
     p.add_argument("--csv", help="also write the table as CSV to this file")
     args = p.parse_args(argv)
     try:
-        rows = summarize(group_runs(args.runs), args.reference)
+        rows = summarize(group_runs(args.runs), args.reference, target=args.target)
     except (ValueError, KeyError) as e:
         print(f"speedup.py: error: {e}", file=sys.stderr)
         return 2
-    md = to_markdown(rows)
+    md = to_markdown(rows) + FRAGILE_NOTE
     print(md, end="")
     if args.md:
         write_atomic(args.md, md)

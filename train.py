@@ -19,23 +19,25 @@ import platform
 import subprocess
 import sys
 import time
+import types
 
 import torch
 import torch.nn.functional as F
 
 import data as D
-from l2init import l2_init_penalty, snapshot
+from l2init import add_l2_init_grad_, paired, snapshot
 from resnet import grow_head, resnet18
-from sampler import LearningSpeed, batches, easy_hard_weights, old_new_weights
+from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
 from shrink_perturb import shrink_perturb_
-from speedup import is_finished
+from speedup import is_finished, read_log
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # config keys that are seeds (of the init, data order and class order) or paths: runs that differ only in these
 # are seeds of one row of a table
-NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "label", "data_dir", "old_ckpt",
-              "download", "quiet")
+NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "cuda_graph", "label", "data_dir",
+              "old_ckpt", "stop_at_acc_of", "download", "quiet")
+AMP = {"bf16": torch.bfloat16, "fp32": None}  # autocast dtype of the forward pass (None: plain fp32)
 
 
 class UsageError(Exception):
@@ -71,6 +73,8 @@ def build_parser():
       help="with --init scratch: shrink-perturb the random init too (Table 1's Scratch column)")
     a("--sp-alpha", type=float, default=0.4, help="shrink factor alpha of Eq. 4")
     a("--sp-beta", type=float, default=0.001, help="perturb factor beta of Eq. 4")
+    a("--sp-keep-bn-stats", action="store_true",
+      help="keep the old BatchNorm running statistics (default: reset to a fresh network's, as Ash & Adams)")
     # objective (Sec. 3.2, Eq. 5)
     a("--reg", default="none", choices=["none", "l2", "l2init"],
       help="l2: towards 0; l2init: towards the lineage's random init")
@@ -80,11 +84,19 @@ def build_parser():
     a("--eh-c", type=float, default=0.2,
       help="easy/hard: fraction of old examples down-weighted (half easiest, half hardest)")
     a("--eh-r", type=float, default=0.1, help="easy/hard: their relative sampling weight (0 removes them)")
+    a("--replacement", action="store_true",
+      help="weighted sampling draws with replacement (default: without, in pseudo-epochs)")
+    a("--learning-speed", default="exact", choices=["exact", "online", "off"],
+      help="Eq. 6 for the next task: exact (eval pass over the training images every epoch), online (counted "
+           "on the training batches), off (not recorded)")
     # schedule (Sec. 3.4, App. A.2, A.6)
     a("--schedule", default="cosine", choices=["cosine", "multistep"], help="learning-rate schedule")
     a("--schedule-scale", type=float, default=1.0, help="the schedule ends after scale*iters (x0.25, x0.5, x0.75)")
-    a("--iters", type=int, default=39100, help="training iterations (always all of them)")
-    a("--batch-size", type=int, default=128)
+    a("--iters", type=int, default=39100, help="training iterations of the full (x1) schedule")
+    a("--stop-at-schedule-end", action=argparse.BooleanOptionalAction, default=True,
+      help="a shortened schedule ends the run (scale * iters iterations); --no-...: hold lr-min to --iters")
+    a("--stop-at-acc-of", metavar="RUN", help="stop at the first evaluation reaching that finished run's max accuracy")
+    a("--batch-size", type=int, default=128, help="batch size (App. A.2)")
     a("--lr", type=float, default=1e-3, help="Adam learning rate at the start")
     a("--lr-min", type=float, default=1e-6, help="learning rate at the end of the cosine schedule")
     # run
@@ -95,7 +107,10 @@ def build_parser():
     a("--overwrite", action="store_true", help="replace a finished run in --out")
     a("--label", help="row name used by speedup.py (default: made from the method flags)")
     a("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    a("--amp", default="auto", choices=["auto", "bf16", "fp32"],
+      help="precision of the forward pass: auto = bf16 autocast on a GPU, fp32 on a CPU")
     a("--compile", action="store_true", help="torch.compile the model")
+    a("--cuda-graph", action="store_true", help="record the training step as one CUDA graph (GPU only)")
     a("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -108,13 +123,16 @@ def default_label(args):
         parts += [f"beta={args.sp_beta:g}"] * (args.sp_beta != 0.001)
     if args.reg != "none":
         parts.append(args.reg + (f"(lambda={args.reg_lambda:g})" if args.reg_lambda != 0.01 else ""))
+    if args.init != "scratch" or args.sp:
+        parts += ["keep-bn-stats"] * args.sp_keep_bn_stats
     if args.sampler != "uniform":
         parts.append(args.sampler + (f"(c={args.eh_c:g},r={args.eh_r:g})" if args.sampler == "easy_hard"
-                                     and (args.eh_c, args.eh_r) != (0.2, 0.1) else ""))
+                                     and (args.eh_c, args.eh_r) != (0.2, 0.1) else "")
+                     + " with replacement" * args.replacement)
     if args.schedule != "cosine":
         parts.append(args.schedule)
     if args.schedule_scale != 1:
-        parts.append(f"x{args.schedule_scale:g}")
+        parts.append(f"x{args.schedule_scale:g}" + " (held)" * (not args.stop_at_schedule_end))
     return " + ".join(parts)
 
 
@@ -142,6 +160,8 @@ def validate(args):
          f"--sampler {args.sampler} needs --task >= 1 (no old examples at task 0)"),
         (args.sampler != "easy_hard" or args.old_ckpt,
          "--sampler easy_hard needs --old-ckpt (learning speed of the old examples)"),
+        (args.sampler != "old_new" or args.batch_size >= 2, "--sampler old_new needs --batch-size >= 2"),
+        (not (args.compile and args.cuda_graph), "--compile and --cuda-graph: choose one"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -152,15 +172,25 @@ def validate(args):
         raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
 
 
-def resolve_device(name):
+def resolve_device(args):
+    """The torch.device of --device; also settles --amp auto and --cuda-graph for it (in args, so the log
+    records what ran)."""
+    name = args.device
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise UsageError(f"unknown device '{name}'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA device is available")
+    if args.amp == "auto":
+        args.amp = "bf16" if dev.type == "cuda" else "fp32"
+    if args.cuda_graph and dev.type != "cuda":
+        if not args.quiet:
+            print("train.py: --cuda-graph needs a GPU; running the same step eagerly", flush=True)
+        args.cuda_graph = False
+    args.label = args.label or default_label(args)
     return dev
 
 
@@ -200,22 +230,89 @@ def save_atomic(obj, path):
     os.replace(tmp, path)
 
 
-def forward_backward(model, x, y, reg_anchor=None, lam=0.0, amp=None, forward=None):
-    """Loss of one batch (Eq. 3's L, plus Eq. 5's penalty when reg_anchor is given) and its gradients in
-    .grad. The forward pass runs under autocast(amp) (bf16 on a GPU), the loss in fp32. `forward` is the
-    (maybe compiled) callable of `model`. Returns detached (loss, penalty or None, logits): no host sync."""
-    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-        logits = (forward or model)(x)
+# ---------------------------------------------------------------------------------------------- the step
+
+def forward_backward(model, x, y, reg=None, lam=0.0, amp=None, forward=None):
+    """Loss of one batch (Eq. 3's L) and the gradients of Eq. 5's objective in .grad: backward through the
+    cross-entropy, then L2-init's gradient 2 * lambda * (theta - theta_0) added directly (reg = l2init.paired
+    lists (params, anchors), or None). The forward pass runs under autocast(amp) (bf16 on a GPU), the loss in
+    fp32. `forward` is the (maybe compiled) callable of `model`. Returns detached (loss, logits): no host sync."""
+    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None, cache_enabled=False):
+        logits = (forward if forward is not None else model)(x)
     loss = F.cross_entropy(logits.float(), y)
-    reg = l2_init_penalty(model, reg_anchor, lam) if reg_anchor is not None else None  # Eq. 5
-    (loss if reg is None else loss + reg).backward()
-    return loss.detach(), None if reg is None else reg.detach(), logits.detach()
+    loss.backward()
+    if reg is not None:
+        add_l2_init_grad_(*reg, lam)  # Eq. 5
+    return loss.detach(), logits.detach()
 
 
-def main(args):
-    """Run one training job; returns the summary dict. Raises UsageError on bad input."""
-    validate(args)
-    device = resolve_device(args.device)
+def build_step(model, opt, loader, batch_size, reg=None, lam=0.0, amp=None, speed=None, forward=None,
+               cuda_graph=False, warmup=3):
+    """step(idx, lr): one training step on the batch of training-set indices idx int64 [B] at learning rate lr,
+    adding its loss to the returned device scalar loss_sum (and, with `speed`, its predictions to the online
+    learning speed). Returns (step, loss_sum).
+
+    Everything a step reads lives in fixed buffers (indices, crop offsets, the learning rate as a device
+    tensor), so the same body runs eagerly or, with cuda_graph, is recorded once as a CUDA graph after
+    `warmup` eager steps and replayed with one launch per step. Random crops are drawn outside the body from
+    the loader's generator, so eager and graphed steps see the same augmentation."""
+    device = loader.device
+    lr_t = opt.param_groups[0]["lr"]  # a device tensor (see make_optimizer)
+    loss_sum = torch.zeros((), device=device)
+    idx_s = torch.zeros(batch_size, dtype=torch.int64, device=device)
+    crops_s = (torch.zeros(batch_size, 1, dtype=torch.int64, device=device),  # dy, dx, flip of D.random_crops
+               torch.zeros(batch_size, 1, dtype=torch.int64, device=device),
+               torch.zeros(batch_size, 1, dtype=torch.bool, device=device))
+
+    def body():
+        x, y, _ = loader.batch(idx_s, crops_s)
+        opt.zero_grad(set_to_none=True)
+        loss, logits = forward_backward(model, x, y, reg, lam, amp, forward)
+        opt.step()
+        loss_sum.add_(loss)
+        if speed is not None:
+            speed.update(idx_s, logits.argmax(1) == y)  # Eq. 6, online form
+
+    graph, n = None, 0
+
+    def step(idx, lr):
+        nonlocal graph, n
+        lr_t.fill_(lr)
+        idx_s.copy_(idx)
+        for buf, new in zip(crops_s, D.random_crops(len(idx), loader.generator)):
+            buf.copy_(new)
+        if not cuda_graph:
+            body()
+        elif n < warmup:  # real steps, on a side stream as torch.cuda.graph wants before a capture
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                body()
+            torch.cuda.current_stream(device).wait_stream(side)
+        else:
+            if graph is None:
+                graph = torch.cuda.CUDAGraph()
+                opt.zero_grad(set_to_none=True)  # .grad is then allocated inside the graph, at fixed addresses
+                with torch.cuda.graph(graph):
+                    body()
+            graph.replay()
+        n += 1
+
+    return step, loss_sum
+
+
+def make_optimizer(model, lr, device, cuda_graph):
+    """Adam (App. A.2: betas 0.9, 0.999, no weight decay) with the learning rate as a device tensor that the
+    step writes in place: no host value is baked into a CUDA graph. Fused on a GPU."""
+    lr_t = torch.tensor(float(lr), device=device)
+    kw = {"fused": True, "capturable": cuda_graph} if device.type == "cuda" else {"foreach": False}
+    return torch.optim.Adam(model.parameters(), lr=lr_t, betas=(0.9, 0.999), weight_decay=0, **kw)
+
+
+# ------------------------------------------------------------------------------------------ the recipe
+
+def load_task(args):
+    """The dataset, the class split and order, this task's data (data.py) and the old checkpoint, if any."""
     try:
         train, test, class_names = D.load_dataset(args.dataset, args.data_dir, args.image_size, args.download)
         groups = D.parse_split(args.split, len(class_names))
@@ -228,87 +325,117 @@ def main(args):
     old = load_old(args.old_ckpt, args, {"groups": groups, "order": order}, class_names) if args.old_ckpt else None
     if old is not None and not torch.equal(old["index"], d.index[d.is_old]):
         raise UsageError(f"checkpoint {args.old_ckpt} was trained on other examples than this task's old data")
+    if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any():
+        raise UsageError(f"checkpoint {args.old_ckpt} recorded no learning speed (it ran --learning-speed off)")
+    return types.SimpleNamespace(train=train, test=test, class_names=class_names, groups=groups, order=order,
+                                 d=d, old=old)
 
-    # -- the starting point (Sec. 3.1) and the L2-init anchor theta_0 (Sec. 3.2) ---------------------------
+
+def starting_point(args, task):
+    """The model to train (Sec. 3.1) and the L2-init anchor theta_0 of its lineage (Sec. 3.2), on the CPU."""
+    d, old = task.d, task.old
     torch.manual_seed(args.seed)
     if args.init == "scratch":
         model = resnet18(d.num_classes, args.width)
         anchor = snapshot(model)  # the lineage's random init is this model's own
         if args.sp:
-            shrink_perturb_(model, args.sp_alpha, args.sp_beta)  # Eq. 4 on a random init
-    else:
-        model = resnet18(d.num_old_classes, args.width)
-        model.load_state_dict(old["model"])
-        grow_head(model, d.num_classes)  # old rows copied, new rows freshly initialised
-        anchor = dict(old["init"])  # the old model's own random init ...
-        k = d.num_old_classes
-        anchor["fc.weight"] = torch.cat([anchor["fc.weight"][:k], model.fc.weight.detach()[k:]])
-        anchor["fc.bias"] = torch.cat([anchor["fc.bias"][:k], model.fc.bias.detach()[k:]])  # ... new rows: theirs
-        if args.init == "shrink_perturb":
-            shrink_perturb_(model, args.sp_alpha, args.sp_beta)  # Eq. 4
-    model = model.to(device, memory_format=torch.channels_last)
-    reg_anchor = None
-    if args.reg == "l2init":
-        reg_anchor = {n: t.to(device) for n, t in anchor.items()}
-    elif args.reg == "l2":
-        reg_anchor = {n: torch.zeros_like(t, device=device) for n, t in anchor.items()}  # L2 towards the origin
-    step_model = torch.compile(model) if args.compile else model
+            shrink_perturb_(model, args.sp_alpha, args.sp_beta, keep_bn_stats=args.sp_keep_bn_stats)  # Eq. 4
+        return model, anchor
+    model = resnet18(d.num_old_classes, args.width)
+    model.load_state_dict(old["model"])
+    grow_head(model, d.num_classes)  # old rows copied, new rows freshly initialised
+    anchor = dict(old["init"])  # the old model's own random init ...
+    k = d.num_old_classes
+    anchor["fc.weight"] = torch.cat([anchor["fc.weight"][:k], model.fc.weight.detach()[k:]])
+    anchor["fc.bias"] = torch.cat([anchor["fc.bias"][:k], model.fc.bias.detach()[k:]])  # ... new rows: theirs
+    if args.init == "shrink_perturb":
+        shrink_perturb_(model, args.sp_alpha, args.sp_beta, keep_bn_stats=args.sp_keep_bn_stats)  # Eq. 4
+    return model, anchor
 
-    # -- the batches (Sec. 3.3) -------------------------------------------------------------------------
-    mean, std = D.channel_stats(train[0])  # of the whole training set: one normalisation for every task
-    loader = D.Loader(d.x, d.y, device, seed=args.seed + 1, mean=mean, std=std)
-    test_x, test_y = d.test_x.to(device), d.test_y.to(device)
-    is_old_test = test_y < d.num_old_classes
-    weights = None
-    if args.sampler == "old_new":
-        weights = old_new_weights(d.is_old.to(device))
-    elif args.sampler == "easy_hard":
-        ls_old = LearningSpeed(int(d.is_old.sum()))
-        ls_old.load_state_dict(old["learning_speed"])
-        ls_all = torch.zeros(len(d.y))
-        ls_all[d.is_old] = ls_old.value()  # the old model's learning speed of each old example (Eq. 6)
-        weights = easy_hard_weights(ls_all, d.is_old, args.eh_c, args.eh_r).to(device)
+
+def objective(args, model, anchor):
+    """Eq. 5's (params, anchors) lists for add_l2_init_grad_, or None for the plain loss."""
+    if args.reg == "none":
+        return None
+    if args.reg == "l2":  # plain L2: the anchor is the origin
+        anchor = {n: torch.zeros_like(t) for n, t in anchor.items()}
+    return paired(model, anchor)
+
+
+def batch_indices(args, task, device):
+    """The stream of training batches (Sec. 3.3): uniform, old/new (half of each batch old) or easy/hard."""
+    d = task.d
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    batch_iter = batches(len(d.y), args.batch_size, gen, weights)
-    speed = LearningSpeed(len(d.y), device)  # recorded for the next task
+    if args.sampler == "uniform":
+        return batches(len(d.y), args.batch_size, gen)
+    if args.sampler == "old_new":
+        if args.replacement:
+            return batches(len(d.y), args.batch_size, gen, old_new_weights(d.is_old.to(device)), replacement=True)
+        return balanced_batches(d.is_old.to(device), args.batch_size, gen)
+    ls_old = LearningSpeed(int(d.is_old.sum()))
+    ls_old.load_state_dict(task.old["learning_speed"])
+    ls_all = torch.full((len(d.y),), float("nan"))
+    ls_all[d.is_old] = ls_old.value()  # the old model's learning speed of each old example (Eq. 6)
+    weights = easy_hard_weights(ls_all, d.is_old, args.eh_c, args.eh_r)
+    return batches(len(d.y), args.batch_size, gen, weights.to(device), replacement=args.replacement)
 
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0, **fused)
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
-    # -- the log --------------------------------------------------------------------------------------------
-    config = {k.replace("-", "_"): v for k, v in vars(args).items()}
-    config["label"] = args.label or default_label(args)
-    os.makedirs(args.out, exist_ok=True)
-    log_path = os.path.join(args.out, "log.jsonl")
-    part = f"{log_path}.part"
+def run_length(args):
+    """Iterations this run trains: --iters, or only the schedule's scale * iters with --stop-at-schedule-end."""
+    if args.stop_at_schedule_end and args.schedule_scale < 1:
+        return max(1, math.ceil(args.schedule_scale * args.iters))
+    return args.iters
+
+
+def stop_accuracy(args):
+    """The accuracy at which to stop early (--stop-at-acc-of: that finished run's maximum), or None."""
+    if not args.stop_at_acc_of:
+        return None
+    if not is_finished(args.stop_at_acc_of):
+        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
+    return read_log(args.stop_at_acc_of)[2]["max_acc"]
+
+
+def open_log(args, task, config, device):
+    """log.jsonl.part with its header line; returns write(record). Renamed to log.jsonl only when finished."""
+    d = task.d
     header = {
         "event": "header", "label": config["label"], "config": config,
         "group": {k: v for k, v in config.items() if k not in NOT_METHOD},
-        "groups": groups, "class_order": order, "class_names": class_names,
+        "groups": task.groups, "class_order": task.order, "class_names": task.class_names,
         "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
-        "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(test_y),
-        "num_test_all": len(test[1]),
+        "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(d.test_y),
+        "num_test_all": len(task.test[1]), "planned_iters": run_length(args),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
                      "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else platform.processor() or "cpu"},
     }
-    logf = open(part, "w")
+    os.makedirs(args.out, exist_ok=True)
+    f = open(os.path.join(args.out, "log.jsonl.part"), "w")
 
-    def log(rec):
-        logf.write(json.dumps(rec) + "\n")
-        logf.flush()
+    def write(rec):
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
 
-    log(header)
+    write.close = f.close
+    write(header)
+    return write
+
+
+def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg, target, log):
+    """Sec. 3.4's schedule over run_length(args) iterations; an evaluation every --eval-every (the one host sync
+    of each interval), the exact learning speed (Eq. 6) at every epoch's end, an early stop at `target`.
+    Returns (best (acc, iter), last acc, iterations run, wall seconds, training seconds)."""
+    amp = AMP[args.amp]
+    n_iters, n_train = run_length(args), len(loader.y)
+    test_x, test_y = task.d.test_x.to(loader.device), task.d.test_y.to(loader.device)
+    is_old_test = test_y < task.d.num_old_classes
 
     @torch.no_grad()
     def evaluate():
         model.eval()
-        pred = D.predict(model, test_x, loader, autocast_dtype=amp)
+        hit = D.predict(model, test_x, loader, autocast_dtype=amp) == test_y
         model.train()
-        hit = pred == test_y
 
         def pct(mask):  # exact percentages from integer counts (float32 means print as 34.99999)
             n = int(mask.sum())
@@ -316,67 +443,100 @@ def main(args):
 
         return pct(torch.ones_like(hit)), pct(is_old_test), pct(~is_old_test)
 
-    # -- the loop -------------------------------------------------------------------------------------------
-    loss_sum = torch.zeros((), device=device)
-    reg_sum = torch.zeros((), device=device)
-    n_since, train_seconds, t0 = 0, 0.0, time.perf_counter()
+    @torch.no_grad()
+    def penalty():  # Eq. 5's value for the log, at the evaluation point, without autograd
+        if reg is None:
+            return None
+        return args.reg_lambda * float(torch.stack(torch._foreach_norm(torch._foreach_sub(*reg))).pow(2).sum())
+
     acc, acc_old, acc_new = evaluate()  # iteration 0: the starting point
     log({"event": "eval", "iter": 0, "acc": acc, "acc_old": acc_old, "acc_new": acc_new, "loss": None,
-         "lr": lr_at(0, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule),
-         "wall": 0.0, "train_seconds": 0.0, "images_per_s": None})
-    best = (acc, 0)
-    tick = time.perf_counter()
+         "reg_loss": penalty(), "lr": lr_of(args, 0), "wall": 0.0, "train_seconds": 0.0, "images_per_s": None})
+    best, n_since, train_seconds, t0 = (acc, 0), 0, 0.0, time.perf_counter()
+    tick = t0
     model.train()
-    for it in range(args.iters):
-        lr = lr_at(it, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y, idx = loader.batch(next(batch_iter))
-        opt.zero_grad(set_to_none=True)
-        loss, reg, logits = forward_backward(model, x, y, reg_anchor, args.reg_lambda, amp, step_model)
-        opt.step()
-        speed.update(idx, logits.argmax(1) == y)  # Eq. 6, from the batch we trained on
-        loss_sum += loss
-        if reg is not None:
-            reg_sum += reg
+    for it in range(n_iters):
+        step(next(batch_iter), lr_of(args, it))
         n_since += 1
-        if (it + 1) % args.eval_every == 0 or it + 1 == args.iters:
-            mean_loss = (loss_sum / n_since).item()  # the one host sync per evaluation
-            now = time.perf_counter()
-            train_seconds += now - tick
-            if not math.isfinite(mean_loss):
-                log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
-                logf.close()
-                raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
-                                         f"the log so far is in {part}")
-            acc, acc_old, acc_new = evaluate()
-            ips = n_since * args.batch_size / (now - tick)
-            log({"event": "eval", "iter": it + 1, "acc": acc, "acc_old": acc_old, "acc_new": acc_new,
-                 "loss": mean_loss, "reg_loss": (reg_sum / n_since).item() if reg_anchor is not None else None,
-                 "lr": lr, "wall": time.perf_counter() - t0, "train_seconds": train_seconds, "images_per_s": ips})
-            if acc > best[0]:
-                best = (acc, it + 1)
-            if not args.quiet:
-                eta = (args.iters - it - 1) * train_seconds / (it + 1)
-                print(f"{config['label']} | it {it + 1:6d}/{args.iters} | acc {acc:6.2f} | loss {mean_loss:.4f} "
-                      f"| {ips / args.batch_size:6.1f} it/s | eta {eta / 60:5.1f} min", flush=True)
-            loss_sum.zero_()
-            reg_sum.zero_()
-            n_since, tick = 0, time.perf_counter()
+        if args.learning_speed == "exact" and (it + 1) * args.batch_size // n_train > it * args.batch_size // n_train:
+            model.eval()  # the end of an epoch: f^i of Eq. 6 classifies every training image, unaugmented
+            speed.record_epoch(D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y)
+            model.train()
+        if (it + 1) % args.eval_every and it + 1 != n_iters:
+            continue
+        mean_loss = (loss_sum / n_since).item()  # the one host sync per evaluation
+        now = time.perf_counter()
+        train_seconds += now - tick
+        if not math.isfinite(mean_loss):
+            log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
+            raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
+                                     f"the log so far is in {os.path.join(args.out, 'log.jsonl.part')}")
+        acc, acc_old, acc_new = evaluate()
+        ips = n_since * args.batch_size / (now - tick)
+        log({"event": "eval", "iter": it + 1, "acc": acc, "acc_old": acc_old, "acc_new": acc_new, "loss": mean_loss,
+             "reg_loss": penalty(), "lr": lr_of(args, it), "wall": time.perf_counter() - t0,
+             "train_seconds": train_seconds, "images_per_s": ips})
+        if acc > best[0]:
+            best = (acc, it + 1)
+        if not args.quiet:
+            eta = (n_iters - it - 1) * train_seconds / (it + 1)
+            print(f"{args.label} | it {it + 1:6d}/{n_iters} | acc {acc:6.2f} | loss {mean_loss:.4f} "
+                  f"| {ips / args.batch_size:6.1f} it/s | eta {eta / 60:5.1f} min", flush=True)
+        loss_sum.zero_()
+        n_since, tick = 0, time.perf_counter()
+        if target is not None and acc >= target:
+            break  # --stop-at-acc-of: the reference's accuracy is reached; the run ends (and is charged) here
+    return best, acc, it + 1, time.perf_counter() - t0, train_seconds
 
-    # -- results: checkpoint first, then the log that marks the run as finished -------------------------------
-    summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
-               "wall": time.perf_counter() - t0, "train_seconds": train_seconds}
+
+def lr_of(args, it):
+    return lr_at(it, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule)
+
+
+def save_results(args, task, model, anchor, speed, summary, config, log):
+    """ckpt.pt first, then the summary line and the rename that marks the run finished (both atomic)."""
     save_atomic({
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(), "index": d.index,
-        "class_order": order, "class_names": class_names, "groups": groups, "split": args.split,
-        "dataset": args.dataset, "task": args.task, "width": args.width, "num_classes": d.num_classes,
-        "config": config, "summary": summary,
+        "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(),
+        "index": task.d.index, "class_order": task.order, "class_names": task.class_names, "groups": task.groups,
+        "split": args.split, "dataset": args.dataset, "task": args.task, "width": args.width,
+        "num_classes": task.d.num_classes, "config": config, "summary": summary,
     }, os.path.join(args.out, "ckpt.pt"))
     log(summary)
-    logf.close()
-    os.replace(part, log_path)
+    log.close()
+    os.replace(os.path.join(args.out, "log.jsonl.part"), os.path.join(args.out, "log.jsonl"))
+
+
+def main(args):
+    """Run one training job; returns the summary dict. Raises UsageError on bad input."""
+    t_start = time.perf_counter()
+    validate(args)
+    device = resolve_device(args)
+    target = stop_accuracy(args)
+    task = load_task(args)                                                        # data (Sec. 2.1)
+    model, anchor = starting_point(args, task)                                    # Sec. 3.1, Eq. 4
+    model = model.to(device, memory_format=torch.channels_last)
+    reg = objective(args, model, {n: t.to(device) for n, t in anchor.items()})    # Sec. 3.2, Eq. 5
+    batch_iter = batch_indices(args, task, device)                                # Sec. 3.3
+    mean, std = D.channel_stats(task.train[0], device)  # of the whole training set: one normalisation for all tasks
+    loader = D.Loader(task.d.x, task.d.y, device, seed=args.seed + 1, mean=mean, std=std)
+    speed = LearningSpeed(len(task.d.y), device)                                  # Eq. 6, for the next task
+    opt = make_optimizer(model, args.lr, device, args.cuda_graph)                # App. A.2
+    step, loss_sum = build_step(model, opt, loader, args.batch_size, reg, args.reg_lambda, AMP[args.amp],
+                                speed if args.learning_speed == "online" else None,
+                                torch.compile(model) if args.compile else None, args.cuda_graph)
+    config = {k.replace("-", "_"): v for k, v in vars(args).items()}
+    log = open_log(args, task, config, device)
+    setup_seconds = time.perf_counter() - t_start
+    try:                                                                          # Sec. 3.4 and the loop
+        best, acc, iters_run, wall, train_seconds = train_loop(args, task, step, loss_sum, batch_iter, model, loader,
+                                                               speed, reg, target, log)
+    except BaseException:
+        log.close()
+        raise
+    summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
+               "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds}
+    save_results(args, task, model, anchor, speed, summary, config, log)
     return summary
 
 

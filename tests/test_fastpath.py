@@ -7,9 +7,155 @@ import torch
 import torch.nn.functional as F
 
 from data import Loader, crop_flip
-from l2init import snapshot
+import pytest
+
+import train
+from l2init import add_l2_init_grad_, l2_init_penalty, paired, snapshot
 from resnet import resnet18
-from train import forward_backward
+from sampler import LearningSpeed, batches
+from train import build_step, forward_backward, make_optimizer
+
+
+def test_l2_init_as_a_gradient_gives_the_same_adam_update_as_the_penalty():
+    # in float64: Adam divides by sqrt(v), so for a parameter whose gradient is ~1e-8 the two forms' fp32
+    # rounding (~3e-8 apart, checked below) would already change its update by a sizeable fraction of lr
+    torch.manual_seed(0)
+    model = resnet18(5, width=8).double()
+    anchor = {n: p + 0.1 * torch.randn_like(p) for n, p in snapshot(model).items()}
+    x, y = torch.randn(16, 3, 32, 32, dtype=torch.float64), torch.randint(0, 5, (16,))
+    updated = []
+    for form in ("penalty", "gradient"):
+        m = copy.deepcopy(model)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        for _ in range(3):
+            opt.zero_grad()
+            loss = F.cross_entropy(m(x), y)
+            if form == "penalty":  # Eq. 5 as written, through autograd
+                (loss + l2_init_penalty(m, anchor, 0.05)).backward()
+            else:
+                loss.backward()
+                add_l2_init_grad_(*paired(m, anchor), 0.05)
+            opt.step()
+        updated.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    assert (updated[0] - model_flat(model)).abs().max() > 1e-4  # the steps really moved the weights
+    assert torch.allclose(updated[0], updated[1], atol=1e-6, rtol=0)
+    grads = []  # fp32 gradients of the two forms agree to rounding
+    for form in ("penalty", "gradient"):
+        m = copy.deepcopy(model).float()
+        loss = F.cross_entropy(m(x.float()), y)
+        if form == "penalty":
+            (loss + l2_init_penalty(m, anchor, 0.05)).backward()
+        else:
+            loss.backward()
+            add_l2_init_grad_(*paired(m, anchor), 0.05)
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert (grads[0] - grads[1]).abs().max() < 1e-6 * grads[0].abs().max()
+
+
+def model_flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def reference_steps(model, loader, anchor, lam, idx_batches, lrs):
+    """The plain eager step written out: float lr, autograd penalty, loader.batch drawing its own crops."""
+    opt = torch.optim.Adam(model.parameters(), lr=lrs[0])
+    losses = []
+    for idx, lr in zip(idx_batches, lrs):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y, _ = loader.batch(idx)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x.double()).float(), y)
+        (loss + l2_init_penalty(model, anchor, lam)).backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_restructured_step_matches_the_plain_eager_step():
+    # build_step: device learning rate written in place, gradient-form L2-init, fixed index and crop buffers.
+    # The network in float64 (inputs cast on entry), so that Adam's normalisation does not blow up rounding
+    torch.manual_seed(0)
+    model = resnet18(10, width=8).double().to(memory_format=torch.channels_last)
+    anchor = {n: p + 0.05 * torch.randn_like(p) for n, p in snapshot(model).items()}
+    x = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (100,))
+    it = batches(100, 16, torch.Generator().manual_seed(3))
+    idx = [next(it) for _ in range(6)]
+    lrs = [1e-3 * (0.7 ** k) for k in range(6)]
+    ref_model, start = copy.deepcopy(model), model_flat(model)
+    ref_losses = reference_steps(ref_model, Loader(x, y, "cpu", seed=5), anchor, 0.02, idx, lrs)
+
+    loader = Loader(x, y, "cpu", seed=5)
+    speed = LearningSpeed(100)
+    opt = make_optimizer(model, lrs[0], torch.device("cpu"), cuda_graph=False)
+    step, loss_sum = build_step(model, opt, loader, 16, paired(model, anchor), 0.02, None, speed,
+                                forward=lambda x: model(x.double()))
+    losses = []
+    for i, lr in zip(idx, lrs):
+        before = loss_sum.item()
+        step(i, lr)
+        losses.append(loss_sum.item() - before)
+    assert losses == pytest.approx(ref_losses, rel=1e-6)
+    assert (model_flat(model) - model_flat(ref_model)).abs().max() < 1e-8 < (model_flat(model) - start).abs().max()
+    for (n, b), rb in zip(model.named_buffers(), ref_model.buffers()):  # BatchNorm running statistics too
+        assert torch.allclose(b.float(), rb.float(), atol=1e-6), n
+    assert speed.seen.sum() == 6 * 16  # the online learning speed saw every example of every batch
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def gpu_runs(cuda_graph, steps=20):
+    """Train steps of a width-16 net on the GPU, eagerly or graphed; returns (losses, params, buffers)."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = resnet18(10, width=16).to(dev, memory_format=torch.channels_last)
+    anchor = {n: p.detach() + 0.05 for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (512,), generator=g)
+    loader = Loader(x, y, dev, seed=1)
+    speed = LearningSpeed(512, dev)
+    opt = make_optimizer(model, 1e-3, dev, cuda_graph)
+    step, loss_sum = build_step(model, opt, loader, 64, paired(model, anchor), 0.01, torch.bfloat16, speed,
+                                cuda_graph=cuda_graph)
+    it = batches(512, 64, torch.Generator(device=dev).manual_seed(0))
+    losses = []
+    for k in range(steps):
+        step(next(it), 1e-3 * (1 - k / steps))
+        losses.append(loss_sum.clone())
+    return torch.stack(losses), model_flat(model), [b.clone() for b in model.buffers()], speed, step, it
+
+
+@needs_cuda
+def test_gpu_graphed_step_equals_eager_step():
+    le, pe, be, se, _, _ = gpu_runs(False)
+    lg, pg, bg, sg, _, _ = gpu_runs(True)
+    assert torch.allclose(le, lg, rtol=2e-2)
+    assert (pe - pg).norm() < 2e-2 * pe.norm()
+    for a, b in zip(be, bg):
+        assert torch.allclose(a.float(), b.float(), rtol=5e-2, atol=5e-2)
+    assert torch.equal(se.seen, sg.seen)
+
+
+@needs_cuda
+def test_gpu_graphed_step_has_no_host_sync_and_one_graph_launch():
+    *_, step, it = gpu_runs(True, steps=5)  # warmed up and captured
+    idx = [next(it) for _ in range(3)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in idx[:2]:
+            step(i, 1e-4)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(idx[2], 1e-4)
+        torch.cuda.synchronize()
+    launches = [e for e in prof.events() if e.name == "cudaGraphLaunch"]
+    assert len(launches) == 1
 
 
 def test_fast_step_matches_fp32_reference():
@@ -31,10 +177,10 @@ def test_fast_step_matches_fp32_reference():
         # fp32 in channels_last must match up to the conv algorithms' rounding; bf16 within its ~3 significant
         # digits, which over ~20 layers of a random-init width-8 net leaves a gradient cosine of ~0.95 against fp32
         fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        loss, reg, logits = forward_backward(fast, imgs, labels, anchor, lam, amp=amp)
+        loss, logits = forward_backward(fast, imgs, labels, paired(fast, anchor), lam, amp=amp)
         assert logits.dtype == (amp or torch.float32)  # the forward really ran in that precision
         assert abs(loss.item() - ref_loss.item()) < (0.01 if amp else 1e-5) * ref_loss.item()
-        assert torch.allclose(reg, penalty.detach(), rtol=1e-5)
+        assert torch.allclose(l2_init_penalty(fast, anchor, lam), penalty.detach(), rtol=1e-5)
         g_fast = torch.cat([p.grad.flatten() for p in fast.parameters()])
         assert F.cosine_similarity(g_fast, g_ref, dim=0) > cos_min
         assert (g_fast - g_ref).norm() < rel_err * g_ref.norm()

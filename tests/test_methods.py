@@ -1,4 +1,5 @@
 """Each method module against an independent hand computation (issue: foundations)."""
+import copy
 import math
 import os
 import shutil
@@ -12,7 +13,8 @@ import torch.nn as nn
 from conftest import ROOT
 from l2init import l2_init_penalty, snapshot
 from resnet import grow_head, resnet18
-from sampler import LearningSpeed, batches, easy_hard_weights, old_new_weights
+from sampler import (LearningSpeed, _pseudo_epochs, balanced_batches, batches, easy_hard_weights, old_new_weights,
+                     pack_bits, unpack_bits)
 from schedule import lr_at
 from shrink_perturb import fresh_copy, shrink_perturb_
 
@@ -53,13 +55,19 @@ def test_grow_head_copies_old_rows():
 def test_shrink_perturb_exact_blend_with_noise_model():
     torch.manual_seed(0)
     m, noise = resnet18(5, width=8), resnet18(5, width=8)
+    m.train()(torch.randn(8, 3, 32, 32) * 3 + 1)  # "old" running statistics, far from a fresh network's
     before = {k: v.clone() for k, v in m.state_dict().items()}
+    keep = shrink_perturb_(copy.deepcopy(m), alpha=0.3, beta=0.02, noise_model=noise, keep_bn_stats=True)
     shrink_perturb_(m, alpha=0.3, beta=0.02, noise_model=noise)
     nz = dict(noise.named_parameters())
     for name, p in m.named_parameters():
         assert torch.allclose(p, 0.3 * before[name] + 0.02 * nz[name], atol=1e-7), name
-    for name, buf in m.named_buffers():  # BatchNorm running statistics are untouched
-        assert torch.equal(buf, before[name]), name
+    # BatchNorm running statistics: by default a fresh network's (mean 0, variance 1, no batches), as Ash &
+    # Adams' code returns the fresh network; keep_bn_stats leaves the old ones
+    for name, buf in m.named_buffers():
+        fresh = 1 if name.endswith("running_var") else 0
+        assert torch.equal(buf, torch.full_like(buf, fresh)), name
+        assert not torch.equal(before[name], buf) and torch.equal(dict(keep.named_buffers())[name], before[name])
 
 
 def test_shrink_perturb_default_noise_has_each_layers_init_scale():
@@ -134,7 +142,24 @@ def test_learning_speed_scripted_updates():
     other = LearningSpeed(4)
     other.load_state_dict(ls.state_dict())
     assert torch.equal(other.value(), ls.value())
-    assert LearningSpeed(2).value().tolist() == [0.0, 0.0]  # never seen = never learned
+    assert torch.isnan(LearningSpeed(2).value()).all()  # never observed: no learning speed (not 'hardest')
+
+
+def test_learning_speed_exact_form_and_bit_packing():
+    ls = LearningSpeed(11)
+    rows = torch.rand(3, 11, generator=torch.Generator().manual_seed(0)) < 0.5  # 3 epochs, 11 examples
+    for row in rows:
+        ls.record_epoch(row)
+    assert torch.equal(ls.value(), rows.float().mean(0))  # Eq. 6: the fraction of epochs classified correctly
+    state = ls.state_dict()
+    packed = state["correct_by_epoch"]
+    assert packed.dtype == torch.uint8 and packed.shape == (3, 2)  # 11 bits -> 2 bytes per epoch
+    # byte 0 of epoch 0 holds examples 0..7, least significant bit first (written out by hand)
+    assert int(packed[0, 0]) == sum(int(rows[0, j]) << j for j in range(8))
+    assert torch.equal(unpack_bits(packed, 11), rows) and torch.equal(pack_bits(unpack_bits(packed, 11)), packed)
+    other = LearningSpeed(11)
+    other.load_state_dict(state)
+    assert torch.equal(torch.stack(other.by_epoch), rows) and torch.equal(other.value(), ls.value())
 
 
 def test_easy_hard_weights_hand_example_with_ties():
@@ -147,6 +172,16 @@ def test_easy_hard_weights_hand_example_with_ties():
     expected[[1, 3, 5, 9]] = 0.25
     assert torch.equal(w, expected)
     assert torch.equal(easy_hard_weights(ls, is_old, c=0.0), torch.ones(12))
+
+
+def test_easy_hard_leaves_unseen_examples_out_of_the_ranking():
+    # 6 old examples, 2 of them never observed (NaN): c=0.5 of the 4 ranked ones -> 1 easiest, 1 hardest
+    ls = torch.tensor([0.2, float("nan"), 0.9, 0.5, float("nan"), 0.6, 0.0])
+    is_old = torch.tensor([True] * 6 + [False])
+    w = easy_hard_weights(ls, is_old, c=0.5, r=0.1)
+    expected = torch.ones(7)
+    expected[[0, 2]] = 0.1  # hardest 0.2 (not an unseen one), easiest 0.9
+    assert torch.allclose(w, expected)
 
 
 def test_old_new_weights_equal_mass():
@@ -162,10 +197,40 @@ def test_uniform_batches_are_epoch_permutations():
     assert sorted(stream[:10].tolist()) == list(range(10)) and sorted(stream[10:].tolist()) == list(range(10))
 
 
-def test_weighted_batches_follow_weights():
+def test_balanced_batches_are_exactly_half_old():
+    is_old = torch.tensor([True] * 7 + [False] * 3)
+    it = balanced_batches(is_old, 6, torch.Generator().manual_seed(0))
+    bs = [next(it) for _ in range(14)]  # 42 old draws = 6 epochs of the 7 old; 42 new = 14 epochs of the 3 new
+    for b in bs:
+        assert is_old[b].sum() == 3 and b.shape == (6,)
+    olds = torch.cat([b[:3] for b in bs])
+    for e in range(6):  # without replacement: each old example once per old epoch
+        assert sorted(olds[7 * e: 7 * e + 7].tolist()) == list(range(7))
+
+
+def test_weighted_pseudo_epochs_without_replacement():
+    w = torch.tensor([1.0, 0.1, 1.0, 0.0, 0.5])
+    chunks = _pseudo_epochs(w / w.max(), torch.Generator().manual_seed(0))
+    epochs = [next(chunks) for _ in range(4000)]
+    counts = torch.zeros(5)
+    for e in epochs:
+        assert len(set(e.tolist())) == len(e)  # at most once per pseudo-epoch
+        counts += torch.bincount(e, minlength=5)
+    # weight-1 examples in every pseudo-epoch, the others with probability weight / max weight
+    assert counts[0] == counts[2] == 4000 and counts[3] == 0
+    assert abs(counts[1] / 4000 - 0.1) < 0.015 and abs(counts[4] / 4000 - 0.5) < 0.03
+    it = batches(5, 2, torch.Generator().manual_seed(0), weights=w)
+    assert all(next(it).shape == (2,) for _ in range(50))
+    # equal weights: plain epochs, the same stream as uniform sampling draws
+    uni, eq = batches(5, 5, torch.Generator().manual_seed(1)), batches(5, 5, torch.Generator().manual_seed(1),
+                                                                       weights=torch.ones(5))
+    assert sorted(next(eq).tolist()) == list(range(5)) and sorted(next(uni).tolist()) == list(range(5))
+
+
+def test_weighted_batches_with_replacement_follow_weights():
     g = torch.Generator().manual_seed(0)
     w = torch.tensor([1.0, 0.1, 1.0, 0.0, 2.0])
-    it = batches(5, 1000, g, weights=w)
+    it = batches(5, 1000, g, weights=w, replacement=True)
     counts = torch.bincount(torch.cat([next(it) for _ in range(40)]), minlength=5).float()
     freq, expected = counts / counts.sum(), w / w.sum()
     assert counts[3] == 0

@@ -1,5 +1,6 @@
 """train.py end to end on a tiny learnable dataset in the CIFAR-10 on-disk format (width-8 ResNet, CPU)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 import train
 from conftest import ROOT, write_cifar
 from resnet import resnet18
+from sampler import unpack_bits
 
 COMMON = ["--dataset", "cifar10", "--no-download", "--split", "6+4", "--width", "8", "--batch-size", "32",
           "--eval-every", "20", "--quiet"]
@@ -65,14 +67,15 @@ def test_checkpoints_of_the_chain(chain):
         assert torch.equal(a[:6] if n.startswith("fc.") else a, t), n
     assert ours["init"]["fc.weight"].shape == (10, 64)
     assert not torch.equal(ours["init"]["fc.weight"][6:], torch.zeros(4, 64))
-    # learning speed: one value per training example, in [0, 1]; under uniform sampling every example is seen
-    # once an epoch (old: 100*32 draws over 180 examples; naive: 60*32 over 300)
-    for c, n, uniform in ((old, 180, True), (ours, 300, False), (ckpt(chain["naive"]), 300, True)):
-        seen, correct = c["learning_speed"]["seen"], c["learning_speed"]["correct"]
-        assert seen.shape == (n,) and (correct <= seen).all() and (correct >= 0).all() and len(c["index"]) == n
-        if uniform:
-            epochs = c["config"]["iters"] * 32 // n
-            assert seen.min() >= epochs and seen.max() <= epochs + 1
+    # learning speed (Eq. 6, exact form): every example classified once per finished epoch, whatever the sampler
+    # (old: 100*32 draws over 180 examples = 17 epochs; ours: 30*32 over 300 = 3; naive: 60*32 over 300 = 6),
+    # and the counts are the column sums of the per-epoch bits
+    for c, n, epochs in ((old, 180, 17), (ours, 300, 3), (ckpt(chain["naive"]), 300, 6)):
+        ls = c["learning_speed"]
+        bits = unpack_bits(ls["correct_by_epoch"], n)
+        assert bits.shape == (epochs, n) and len(c["index"]) == n
+        assert torch.equal(ls["seen"], torch.full((n,), float(epochs)))
+        assert torch.equal(ls["correct"], bits.sum(0).float())
     assert ours["task"] == 1 and ours["groups"] == [6, 4] and ours["class_order"] == old["class_order"]
 
 
@@ -83,7 +86,8 @@ def test_logs_hold_the_promised_fields(chain):
     assert header["config"]["init"] == "shrink_perturb" and header["config"]["schedule_scale"] == 0.5
     assert len(header["class_order"]) == 10 and header["versions"]["torch"] == torch.__version__
     assert header["label"] == "shrink_perturb + l2init + easy_hard + x0.5"
-    assert [e["iter"] for e in evals] == [0, 20, 40, 60]
+    # x0.5 of 60 iterations: the run ends with its schedule, after 30
+    assert [e["iter"] for e in evals] == [0, 20, 30] and header["planned_iters"] == summary["iters"] == 30
     for e in evals[1:]:
         for k in ("acc", "acc_old", "acc_new", "loss", "lr", "wall", "train_seconds", "images_per_s"):
             assert e[k] is not None, k
@@ -91,8 +95,9 @@ def test_logs_hold_the_promised_fields(chain):
     accs = [e["acc"] for e in evals]
     assert summary["max_acc"] == max(accs) and summary["final_acc"] == accs[-1]
     assert accs[[e["iter"] for e in evals].index(summary["max_acc_iter"])] == max(accs)
-    # a schedule scaled by 0.5 is at lr_min from iteration 30 on
-    assert evals[2]["lr"] == pytest.approx(1e-6) and evals[1]["lr"] > 1e-5
+    # the cosine schedule scaled by 0.5 is nearly at lr_min by its last iteration (29 of 30)
+    assert evals[2]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + math.cos(math.pi * 29 / 30)) / 2)
+    assert evals[1]["lr"] > 1e-5 and header["config"]["amp"] == "fp32"  # auto: fp32 on a CPU
     # accuracy on all classes is the test-size-weighted mean of old and new (6 and 4 classes, 10 images each)
     e = evals[-1]
     assert e["acc"] == pytest.approx((6 * e["acc_old"] + 4 * e["acc_new"]) / 10)
@@ -111,15 +116,14 @@ def test_easy_hard_removal_and_old_new_reach_the_sampler(chain):
     old = str(chain["old"] / "ckpt.pt")
     # c=1, r=0: every old example is removed, so the run never trains on one
     rm = ckpt(chain["run"]("removed", "--task", "1", "--sampler", "easy_hard", "--eh-c", "1", "--eh-r", "0",
-                           "--old-ckpt", old, iters=20))
+                           "--old-ckpt", old, "--learning-speed", "online", iters=20))
     seen = rm["learning_speed"]["seen"]
     old_mask = torch.isin(rm["index"], ckpt(chain["old"])["index"])  # old examples: those the old model saw
     assert old_mask.sum() == 180 and seen[old_mask].sum() == 0 and seen[~old_mask].sum() == 20 * 32
-    # old/new: both halves of the probability mass, although old examples are 60% of the data
-    on = ckpt(chain["run"]("oldnew", "--task", "1", "--sampler", "old_new", iters=100))
+    # old/new: exactly half of every batch is old, although old examples are 60% of the data
+    on = ckpt(chain["run"]("oldnew", "--task", "1", "--sampler", "old_new", "--learning-speed", "online", iters=10))
     s = on["learning_speed"]["seen"]
-    frac_old = float(s[old_mask].sum() / s.sum())
-    assert abs(frac_old - 0.5) < 0.05
+    assert s[old_mask].sum() == s[~old_mask].sum() == 10 * 16
 
 
 def test_refuses_to_overwrite_a_finished_run(chain, capsys):
@@ -190,3 +194,42 @@ def test_nan_loss_stops_with_a_readable_log(chain, capsys):
     assert not (out / "log.jsonl").exists() and not (out / "ckpt.pt").exists()  # nothing looks finished
     lines = [json.loads(x) for x in (out / "log.jsonl.part").read_text().splitlines()]
     assert lines[0]["event"] == "header" and lines[-1]["event"] == "error"
+
+
+def test_exact_learning_speed_is_the_models_prediction_at_each_epoch_end(chain, no_checksum):
+    # 180 old-task images at batch 36: an epoch is 5 iterations, so 20 iterations end exactly on epoch 4
+    run = chain["run"]("ls_exact", "--task", "0", "--batch-size", "36", iters=20)
+    c = ckpt(run)
+    bits = unpack_bits(c["learning_speed"]["correct_by_epoch"], 180)
+    assert bits.shape == (4, 180)
+    # the last row, recomputed independently: the final model on the unaugmented training images, eval mode
+    import data as D
+
+    train_set, _, _ = D.load_dataset("cifar10", str(chain["root"] / "data"), download=False)
+    x = train_set[0][c["index"]]
+    y = D.task_data(train_set, train_set, [6, 4], c["class_order"], 0).y
+    model = resnet18(6, width=8)
+    model.load_state_dict(c["model"])
+    mean, std = D.channel_stats(train_set[0])
+    pred = model.eval()(((x.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))).argmax(1)
+    assert torch.equal(bits[-1], pred == y)
+
+
+def test_stop_at_accuracy_of_a_reference_run(chain):
+    target = read(chain["scratch"])[-1]["max_acc"]
+    run = chain["run"]("stopper", "--task", "1", "--init", "old", "--old-ckpt", str(chain["old"] / "ckpt.pt"),
+                       "--stop-at-acc-of", str(chain["scratch"]), "--eval-every", "5")
+    lines = read(run)
+    evals, summary = lines[1:-1], lines[-1]
+    assert evals[-1]["acc"] >= target and all(e["acc"] < target for e in evals[:-1])
+    assert summary["iters"] == evals[-1]["iter"] < 60
+    assert ckpt(run)["summary"]["iters"] == summary["iters"]
+
+
+def test_run_length_follows_the_schedule_switch():
+    p = train.build_parser()
+    assert train.run_length(p.parse_args(["--iters", "1000", "--schedule-scale", "0.25"])) == 250
+    assert train.run_length(p.parse_args(["--iters", "1000", "--schedule-scale", "0.25",
+                                          "--no-stop-at-schedule-end"])) == 1000
+    assert train.run_length(p.parse_args(["--iters", "10", "--schedule-scale", "0.33"])) == 4  # ceil(3.3)
+    assert train.run_length(p.parse_args(["--iters", "1000"])) == 1000
