@@ -1,12 +1,15 @@
 """Benchmark: training-step and evaluation speed of this project's pipeline against the pipeline a typical
 reproduction would use, and the aggregate throughput of K concurrent runs on one GPU.
 
-    python bench.py                         # on the GPU: ours, typical, and K = 1, 2, 4 concurrent runs
+    python bench.py                         # on the GPU: every step configuration, typical, K = 1, 2, 4, 8
     python bench.py --device cpu --width 8 --steps 5 --repeats 2 --concurrency 1   # a smoke run anywhere
 
 Ours: the training set on the device as uint8, per-example crop + flip on the device, bf16 autocast,
-channels_last, cudnn.benchmark, fused Adam, no host sync inside the step (train.forward_backward, the
-same code train.py runs). Typical: torchvision's CIFAR-100 dataset with PIL transforms (RandomCrop(32, padding=4),
+channels_last, cudnn.benchmark, fused Adam with the learning rate as a device tensor, no host sync inside the
+step (train.build_step, the same code train.py runs). Two steps: the plain scratch step, and the full "ours"
+step (shrink-perturbed start, L2-init as a gradient, easy/hard sampling without replacement), each eager and,
+on a GPU, as one CUDA graph (--cuda-graph). The ceiling is a bf16 matmul measured on the same device in the
+same run. Typical: torchvision's CIFAR-100 dataset with PIL transforms (RandomCrop(32, padding=4),
 RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader with worker processes, the same ResNet-18 in
 fp32, eager, with loss.item() every step for logging. No downloads: random uint8 images of CIFAR shape (written
 to disk in the CIFAR-100 format for the typical pipeline). Figures are medians over --repeats timings.
@@ -24,11 +27,13 @@ import torch
 import torch.nn.functional as F
 
 import data as D
+from l2init import paired, snapshot
 from resnet import resnet18
-from sampler import batches
-from train import forward_backward
+from sampler import batches, easy_hard_weights
+from shrink_perturb import shrink_perturb_
+from train import build_step, make_optimizer
 
-PAPER_ITERS, EVAL_EVERY, TABLE1_RUNS, PEAK_TFLOPS = 39100, 200, 105, 800.0
+PAPER_ITERS, EVAL_EVERY, TABLE1_RUNS = 39100, 200, 120
 
 
 def sync(device):
@@ -47,34 +52,60 @@ def flops_per_image(width, num_classes):
     return counter.get_total_flops() / 2
 
 
-def our_pipeline(args, device, seed=0, n_train=50000):
-    """Our training loop on random data: returns (steps(n) -> None, model, loader)."""
+def our_pipeline(args, device, seed=0, n_train=50000, method="scratch", cuda_graph=False):
+    """Our training loop on random data: returns (steps(n) -> None, model, loader). method 'ours' adds
+    shrink-perturb, L2-init and easy/hard sampling (random learning speeds, 70% of the examples old)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, args.classes, (n_train,), generator=g)
     loader = D.Loader(x, y, device, seed=seed)
-    model = resnet18(args.classes, args.width).to(device, memory_format=torch.channels_last)
-    forward = torch.compile(model) if args.compile else model
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **fused)
+    model = resnet18(args.classes, args.width)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    reg, weights = None, None
+    if method == "ours":
+        anchor = snapshot(model)
+        shrink_perturb_(model)
+        weights = easy_hard_weights(torch.rand(n_train, generator=g), y < 0.7 * args.classes).to(device)
+    model = model.to(device, memory_format=torch.channels_last)
+    if method == "ours":
+        reg = paired(model, {n: t.to(device) for n, t in anchor.items()})
+    it = batches(n_train, args.batch_size, gen, weights)
+    opt = make_optimizer(model, 1e-3, device, cuda_graph)
     amp = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    it = batches(n_train, args.batch_size, torch.Generator(device=device).manual_seed(seed))
-    loss_sum = torch.zeros((), device=device)
+    step, _ = build_step(model, opt, loader, args.batch_size, reg, 0.01, amp,
+                         forward=torch.compile(model) if args.compile else None, cuda_graph=cuda_graph)
 
     def steps(n):
-        nonlocal loss_sum
         for _ in range(n):
-            for group in opt.param_groups:
-                group["lr"] = 1e-3  # as train.py: a Python float set every step
-            xb, yb, _ = loader.batch(next(it))
-            opt.zero_grad(set_to_none=True)
-            loss, _, _ = forward_backward(model, xb, yb, None, 0.0, amp, forward)
-            opt.step()
-            loss_sum += loss  # accumulated on the device, as train.py does, never read here
+            step(next(it), 1e-3)  # as train.py: loss summed on the device, never read here
 
     return steps, model, loader
+
+
+def matmul_tflops(device, n=8192, repeats=5):
+    """The measured ceiling: TFLOP/s of an n x n bf16 matmul on this device (fp32 on a CPU, smaller)."""
+    if device.type != "cuda":
+        n = 1024
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    reps = 20 if device.type == "cuda" else 2
+    ms = median_ms(lambda: [a @ b for _ in range(reps)], reps, repeats, device)
+    return 2 * n ** 3 / (ms / 1000) / 1e12
+
+
+def setup_seconds(device, n_train=50000):
+    """What train.py does before its first step that scales with the data: channel statistics of the whole
+    training set and the move of the uint8 images to the device."""
+    x = torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8)
+    sync(device)
+    t0 = time.perf_counter()
+    mean, std = D.channel_stats(x, device)
+    D.Loader(x, torch.zeros(n_train, dtype=torch.int64), device, mean=mean, std=std)
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def median_ms(fn, n, repeats, device):
@@ -89,13 +120,13 @@ def median_ms(fn, n, repeats, device):
     return statistics.median(ms)
 
 
-def time_ours(args, device, n_test=10000):
+def time_ours(args, device, method="scratch", cuda_graph=False, n_test=10000):
     """Median ms per training step and per full evaluation of our pipeline, and peak memory (GiB)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    steps, model, loader = our_pipeline(args, device)
+    steps, model, loader = our_pipeline(args, device, method=method, cuda_graph=cuda_graph)
     test_x = torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8).to(device)
-    steps(args.warmup)
+    steps(args.warmup)  # real steps, the graph's warm-up and capture among them
     ms = median_ms(lambda: steps(args.steps), args.steps, args.repeats, device)
     amp = torch.bfloat16 if device.type == "cuda" else None
     model.eval()
@@ -105,6 +136,31 @@ def time_ours(args, device, n_test=10000):
     model.train()
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return ms, eval_ms, peak
+
+
+def plan_iterations(ms, eval_ms):
+    """Projected seconds of every plan of reproduce.sh (5 seeds, the paper's setting), one run at a time:
+    each run's iterations (shortened schedules end early; Fig. 6's chain counted in full, an upper bound),
+    its evaluations, and the exact learning-speed pass of the runs that record it (~N/10,000 evaluations per
+    epoch)."""
+    import argparse as ap
+
+    import plans as P
+
+    out = {}
+    for plan, (dataset, split) in P.PLAN_DEFAULTS.items():
+        args = ap.Namespace(seeds=5, dataset=dataset, split=split, compare_to=None, chain_scale=1.0,
+                            chain_stop="schedule")
+        total = 0.0
+        for run in P.PLANS[plan](args, "runs"):
+            scale = float(run.flags[run.flags.index("--schedule-scale") + 1]) if "--schedule-scale" in run.flags else 1
+            iters = PAPER_ITERS * min(1.0, scale)
+            total += iters * ms / 1000 + (iters / EVAL_EVERY + 1) * eval_ms / 1000
+            if "off" not in run.flags:  # records the exact learning speed: an eval pass over N images per epoch
+                n = 50000 * 0.7 if run.task == 0 else 50000
+                total += iters * 128 / n * (n / 10000) * eval_ms / 1000
+        out[plan] = (len(P.PLANS[plan](args, "runs")), total)
+    return out
 
 
 def write_cifar100(root, n_train=50000, n_test=10000, classes=100):
@@ -165,13 +221,13 @@ def time_typical(args, device):
         return median_ms(lambda: steps(args.steps), args.steps, args.repeats, device)
 
 
-def time_concurrent(args, k):
-    """Aggregate iterations/s of k processes training side by side on one device."""
+def time_concurrent(args, k, cuda_graph):
+    """Aggregate iterations/s of k processes training side by side on one device (the full "ours" step)."""
     start_at = time.time() + 20 + 10 * k + (60 if args.compile else 0)  # after every worker's warm-up
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--start-at", str(start_at), "--device",
            args.device, "--width", str(args.width), "--batch-size", str(args.batch_size), "--steps",
            str(args.steps), "--warmup", str(args.warmup), "--classes", str(args.classes)] + \
-        (["--compile"] if args.compile else [])
+        (["--compile"] if args.compile else []) + (["--graph"] if cuda_graph else [])
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     late = sum(r["late"] for r in results)
@@ -179,7 +235,7 @@ def time_concurrent(args, k):
 
 
 def worker(args, device):
-    steps, _, _ = our_pipeline(args, device, seed=os.getpid())
+    steps, _, _ = our_pipeline(args, device, seed=os.getpid(), method="ours", cuda_graph=args.graph)
     steps(args.warmup)
     sync(device)
     late = time.time() > args.start_at
@@ -191,20 +247,22 @@ def worker(args, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--width", type=int, default=64, help="ResNet-18 width")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size")
+    p.add_argument("--classes", type=int, default=100, help="number of classes")
     p.add_argument("--steps", type=int, default=200, help="timed steps per repeat")
-    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=30, help="untimed steps first (the graph is captured in them)")
     p.add_argument("--repeats", type=int, default=5, help="timings per figure; the median is reported")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model in our pipeline")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in our pipeline (eager only)")
     p.add_argument("--no-typical", action="store_true", help="skip the typical pipeline")
-    p.add_argument("--workers", type=int, help="DataLoader workers of the typical pipeline (default min(8, CPUs))")
-    p.add_argument("--concurrency", default=None, help="K values to try, e.g. 1,2,4 (default on a GPU: 1,2,4)")
+    p.add_argument("--workers", type=int, help="DataLoader workers of the typical pipeline (default: min(8, CPUs))")
+    p.add_argument("--concurrency", default=None, help="K values to try, e.g. 1,2,4 (default: 1,2,4,8 on a GPU)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--graph", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -216,30 +274,43 @@ def main(argv=None):
     out = {"device": name, "torch": torch.__version__, "width": args.width, "batch_size": args.batch_size,
            "date": time.strftime("%Y-%m-%d"), "command": "python bench.py " + " ".join(argv or sys.argv[1:])}
     print(f"bench: {name}, torch {torch.__version__}, ResNet-18 width {args.width}, batch {args.batch_size}, "
-          f"median of {args.repeats} x {args.steps} steps", flush=True)
+          f"median of {args.repeats} x {args.steps} steps, {out['date']}", flush=True)
+    ceiling = matmul_tflops(device)
     flops = flops_per_image(args.width, args.classes)
-    ms, eval_ms, peak = time_ours(args, device)
-    tflops = flops * args.batch_size / (ms / 1000) / 1e12
-    run_s = PAPER_ITERS * ms / 1000 + (PAPER_ITERS // EVAL_EVERY + 1) * eval_ms / 1000
-    out.update(ours_ms_per_iter=ms, ours_images_per_s=args.batch_size / ms * 1000, eval_ms=eval_ms,
-               gflop_per_image=flops / 1e9, tflops=tflops, peak_gib=peak, full_run_s=run_s,
-               table1_h_sequential=TABLE1_RUNS * run_s / 3600)
-    print(f"ours     : {ms:8.3f} ms/it | {args.batch_size / ms * 1000:9.0f} img/s | {flops / 1e9:.2f} GFLOP/img | "
-          f"{tflops:.3g} TFLOP/s ({100 * tflops / PEAK_TFLOPS:.3g}% of {PEAK_TFLOPS:.0f}) | peak {peak:.2f} GiB",
+    out.update(matmul_tflops=ceiling, gflop_per_image=flops / 1e9, setup_s=setup_seconds(device))
+    print(f"ceiling  : {ceiling:8.3g} TFLOP/s ({'bf16' if device.type == 'cuda' else 'fp32'} matmul, measured) | "
+          f"{flops / 1e9:.2f} GFLOP per image and step | set-up (stats + data to device) {out['setup_s']:.2f} s",
           flush=True)
-    print(f"eval     : {eval_ms:8.1f} ms per 10,000 test images", flush=True)
-    print(f"projected: full run ({PAPER_ITERS} it, eval every {EVAL_EVERY}) {run_s:7.1f} s | "
-          f"Table 1 ({TABLE1_RUNS} runs, one at a time) {TABLE1_RUNS * run_s / 3600:5.2f} h", flush=True)
+    graphs = (False, True) if device.type == "cuda" and not args.compile else (False,)
+    best = None
+    for method in ("scratch", "ours"):
+        for graph in graphs:
+            key = f"{method}_{'graph' if graph else 'eager'}"
+            ms, eval_ms, peak = time_ours(args, device, method, graph)
+            tflops = flops * args.batch_size / (ms / 1000) / 1e12
+            run_s = PAPER_ITERS * ms / 1000 + (PAPER_ITERS // EVAL_EVERY + 1) * eval_ms / 1000
+            out[key] = {"ms_per_iter": ms, "images_per_s": args.batch_size / ms * 1000, "eval_ms": eval_ms,
+                        "tflops": tflops, "pct_ceiling": 100 * tflops / ceiling, "peak_gib": peak, "full_run_s": run_s}
+            print(f"{key:14s}: {ms:8.3f} ms/it | {args.batch_size / ms * 1000:9.0f} img/s | {tflops:6.3g} TFLOP/s "
+                  f"({100 * tflops / ceiling:4.1f}% of ceiling) | eval {eval_ms:7.1f} ms / 10,000 | peak {peak:.2f} GiB "
+                  f"| full run {run_s:7.1f} s", flush=True)
+            if method == "ours" and (best is None or ms < best[1]):
+                best = (key, ms, eval_ms, graph)
+    key, ms, eval_ms, graph = best
+    out["plans_h_one_at_a_time"] = {}
+    for plan, (n, secs) in plan_iterations(ms, eval_ms).items():
+        out["plans_h_one_at_a_time"][plan] = secs / 3600
+        print(f"projected: {plan:9s} {n:4d} runs, {secs / 3600:6.2f} h one at a time ({key})", flush=True)
     if not args.no_typical:
         tms = time_typical(args, device)
         out.update(typical_ms_per_iter=tms, speedup_over_typical=tms / ms)
-        print(f"typical  : {tms:8.3f} ms/it | {args.batch_size / tms * 1000:9.0f} img/s | ours is "
+        print(f"typical  : {tms:8.3f} ms/it | {args.batch_size / tms * 1000:9.0f} img/s | {key} is "
               f"{tms / ms:.2f}x faster", flush=True)
-    ks = args.concurrency or ("1,2,4" if device.type == "cuda" else "")
+    ks = args.concurrency or ("1,2,4,8" if device.type == "cuda" else "")
     for k in [int(v) for v in ks.split(",") if v.strip()]:
-        agg, late = time_concurrent(args, k)
+        agg, late = time_concurrent(args, k, graph)
         out[f"aggregate_it_per_s_k{k}"] = agg
-        print(f"K={k}      : {agg:8.1f} it/s aggregate ({agg / k:.1f} per run)"
+        print(f"K={k}      : {agg:8.1f} it/s aggregate ({agg / k:.1f} per run, {key})"
               + (f"; {late} worker(s) started late, overlap partial" if late else "") +
               f" | Table 1 at this rate {TABLE1_RUNS * PAPER_ITERS / agg / 3600:5.2f} h (training only)", flush=True)
     if args.json:

@@ -27,7 +27,8 @@ class Run:
     task: int
     seed: int
     flags: list  # train.py flags beyond the common ones
-    deps: list = field(default_factory=list)  # names of runs whose ckpt.pt this one reads
+    deps: list = field(default_factory=list)  # names of runs whose ckpt.pt (or log) this one reads
+    also_for: list = field(default_factory=list)  # other splits whose tables use this run (Table 2b's scratch rows)
 
 
 HYPER = {"alpha": "--sp-alpha", "beta": "--sp-beta", "lambda": "--reg-lambda", "c": "--eh-c", "r": "--eh-r"}
@@ -69,23 +70,39 @@ def flags_for(label, task, old_ckpt):
 
 
 def old_run(split, seed):
+    """The old model (task 0). It records the exact learning speed (Eq. 6) that easy/hard sampling reads."""
     return Run(f"{split}/seed{seed}/old", "old", split, 0, seed, ["--task", "0"])
 
 
-def cell(split, seed, label, old, runs_dir, task=1, prefix=""):
-    """The run of `label` at `task`, continuing from (or sampling by) the run `old`."""
+def cell(split, seed, label, old, runs_dir, task=1, prefix="", is_old_of_next=False):
+    """The run of `label` at `task`, continuing from (or sampling by) the run `old`. A run that no later run
+    samples by records no learning speed (its exact form costs an evaluation pass per epoch)."""
     flags, reads_old = flags_for(label, task, os.path.join(runs_dir, old.name, "ckpt.pt"))
+    flags += [] if is_old_of_next else ["--learning-speed", "off"]
     return Run(f"{split}/seed{seed}/{prefix}{label}", label, split, task, seed, flags,
                [old.name] if reads_old else [])
 
 
-def two_task_plan(splits, seeds, labels, runs_dir):
-    """An old model per split and seed, then the given rows at task 1."""
-    runs = []
+def two_task_plan(splits, seeds, labels, runs_dir, share=False):
+    """An old model per split and seed, then the given rows at task 1. share: rows that do not read the old
+    model (scratch rows without easy/hard) are trained once per seed, under the first split, when every split
+    covers the same classes: their data, labels and seed are then the same in every split."""
+    import data
+
+    same_classes = len({sum(data.parse_split(sp, 10 ** 6)) for sp in splits}) == 1
+    runs, shared = [], {}
     for split in splits:
         for s in seeds:
             old = old_run(split, s)
-            runs += [old] + [cell(split, s, lab, old, runs_dir) for lab in labels]
+            runs.append(old)
+            for lab in labels:
+                run = cell(split, s, lab, old, runs_dir)
+                if share and same_classes and not run.deps:
+                    if (s, lab) in shared:
+                        shared[s, lab].also_for.append(split)
+                        continue
+                    shared[s, lab] = run
+                runs.append(run)
     return runs
 
 
@@ -135,6 +152,23 @@ def row_label(column, init, reg, data, scale):
     return "+".join(parts)
 
 
+TOKEN_NAMES = {"init": "shrink & perturb", "reg": "L2-init", "data": "easy / hard", "l2": "L2", "oldnew": "old / new",
+               "multistep": "multistep"}
+
+
+def paper_name(label):
+    """The paper's name of a row label: 'Scratch', 'Naive', 'Ours (x0.5)', 'Naive + L2-init (x0.25)', ..."""
+    if label == "old":
+        return "Old model"
+    column, *toks = label.split("+")
+    scale = [t for t in toks if t.startswith("x")]
+    rest = [t for t in toks if not t.startswith("x")]
+    if column == "continuous" and rest == ["init", "reg", "data"]:
+        return f"Ours ({scale[0] if scale else 'x1'})"
+    name = ("Scratch" if column == "scratch" else "Naive") + "".join(f" + {TOKEN_NAMES.get(t, t)}" for t in rest)
+    return name + (f" ({scale[0]})" if scale else "")
+
+
 # ------------------------------------------------------------------------------------------- plans
 
 @dataclass
@@ -150,18 +184,24 @@ class Section:
 
 def sections_plan(sections_of):
     """The plan of a table made of Sections: an old model per split and seed, then every label the sections
-    need (their references first). sections_of(args) -> (name, [Section])."""
+    need (their references first); rows that do not depend on the split are shared. sections_of(args) ->
+    (name, [Section])."""
     def plan(args, runs_dir):
-        labels = {}  # split -> labels, each once (dicts keep order)
+        labels = {}  # every label the sections need, once (dicts keep order)
+        splits = {}
         for sec in sections_of(args)[1]:
-            labels.setdefault(sec.split, {}).update(dict.fromkeys([sec.reference] + [r[1] for r in sec.rows]))
-        return [run for split, labs in labels.items() for run in two_task_plan([split], range(args.seeds), labs,
-                                                                              runs_dir)]
+            splits[sec.split] = None
+            labels.update(dict.fromkeys([sec.reference] + [r[1] for r in sec.rows]))
+        return two_task_plan(list(splits), range(args.seeds), labels, runs_dir, share=True)
     return plan
 
 
+# Fig. 1 draws Ours (x0.5), whose 2.7x its caption quotes; Fig. 5 compares the x0.25, x0.5 and x0.75 schedules
+FIGURE_ROWS = [OURS + "+x0.5", "continuous+x0.5", "continuous+x0.75"]
+
+
 def plan_table1(args, runs_dir):
-    labels = [row_label(col, *key) for key, _ in TABLE1 for col in ("continuous", "scratch")]
+    labels = [row_label(col, *key) for key, _ in TABLE1 for col in ("continuous", "scratch")] + FIGURE_ROWS
     return two_task_plan([args.split], range(args.seeds), labels, runs_dir)
 
 
@@ -219,7 +259,10 @@ def sections_appendix(args):
 
 def plan_fig6(args, runs_dir):
     """A chain: task t continues from task t-1's continuous model with all four methods; beside it a scratch
-    model per task on all data seen so far."""
+    model per task on all data seen so far. chain_stop 'l100': each task of the chain ends at the first
+    evaluation reaching its seed's scratch model's maximum (the yellow dots of Fig. 6), so the next task
+    continues from there and the chain is charged exactly what it ran; 'schedule': each task runs its
+    (chain_scale) schedule to the end."""
     import data
 
     n_tasks = len(data.parse_split(args.split, 10 ** 6))
@@ -229,9 +272,13 @@ def plan_fig6(args, runs_dir):
         prev = old_run(args.split, s)
         runs.append(prev)
         for t in range(1, n_tasks):
-            cont = cell(args.split, s, chain_label, prev, runs_dir, task=t, prefix=f"task{t}/")
-            runs += [cont, Run(f"{args.split}/seed{s}/task{t}/scratch", "scratch", args.split, t, s,
-                               ["--task", str(t), "--init", "scratch"])]
+            scratch = Run(f"{args.split}/seed{s}/task{t}/scratch", "scratch", args.split, t, s,
+                          ["--task", str(t), "--init", "scratch", "--learning-speed", "off"])
+            cont = cell(args.split, s, chain_label, prev, runs_dir, task=t, prefix=f"task{t}/", is_old_of_next=True)
+            if args.chain_stop == "l100":
+                cont.flags += ["--stop-at-acc-of", os.path.join(runs_dir, scratch.name)]
+                cont.deps.append(scratch.name)
+            runs += [scratch, cont]
             prev = cont
     return runs
 

@@ -38,7 +38,8 @@ def train_argv(run, args, runs_dir):
     return ["--dataset", args.dataset, "--data-dir", args.data_dir, "--no-download", "--split", run.split,
             "--split-seed", str(run.seed), "--seed", str(run.seed), "--iters", str(args.iters),
             "--eval-every", str(args.eval_every), "--batch-size", str(args.batch_size), "--width", str(args.width),
-            "--label", run.label, "--out", os.path.join(runs_dir, run.name), *run.flags]
+            "--amp", args.amp, "--label", run.label, "--out", os.path.join(runs_dir, run.name), *run.flags] + \
+        ["--cuda-graph"] * args.cuda_graph
 
 
 def check_matches(run, argv, runs_dir):
@@ -180,6 +181,14 @@ def build_parser():
     a("--split", help="class split (default: the plan's; table2b takes a comma-separated list)")
     a("--compare-to", choices=sorted(P.TABLE2A), help="table2a: the paper's row to print beside ours")
     a("--chain-scale", type=float, default=1.0, help="fig6: schedule scale of every task of the chain")
+    a("--chain-stop", default="l100", choices=["l100", "schedule"],
+      help="fig6: each task of the chain ends where it reaches its scratch model's accuracy (l100), or with its "
+           "schedule; the next task continues from there")
+    a("--amp", default="auto", choices=["auto", "bf16", "fp32"],
+      help="precision of every run: auto = bf16 autocast on a GPU, fp32 with --device cpu")
+    a("--cuda-graph", action="store_true", help="every run records its training step as one CUDA graph")
+    a("--target", default="max", choices=["max", "final"],
+      help="a_scratch of Eq. 2: the reference's maximum accuracy or its final accuracy")
     a("--width", type=int, default=64, help="ResNet-18 width (64 = the paper's)")
     a("--batch-size", type=int, default=128, help="batch size (128 = the paper's)")
     a("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto refuses to run without a GPU")
@@ -200,6 +209,8 @@ def resolve(args):
         args.seeds, args.iters = min(args.seeds, 2), 4000 if args.iters == PAPER_ITERS else args.iters
     if args.seeds < 1 or args.iters < 1 or args.width < 1 or args.batch_size < 1 or args.jobs_per_gpu < 1:
         die("--seeds, --iters, --width, --batch-size and --jobs-per-gpu must be >= 1")
+    if args.amp == "auto":  # explicit in every command, so a finished run's log can be checked against the plan
+        args.amp = "fp32" if args.device == "cpu" else "bf16"
     if args.eval_every is None:
         args.eval_every = max(1, round(args.iters * 200 / PAPER_ITERS))
     name = args.dataset if args.dataset != "folder" else "folder-" + os.path.basename(os.path.abspath(args.data_dir))

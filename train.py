@@ -433,15 +433,14 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
 
     @torch.no_grad()
     def evaluate():
+        """Accuracy (%) on all, old and new classes seen so far, with one host sync."""
         model.eval()
         hit = D.predict(model, test_x, loader, autocast_dtype=amp) == test_y
         model.train()
-
-        def pct(mask):  # exact percentages from integer counts (float32 means print as 34.99999)
-            n = int(mask.sum())
-            return 100.0 * int(hit[mask].sum()) / n if n else None
-
-        return pct(torch.ones_like(hit)), pct(is_old_test), pct(~is_old_test)
+        masks = torch.stack([torch.ones_like(hit), is_old_test, ~is_old_test])  # [3, N]
+        hits, counts = torch.stack([(masks & hit).sum(1), masks.sum(1)]).tolist()
+        # exact percentages from integer counts (float32 means print as 34.99999)
+        return tuple(100.0 * h / n if n else None for h, n in zip(hits, counts))
 
     @torch.no_grad()
     def penalty():  # Eq. 5's value for the log, at the evaluation point, without autograd
@@ -528,6 +527,8 @@ def main(args):
     config = {k.replace("-", "_"): v for k, v in vars(args).items()}
     log = open_log(args, task, config, device)
     setup_seconds = time.perf_counter() - t_start
+    if not args.quiet:
+        print(f"{args.label} | set-up {setup_seconds:.1f} s (data, model, statistics) on {device}", flush=True)
     try:                                                                          # Sec. 3.4 and the loop
         best, acc, iters_run, wall, train_seconds = train_loop(args, task, step, loss_sum, batch_iter, model, loader,
                                                                speed, reg, target, log)

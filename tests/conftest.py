@@ -87,8 +87,10 @@ def curves(run_dir):
 
 
 def independent_speedup(ref, cur, r):
-    """Eq. 1-2 written again: seed-averaged curves, a = max of the reference mean curve."""
-    it = [e["iter"] for e in ref[0]]
+    """Eq. 1-2 written again: seed-averaged curves (over the evaluations every seed has: runs stopped early
+    are shorter), a = max of the reference mean curve."""
+    ref, cur = [c[:min(map(len, ref))] for c in ref], [c[:min(map(len, cur))] for c in cur]
+    it, cur_it = [e["iter"] for e in ref[0]], [e["iter"] for e in cur[0]]
     ref_mean = np.mean([[e["acc"] for e in c] for c in ref], axis=0)
     cur_mean = np.mean([[e["acc"] for e in c] for c in cur], axis=0)
     a = ref_mean.max()
@@ -96,5 +98,14 @@ def independent_speedup(ref, cur, r):
     reached = np.nonzero(cur_mean >= r / 100 * a)[0]
     if len(reached) == 0:
         return None
-    s = it[reached[0]]
+    s = cur_it[reached[0]]
     return (1.0 if s_ref == 0 else float("inf")) if s == 0 else s_ref / s
+
+
+def independent_max_acc(cur):
+    """Max Acc written again: the maximum of the seed-averaged curve, and the standard error of the seeds'
+    accuracies at its (first) iteration."""
+    accs = np.array([[e["acc"] for e in c] for c in cur])  # [seeds, evaluations]
+    k = int(np.argmax(accs.mean(0)))
+    se = accs[:, k].std(ddof=1) / np.sqrt(len(accs)) if len(accs) > 1 else 0.0
+    return accs.mean(0)[k], se

@@ -5,12 +5,11 @@ import json
 import os
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 
 import reproduce
-from conftest import ROOT, curves, independent_speedup, write_folder
+from conftest import ROOT, curves, independent_max_acc, independent_speedup, write_folder
 
 ARGS = ["--dataset", "folder", "--split", "6+4", "--width", "8", "--batch-size", "32", "--seeds", "2",
         "--iters", "16", "--eval-every", "4", "--device", "cpu"]
@@ -37,9 +36,9 @@ def test_table1_is_complete_and_consistent_with_logs(table):
         cols = ["init"] * (row["init"] == "1") + ["reg"] * (row["reg"] == "1") + ["data"] * (row["data"] == "1")
         label = "+".join([row["column"]] + cols + (["x0.25"] if row["scheduler"] == "0.25" else []))
         cur = [curves(runs / "6+4" / f"seed{s}" / label) for s in (0, 1)]
-        maxima = [max(e["acc"] for e in c) for c in cur]
-        assert float(row["max_acc"]) == pytest.approx(np.mean(maxima), abs=1e-4)
-        assert float(row["max_acc_se"]) == pytest.approx(np.std(maxima, ddof=1) / np.sqrt(2), abs=1e-4)
+        m, se = independent_max_acc(cur)
+        assert float(row["max_acc"]) == pytest.approx(m, abs=1e-4)
+        assert float(row["max_acc_se"]) == pytest.approx(se, abs=1e-4)
         for r in (99, 100):
             want = independent_speedup(ref, cur, r)
             got = row[f"L{r}"]
@@ -59,7 +58,7 @@ def test_table1_is_complete_and_consistent_with_logs(table):
 def test_resume_runs_only_what_is_unfinished(table):
     runs = table["root"] / "runs"
     logs = {p: p.read_bytes() for p in runs.glob("6+4/seed*/*/log.jsonl")}
-    assert len(logs) == 42
+    assert len(logs) == 2 * 24  # per seed: the old model, Table 1's 20 runs, 3 more for Fig. 1 and Fig. 5
     victim = runs / "6+4" / "seed1" / "continuous+init"
     lines = (victim / "log.jsonl").read_text().splitlines()
     (victim / "log.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # as if killed before the summary
@@ -85,19 +84,19 @@ def test_a_finished_run_of_another_configuration_is_not_mixed_in(table, capsys):
 def test_list_prints_commands_in_dependency_order(table, capsys):
     assert reproduce.main(table["argv"] + ["--list"]) == 0
     cmds = capsys.readouterr().out.strip().splitlines()
-    assert len(cmds) == 42 and all(c.startswith("python ") and "train.py" in c for c in cmds)
+    assert len(cmds) == 48 and all(c.startswith("python ") and "train.py" in c for c in cmds)
     outs = [c.split("--out ")[1].split()[0] for c in cmds]
     olds = [i for i, o in enumerate(outs) if o.endswith("/old")]
     assert olds == [0, 1]  # both seeds' old models first
     for c in cmds:  # every --old-ckpt is produced by an earlier line
         if "--old-ckpt" in c:
             assert c.split("--old-ckpt ")[1].split()[0].endswith("/old/ckpt.pt")
-    # wave 0: old models and scratch runs that read no checkpoint; wave 1: the 10 continuous runs and the
-    # 5 scratch runs with easy/hard sampling (learning speed from the old model) of each seed
+    # wave 0: old models and scratch runs that read no checkpoint; wave 1: the 10 continuous runs, the 5 scratch
+    # runs with easy/hard sampling (learning speed from the old model) and the 3 figure runs of each seed
     assert reproduce.main(table["argv"] + ["--list", "--wave", "0"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2 * (1 + 5)
     assert reproduce.main(table["argv"] + ["--list", "--wave", "1"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 2 * 15
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2 * 18
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
@@ -106,3 +105,21 @@ def test_refuses_to_run_on_cpu_without_asking(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no GPU found" in r.stderr and "--device cpu" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_finished_runs_of_the_old_behaviour_are_refused(table, capsys):
+    # a log written before a switch existed (here: BatchNorm statistics under shrink-perturb) has no value for it:
+    # the driver must refuse it rather than mix it into a table of the new behaviour
+    log = table["root"] / "runs" / "6+4" / "seed0" / "continuous+init" / "log.jsonl"
+    original = log.read_text()
+    lines = original.splitlines()
+    header = json.loads(lines[0])
+    del header["group"]["sp_keep_bn_stats"]
+    log.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+    try:
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(table["argv"])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "sp_keep_bn_stats: None vs planned False" in err
+    finally:
+        log.write_text(original)

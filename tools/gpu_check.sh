@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU session's commands (issue "First contact with a GPU"), kept here so every session repeats them the
+# same way. Each stage fits one device call (< 10 min) and leaves what it measured under $OUT.
+#
+# Before the first call, on the development machine (data/ is git-ignored, so it travels only when carried):
+#     mkdir -p data && cp ../shared/data/cifar10-jpg.tar.gz data/
+# Then, one device call per stage, carry=["data"]:
+#     bash tools/gpu_check.sh bringup    # GPU tests, the quick table2a on real CIFAR-10, bench smoke
+#     bash tools/gpu_check.sh bench      # python bench.py: every step configuration, K = 1, 2, 4, 8
+#     bash tools/gpu_check.sh table2a    # full-length Table 2a on real CIFAR-10 until ~9 min; finished seeds' logs
+# After table2a: copy $OUT/table2a_logs.tar.gz to results/table2a_cifar10_logs.tar.gz and commit it; the next
+# session's table2a stage restores it first, so seeds accumulate across sessions (the driver skips finished
+# runs), and `bash tools/gpu_check.sh report` (no GPU needed) rebuilds results/table2a_cifar10.md from them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+DATA=/tmp/cifar10-jpg
+RUNS=runs/table2a-cifar10jpg
+LOGS=results/table2a_cifar10_logs.tar.gz
+export PYTHONUNBUFFERED=1
+JOBS=${JOBS:-4}  # runs side by side on the one GPU: set from bench.py's K figures
+
+data() {
+    [ -d "$DATA/train" ] || { mkdir -p "$DATA" && tar -xzf data/cifar10-jpg.tar.gz -C "$DATA"; }  # train/, test/
+}
+
+table2a() {  # full length, the paper's defaults, no tuning; --seeds 5: finished seeds are skipped
+    ./reproduce.sh --plan table2a --dataset folder --data-dir "$DATA" --compare-to cifar10 --split 8+2 \
+        --seeds 5 --runs "$RUNS" --results results --jobs-per-gpu "$JOBS" --cuda-graph "$@"
+}
+
+case "${1:-}" in
+bringup)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+    python -c "import torch, torchvision; print(torch.__version__, torchvision.__version__)" | tee -a "$OUT/gpu.txt"
+    python -m pytest -q tests -x 2>&1 | tee "$OUT/pytest.txt" | tail -5
+    data
+    ./reproduce.sh --quick --plan table2a --dataset folder --data-dir "$DATA" --compare-to cifar10 --split 8+2 \
+        --runs runs/quick-cifar10jpg --results "$OUT/quick" --cuda-graph 2>&1 | tee "$OUT/quick.txt" | tail -30
+    python bench.py --steps 50 --warmup 10 --repeats 3 --concurrency 1,2 --no-typical 2>&1 | tee "$OUT/bench_smoke.txt"
+    ;;
+bench)
+    python bench.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+    ;;
+table2a)
+    data
+    mkdir -p "$RUNS"
+    [ -f "$LOGS" ] && tar -xzf "$LOGS" -C "$RUNS"
+    timeout 540 bash -c "$(declare -f table2a); DATA=$DATA RUNS=$RUNS JOBS=$JOBS table2a" 2>&1 | tee "$OUT/table2a.txt" | tail -40
+    # only seeds whose five runs all finished travel back (an unfinished seed's old checkpoint stays behind)
+    (cd "$RUNS" && for s in 8+2/seed*; do
+        [ "$(ls $s/*/log.jsonl 2>/dev/null | wc -l)" -eq 5 ] && echo "$s"
+     done | xargs -r -I{} find {} -name log.jsonl | tar -czf "$OUT/table2a_logs.tar.gz" -T -)
+    cp results/table2a_cifar10.* "$OUT/" 2>/dev/null
+    ;;
+report)
+    mkdir -p "$RUNS" && tar -xzf "$LOGS" -C "$RUNS"
+    table2a --report-only --device cpu
+    ;;
+*)
+    echo "usage: bash tools/gpu_check.sh bringup|bench|table2a|report" >&2
+    exit 2
+    ;;
+esac
