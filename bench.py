@@ -191,13 +191,15 @@ def worker(args, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from train import HelpFormatter  # help shows every default, as train.py's
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per training step")
+    p.add_argument("--classes", type=int, default=100, help="outputs of the model's head")
     p.add_argument("--steps", type=int, default=200, help="timed steps per repeat")
-    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=30, help="untimed steps before timing")
     p.add_argument("--repeats", type=int, default=5, help="timings per figure; the median is reported")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in our pipeline")
     p.add_argument("--no-typical", action="store_true", help="skip the typical pipeline")

@@ -48,8 +48,8 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # no "(default: None)" on flags without a default
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
+    def _get_help_string(self, action):  # no "(default: None)" on flags without a default; 0 is a default
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
 
 
 def build_parser():
@@ -84,7 +84,7 @@ def build_parser():
     a("--schedule", default="cosine", choices=["cosine", "multistep"], help="learning-rate schedule")
     a("--schedule-scale", type=float, default=1.0, help="the schedule ends after scale*iters (x0.25, x0.5, x0.75)")
     a("--iters", type=int, default=39100, help="training iterations (always all of them)")
-    a("--batch-size", type=int, default=128)
+    a("--batch-size", type=int, default=128, help="examples per training step")
     a("--lr", type=float, default=1e-3, help="Adam learning rate at the start")
     a("--lr-min", type=float, default=1e-6, help="learning rate at the end of the cosine schedule")
     # run
@@ -93,7 +93,8 @@ def build_parser():
     a("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
     a("--out", default="runs/run", help="output folder for log.jsonl and ckpt.pt")
     a("--overwrite", action="store_true", help="replace a finished run in --out")
-    a("--label", help="row name used by speedup.py (default: made from the method flags)")
+    a("--label", help="row name used by speedup.py (default: 'old' for --task 0, 'scratch', 'continuous' for "
+                       "--init old, else made from the method flags)")
     a("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     a("--compile", action="store_true", help="torch.compile the model")
     a("--quiet", action="store_true", help="no progress lines")
@@ -101,8 +102,10 @@ def build_parser():
 
 
 def default_label(args):
-    """A row name from the method flags: 'shrink_perturb + l2init + easy_hard + x0.25'."""
-    parts = [args.init + ("+sp" if args.sp else "")]
+    """A row name from the method flags: 'shrink_perturb + l2init + easy_hard + x0.25'; the old model (task 0)
+    is 'old' and plain continuation 'continuous', as in the plans (so the two never share a row)."""
+    first = "old" if args.task == 0 else {"old": "continuous"}.get(args.init, args.init)
+    parts = [first + ("+sp" if args.sp else "")]
     if args.init != "scratch" or args.sp:
         parts += [f"alpha={args.sp_alpha:g}"] * (args.sp_alpha != 0.4)
         parts += [f"beta={args.sp_beta:g}"] * (args.sp_beta != 0.001)
@@ -118,19 +121,25 @@ def default_label(args):
     return " + ".join(parts)
 
 
-def validate(args):
+FLOATS = {"sp_alpha": (0, 1), "sp_beta": (0, None), "reg_lambda": (0, None), "eh_c": (0, 1), "eh_r": (0, None),
+          "lr": (0, None), "lr_min": (0, None)}  # closed ranges [lo, hi]; schedule_scale is checked as > 0
+
+
+def check_config(args, num_classes=None):
+    """train.py's checks of a configuration that touch no file: the one source of truth that reproduce.sh
+    also runs over every planned run before the first. num_classes (if known) checks the split and task."""
+    for name, (lo, hi) in FLOATS.items():  # inf and nan pass every comparison-free path: refuse them first
+        v, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
+            raise UsageError(f"{flag} must be a finite number in [{lo}, {'inf)' if hi is None else f'{hi}]'}, "
+                             f"got {v}")
     checks = [
         (args.dataset in D.DATASETS, f"unknown dataset '{args.dataset}' (choose from {', '.join(D.DATASETS)})"),
-        (0 <= args.sp_alpha <= 1, f"--sp-alpha must be in [0, 1], got {args.sp_alpha}"),
-        (args.sp_beta >= 0, f"--sp-beta must be >= 0, got {args.sp_beta}"),
-        (args.reg_lambda >= 0, f"--reg-lambda must be >= 0, got {args.reg_lambda}"),
-        (0 <= args.eh_c <= 1, f"--eh-c must be in [0, 1], got {args.eh_c}"),
-        (args.eh_r >= 0, f"--eh-r must be >= 0, got {args.eh_r}"),
-        (args.schedule_scale > 0, f"--schedule-scale must be > 0, got {args.schedule_scale}"),
+        (math.isfinite(args.schedule_scale) and args.schedule_scale > 0,
+         f"--schedule-scale must be a finite number > 0, got {args.schedule_scale}"),
         (args.iters > 0, f"--iters must be > 0, got {args.iters}"),
         (args.batch_size > 0, f"--batch-size must be > 0, got {args.batch_size}"),
-        (args.lr > 0 and 0 <= args.lr_min <= args.lr,
-         f"need 0 <= --lr-min <= --lr and --lr > 0, got {args.lr_min}, {args.lr}"),
+        (args.lr > 0 and args.lr_min <= args.lr, f"need 0 <= --lr-min <= --lr and --lr > 0, got {args.lr_min}, {args.lr}"),
         (args.eval_every > 0, f"--eval-every must be > 0, got {args.eval_every}"),
         (args.width > 0 and args.image_size > 0, "--width and --image-size must be > 0"),
         (args.task >= 0, f"--task must be >= 0, got {args.task}"),
@@ -142,14 +151,92 @@ def validate(args):
          f"--sampler {args.sampler} needs --task >= 1 (no old examples at task 0)"),
         (args.sampler != "easy_hard" or args.old_ckpt,
          "--sampler easy_hard needs --old-ckpt (learning speed of the old examples)"),
+        (args.out.strip() != "", "--out is empty"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UsageError(msg)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} exists and is not a folder")
+    try:  # the split's syntax always; its size and the task's range once the class count is known
+        groups = D.parse_split(args.split, num_classes if num_classes is not None else 10 ** 9)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.task >= len(groups):
+        raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{len(groups) - 1}")
+
+
+def check_out_writable(path):
+    """That `path` is, or can be made, a folder we can write into, without creating anything (bad input must
+    leave no trace): the nearest existing ancestor decides."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out {path} exists and is not a folder")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"cannot create --out {path}: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):  # also false on a read-only mount (EROFS)
+        raise UsageError(f"cannot write into --out {path}: {probe} is not writable")
+
+
+def validate(args):
+    """Everything that can be checked before the data is loaded: the configuration, --out, a finished run."""
+    check_config(args, D.num_classes_of(args.dataset, args.data_dir))
+    check_out_writable(args.out)
     if is_finished(args.out) and not args.overwrite:
         raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
+
+
+def lock_run(out, overwrite=False):
+    """Make --out and lock it for this process (out/.lock, flock: the kernel drops it when the process dies,
+    however it dies, so a stale lock file is simply taken over). Returns the handle for unlock_run.
+
+    Two processes training into one folder would both write log.jsonl.part and corrupt it; the second
+    gets a one-line error instead. The finished-run check is repeated under the lock: another process may
+    have finished this run since validate()."""
+    import fcntl
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, ".lock")
+        while True:
+            f = open(path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                f.close()
+                raise UsageError(f"{out} is in use by another training process (pid {holder})") from None
+            if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                break
+            f.close()  # the holder removed the file as we opened it: lock the new one
+    except OSError as e:
+        raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    if is_finished(out) and not overwrite:
+        unlock_run(f)
+        raise UsageError(f"{out} already holds a finished run (use --overwrite to replace it)")
+    return f
+
+
+def unlock_run(handle):
+    """Remove the lock file while holding it (a process waiting on the old file re-checks: see lock_run)."""
+    try:
+        os.remove(handle.name)
+    except OSError:
+        pass
+    handle.close()
+
+
+def check_task(args, d):
+    """Checks that need the task's data: a batch must fit in it (uniform sampling draws each batch without
+    replacement from one stream of epochs, so a larger batch would repeat examples within the batch)."""
+    if args.batch_size > len(d.y):
+        raise UsageError(f"--batch-size {args.batch_size} is larger than task {args.task}'s training data "
+                         f"({len(d.y)} examples)")
 
 
 def resolve_device(name):
@@ -161,11 +248,14 @@ def resolve_device(name):
         raise UsageError(f"unknown device '{name}'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
     return dev
 
 
-def load_old(path, args, task, class_names):
-    """The task-1 checkpoint, after checking that it belongs to this run's lineage."""
+def load_old(path, args, task, ident):
+    """The task-1 checkpoint, after checking that it belongs to this run's lineage and data (ident: the
+    dataset's identity, data.identity)."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path} not found")
     try:
@@ -176,8 +266,15 @@ def load_old(path, args, task, class_names):
         raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     if missing:
         raise UsageError(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
+    if "data" not in ckpt:
+        raise UsageError(f"checkpoint {path} records no dataset identity (made by an older train.py); train "
+                         "that model again")
     for key, mine in (("dataset", args.dataset), ("groups", task["groups"]), ("class_order", task["order"]),
-                      ("class_names", class_names), ("width", args.width)):
+                      ("class_names", ident["class_names"]), ("width", args.width),
+                      ("image_size", args.image_size), ("data", ident)):
+        if key == "data" and ckpt[key] != mine:
+            raise UsageError(f"checkpoint {path} was trained on other data (the images, labels or counts differ: "
+                             f"sha256 {ckpt[key].get('sha256', '?')[:12]} vs {mine['sha256'][:12]})")
         if ckpt.get(key) != mine:
             raise UsageError(f"checkpoint {path} is from a different {key.replace('_', ' ')} "
                              f"({str(ckpt.get(key))[:60]} vs {str(mine)[:60]})")
@@ -205,7 +302,8 @@ def forward_backward(model, x, y, reg_anchor=None, lam=0.0, amp=None, forward=No
     .grad. The forward pass runs under autocast(amp) (bf16 on a GPU), the loss in fp32. `forward` is the
     (maybe compiled) callable of `model`. Returns detached (loss, penalty or None, logits): no host sync."""
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-        logits = (forward or model)(x)
+        logits = (model if forward is None else forward)(x)  # not `forward or model`: a compiled module
+        # proxies len(), and truth-testing it raises "ResNet does not support len()"
     loss = F.cross_entropy(logits.float(), y)
     reg = l2_init_penalty(model, reg_anchor, lam) if reg_anchor is not None else None  # Eq. 5
     (loss if reg is None else loss + reg).backward()
@@ -221,11 +319,13 @@ def main(args):
         groups = D.parse_split(args.split, len(class_names))
     except (ValueError, RuntimeError, OSError) as e:
         raise UsageError(f"{args.dataset} at {args.data_dir}: {str(e).splitlines()[0]}") from None
+    ident = D.identity(train, test, class_names)
     order = D.class_order(len(class_names), args.split_seed)
     if args.task >= len(groups):
         raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{len(groups) - 1}")
     d = D.task_data(train, test, groups, order, args.task)
-    old = load_old(args.old_ckpt, args, {"groups": groups, "order": order}, class_names) if args.old_ckpt else None
+    check_task(args, d)
+    old = load_old(args.old_ckpt, args, {"groups": groups, "order": order}, ident) if args.old_ckpt else None
     if old is not None and not torch.equal(old["index"], d.index[d.is_old]):
         raise UsageError(f"checkpoint {args.old_ckpt} was trained on other examples than this task's old data")
 
@@ -281,7 +381,7 @@ def main(args):
     # -- the log --------------------------------------------------------------------------------------------
     config = {k.replace("-", "_"): v for k, v in vars(args).items()}
     config["label"] = args.label or default_label(args)
-    os.makedirs(args.out, exist_ok=True)
+    lock = lock_run(args.out, args.overwrite)
     log_path = os.path.join(args.out, "log.jsonl")
     part = f"{log_path}.part"
     header = {
@@ -290,7 +390,7 @@ def main(args):
         "groups": groups, "class_order": order, "class_names": class_names,
         "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
         "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(test_y),
-        "num_test_all": len(test[1]),
+        "num_test_all": len(test[1]), "data": ident,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
                      "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else platform.processor() or "cpu"},
@@ -372,11 +472,13 @@ def main(args):
         "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(), "index": d.index,
         "class_order": order, "class_names": class_names, "groups": groups, "split": args.split,
         "dataset": args.dataset, "task": args.task, "width": args.width, "num_classes": d.num_classes,
+        "image_size": args.image_size, "data": ident,
         "config": config, "summary": summary,
     }, os.path.join(args.out, "ckpt.pt"))
     log(summary)
     logf.close()
     os.replace(part, log_path)
+    unlock_run(lock)
     return summary
 
 
