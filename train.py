@@ -101,6 +101,18 @@ def build_parser():
     return p
 
 
+def parse_or_raise(argv):
+    """build_parser().parse_args(argv), with bad input raised as UsageError rather than exiting: reproduce.sh
+    checks its planned command lines with it."""
+    p = build_parser()
+
+    def error(message):
+        raise UsageError(message)
+
+    p.error = error
+    return p.parse_args(argv)
+
+
 def default_label(args):
     """A row name from the method flags: 'shrink_perturb + l2init + easy_hard + x0.25'; the old model (task 0)
     is 'old' and plain continuation 'continuous', as in the plans (so the two never share a row)."""
@@ -164,18 +176,18 @@ def check_config(args, num_classes=None):
         raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{len(groups) - 1}")
 
 
-def check_out_writable(path):
+def check_out_writable(path, flag="--out"):
     """That `path` is, or can be made, a folder we can write into, without creating anything (bad input must
     leave no trace): the nearest existing ancestor decides."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"--out {path} exists and is not a folder")
+        raise UsageError(f"{flag} {path} exists and is not a folder")
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise UsageError(f"cannot create --out {path}: {probe} is a file")
+        raise UsageError(f"cannot create {flag} {path}: {probe} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):  # also false on a read-only mount (EROFS)
-        raise UsageError(f"cannot write into --out {path}: {probe} is not writable")
+        raise UsageError(f"cannot write into {flag} {path}: {probe} is not writable")
 
 
 def validate(args):
