@@ -226,6 +226,7 @@ def stop_workers(procs, grace=5.0):
     """SIGTERM each worker's process group (it runs in its own session, so a terminal's Ctrl-C reaches only
     the driver, and the worker's own children go too), then SIGKILL what is left after `grace` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        procs = [p for p in procs if p.poll() is None]  # an exited worker's group id may be reused
         for p in procs:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, sig)

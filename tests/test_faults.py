@@ -303,3 +303,25 @@ def test_speedup_bad_logs(tmp_path, capsys):
     assert speedup.main([ok, ok + "/log.jsonl", unfinished, "--reference", "scratch"]) == 0
     out, err = capsys.readouterr()
     assert "| scratch | 1 |" in out and "given twice" in err and "unfinished" in err
+
+
+def test_forward_backward_takes_a_compiled_module():
+    """torch.compile's module proxies len() to the model, so truth-testing it raised "ResNet does not support
+    len()" on every --compile run. A stand-in with the same len() (compiling on a CPU takes over a minute)."""
+    from resnet import resnet18
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x)
+
+        def __len__(self):
+            raise TypeError("ResNet does not support len()")
+
+    model = resnet18(3, width=8)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    loss, _, logits = train.forward_backward(model, x, y, forward=Compiled(model))
+    assert logits.shape == (2, 3) and model.fc.weight.grad is not None and torch.isfinite(loss)
