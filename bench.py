@@ -247,12 +247,13 @@ def worker(args, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from train import HelpFormatter  # help shows every default, as train.py's
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
-    p.add_argument("--width", type=int, default=64, help="ResNet-18 width")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size")
-    p.add_argument("--classes", type=int, default=100, help="number of classes")
+    p.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per training step")
+    p.add_argument("--classes", type=int, default=100, help="outputs of the model's head")
     p.add_argument("--steps", type=int, default=200, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=30, help="untimed steps first (the graph is captured in them)")
     p.add_argument("--repeats", type=int, default=5, help="timings per figure; the median is reported")

@@ -13,6 +13,7 @@ channels_last. Nothing in a training step reads a value back to the host.
 import hashlib
 import os
 import re
+import sys
 from collections import namedtuple
 
 import numpy as np
@@ -36,7 +37,8 @@ def load_dataset(name, data_dir, image_size=32, download=True):
 
     cifar10 / cifar100 go through torchvision's dataset classes, so downloading and checksums are the
     library's. folder reads data_dir/train/<class>/* and data_dir/test/<class>/*, resized to image_size,
-    and caches the decoded tensors in one file next to the data."""
+    and caches the decoded tensors in one file next to the data (or, if that folder is read-only, in
+    ~/.cache/same-accuracy/; see cache_paths)."""
     if name in ("cifar10", "cifar100"):
         import torchvision  # only here: the method modules and tests of other parts do not need it
 
@@ -56,9 +58,10 @@ def _list_folder(root):
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     files = []
     for k, c in enumerate(classes):
-        for f in sorted(os.listdir(os.path.join(root, c))):
-            if f.lower().endswith(IMAGE_EXTENSIONS):
-                files.append((os.path.join(c, f), k))
+        images = [f for f in sorted(os.listdir(os.path.join(root, c))) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not images:  # a class the model could never learn (or never be tested on) is a mistake, not data
+            raise ValueError(f"class folder {os.path.join(root, c)} holds no images")
+        files += [(os.path.join(c, f), k) for f in images]
     return classes, files
 
 
@@ -66,11 +69,61 @@ def _decode(args):
     path, size = args
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt or unreadable: the user needs the file's name
+        raise ValueError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+
+
+def cache_paths(data_dir, image_size):
+    """Where the decoded folder dataset is cached: next to the data, else (a read-only or shared data folder)
+    in the user's cache folder, under a name made from the data folder's absolute path."""
+    name = f".decoded-{image_size}px.pt"
+    key = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:16]
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [os.path.join(data_dir, name), os.path.join(home, "same-accuracy", f"{key}-{image_size}px.pt")]
+
+
+def _read_cache(path, fingerprint):
+    """The cached tensors if `path` holds this fingerprint's; a corrupt file is reported and ignored."""
+    if not os.path.exists(path):
+        return None
+    try:
+        blob = torch.load(path, weights_only=True)
+        if blob.get("fingerprint") != fingerprint:
+            return None  # the folder changed since: decode again
+        return (blob["train_x"], blob["train_y"]), (blob["test_x"], blob["test_y"]), blob["classes"]
+    except Exception as e:  # noqa: BLE001 - truncated or garbage: rebuilding it is always right
+        print(f"note: the decoded-data cache {path} is unreadable ({type(e).__name__}); rebuilding it",
+              file=sys.stderr)
+        return None
+
+
+def _write_cache(paths, blob):
+    """Atomically into the first writable place (a killed first load never leaves a half-written cache)."""
+    for i, path in enumerate(paths):
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            torch.save(blob, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError):  # torch.save reports a read-only folder as RuntimeError
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            continue
+        if i > 0:
+            print(f"note: {paths[0]} is not writable; cached the decoded images in {path}", file=sys.stderr)
+        return path
+    print(f"note: no writable place for the decoded-image cache ({', '.join(paths)}); decoding on every load",
+          file=sys.stderr)
+    return None
 
 
 def _load_folder(data_dir, image_size):
@@ -83,16 +136,17 @@ def _load_folder(data_dir, image_size):
         if not files:
             raise ValueError(f"no images found under {root}/<class>/")
         listing[split] = (root, classes, files)
-        for rel, _ in files:  # names and sizes: a changed folder invalidates the cache
-            fingerprint.update(f"{split}/{rel}:{os.path.getsize(os.path.join(root, rel))}".encode())
+        for rel, _ in files:  # names, sizes and times: a changed folder invalidates the cache
+            st = os.stat(os.path.join(root, rel))
+            fingerprint.update(f"{split}/{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
     if listing["train"][1] != listing["test"][1]:
         raise ValueError(f"train and test class folders differ under {data_dir}")
     fingerprint = fingerprint.hexdigest()
-    cache = os.path.join(data_dir, f".decoded-{image_size}px.pt")
-    if os.path.exists(cache):
-        blob = torch.load(cache, weights_only=True)
-        if blob.get("fingerprint") == fingerprint:
-            return (blob["train_x"], blob["train_y"]), (blob["test_x"], blob["test_y"]), blob["classes"]
+    caches = cache_paths(data_dir, image_size)
+    for cache in caches:
+        found = _read_cache(cache, fingerprint)
+        if found is not None:
+            return found
     out = {"fingerprint": fingerprint, "classes": listing["train"][1]}
     from concurrent.futures import ProcessPoolExecutor
 
@@ -103,13 +157,32 @@ def _load_folder(data_dir, image_size):
             imgs = list(pool.map(_decode, jobs, chunksize=256))
             out[f"{split}_x"] = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()  # [N,3,S,S]
             out[f"{split}_y"] = torch.tensor([k for _, k in files], dtype=torch.int64)
-    try:  # atomic: a killed first load never leaves a half-written cache
-        tmp = f"{cache}.tmp{os.getpid()}"
-        torch.save(out, tmp)
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a read-only data folder still loads, just without the cache
+    _write_cache(caches, out)
     return (out["train_x"], out["train_y"]), (out["test_x"], out["test_y"]), out["classes"]
+
+
+def num_classes_of(name, data_dir):
+    """The number of classes, without loading anything (None where it cannot be known yet): checks that
+    need it (a split, a task) can run before the data is downloaded or decoded."""
+    if name in ("cifar10", "cifar100"):
+        return 10 if name == "cifar10" else 100
+    root = os.path.join(data_dir, "train")
+    if name == "folder" and os.path.isdir(root):
+        return sum(os.path.isdir(os.path.join(root, d)) for d in os.listdir(root))
+    return None
+
+
+def identity(train, test, class_names):
+    """What makes two datasets the same for a run's results: class names, example counts, image size and a
+    hash of every image and label (sha256 of CIFAR-100 takes about 0.1 s). Recorded in logs and checkpoints,
+    so that a finished run is only reused for, and a checkpoint only continued on, the same data."""
+    h = hashlib.sha256()
+    for x, y in (train, test):
+        h.update(repr((tuple(x.shape), str(x.dtype))).encode())
+        h.update(x.contiguous().numpy())
+        h.update(y.to(torch.int64).contiguous().numpy())
+    return {"class_names": list(class_names), "num_train": len(train[1]), "num_test": len(test[1]),
+            "image_size": list(train[0].shape[2:]), "sha256": h.hexdigest()}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ A finished run (its log.jsonl has a summary line) is never run again; an unfinis
 scratch; a finished run whose configuration differs from the plan stops the driver instead of being mixed in.
 """
 import argparse
+import contextlib
+import hashlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -42,12 +45,48 @@ def train_argv(run, args, runs_dir):
         ["--cuda-graph"] * args.cuda_graph
 
 
-def check_matches(run, argv, runs_dir):
-    """A finished run must be the planned one: same method configuration, seed and label."""
+def check_runs(runs, args, runs_dir, num_classes):
+    """train.py's own checks (train.check_config) over every planned run, once, before the first: bad input
+    is one line here, not N failed runs. num_classes may be None (not known before the data is there)."""
+    import train
+
+    for r in runs:
+        try:
+            train.check_config(train.parse_or_raise(train_argv(r, args, runs_dir)), num_classes)
+        except train.UsageError as e:
+            die(f"{r.name}: {e}")
+
+
+def check_splits(runs, num_classes):
+    for split in sorted({r.split for r in runs}):  # a bad split is one error here, not N failed runs
+        try:
+            data.parse_split(split, num_classes)
+        except ValueError as e:
+            die(str(e))
+
+
+def check_data(run, header, runs_dir, ident):
+    """A finished run may only be reused for the same data (data.identity: class names, counts, a hash of
+    every image and label)."""
+    where = os.path.join(runs_dir, run.name)
+    got = header.get("data")
+    if got is None:
+        die(f"{where} holds a finished run that records no dataset identity (made by an older train.py); "
+            "use another --runs folder or remove it")
+    if got != ident:
+        what = next((k for k in ("class_names", "num_train", "num_test", "image_size", "sha256")
+                     if got.get(k) != ident.get(k)), "sha256")
+        die(f"{where} holds a finished run on other data ({what.replace('_', ' ')} differ from {run.name}'s "
+            f"dataset); use another --runs folder or remove it")
+
+
+def check_matches(run, argv, runs_dir, ident):
+    """A finished run must be the planned one: same method configuration, seed, label and data."""
     import train
 
     planned = vars(train.build_parser().parse_args(argv))
     header = S.read_log(os.path.join(runs_dir, run.name))[0]
+    check_data(run, header, runs_dir, ident)
     want = {k: v for k, v in planned.items() if k not in train.NOT_METHOD}
     got = header["group"]
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
@@ -68,7 +107,7 @@ def execute(runs, args, runs_dir):
     done = set()
     for r in runs:
         if S.is_finished(os.path.join(runs_dir, r.name)):
-            check_matches(r, argvs[r.name], runs_dir)
+            check_matches(r, argvs[r.name], runs_dir, args.data_identity)
             done.add(r.name)
     todo = [r for r in runs if r.name not in done]
     total = len(runs)
@@ -121,8 +160,7 @@ def execute(runs, args, runs_dir):
             if procs:
                 time.sleep(0.2)
     except KeyboardInterrupt:  # finished runs are safe; unfinished ones start again next time
-        for _, proc, _ in procs.values():
-            proc.terminate()
+        stop_workers([proc for _, proc, _ in procs.values()])
         raise SystemExit("reproduce.sh: interrupted; finished runs are kept, run the same command to resume")
     print(f"{args.plan}: finished in {(time.time() - started) / 60:.1f} min, {len(failed)} failed", flush=True)
     return failed
@@ -148,14 +186,68 @@ def run_inprocess(argv, out_path):
 
 
 def launch(argv, slot, args, run_dir):
+    """A train.py worker that dies with this driver, whatever kills it: a surviving worker would go on
+    writing into a run folder that the next driver starts again (see stop_workers, die_with_parent)."""
     env = dict(os.environ)
     device = "cpu"
     if args.device != "cpu":  # each worker sees only its GPU
         env["CUDA_VISIBLE_DEVICES"] = str(slot[0])
         device = "cuda"
-    out = open(os.path.join(run_dir, "train.out"), "w")
-    return subprocess.Popen([sys.executable, os.path.join(HERE, "train.py"), *argv, "--device", device],
-                            stdout=out, stderr=subprocess.STDOUT, env=env)
+    else:  # concurrent CPU runs share the cores: more threads than cores makes OpenMP spin (100x slower)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(args.slots))))
+    with open(os.path.join(run_dir, "train.out"), "w") as out:
+        return subprocess.Popen([sys.executable, os.path.join(HERE, "train.py"), *argv, "--device", device],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent())
+
+
+def die_with_parent():
+    """A preexec_fn for Linux: prctl(PR_SET_PDEATHSIG, SIGKILL) makes the kernel kill the worker when the
+    driver exits, also on SIGKILL, which no handler of ours sees. Elsewhere None (Ctrl-C, SIGTERM and SIGHUP
+    still stop the workers, see stop_workers)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec():
+        prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the driver died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def stop_workers(procs, grace=5.0):
+    """SIGTERM each worker's process group (it runs in its own session, so a terminal's Ctrl-C reaches only
+    the driver, and the worker's own children go too), then SIGKILL what is left after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        procs = [p for p in procs if p.poll() is None]  # an exited worker's group id may be reused
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, sig)
+        deadline = time.time() + grace
+        while any(p.poll() is None for p in procs) and time.time() < deadline:
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGHUP stop the driver as Ctrl-C does: workers stopped, finished runs kept."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -167,15 +259,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block, as train.py
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(prog="reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--plan", default="table1", choices=list(P.PLANS),
       help="table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), appendix (App. A.3-A.6)")
     a("--seeds", type=int, default=5, help="number of seeds (0..seeds-1); each seed has its own class order")
     a("--iters", type=int, default=PAPER_ITERS, help="iterations per run; the schedule scales with it")
-    a("--eval-every", type=int, help="evaluation interval (default: iters/195.5, i.e. 200 for 39,100)")
-    a("--quick", action="store_true", help="a scaled-down plan: 2 seeds, 4,000 iterations")
+    a("--eval-every", type=int, help="evaluation interval (default: iters/195.5 rounded, at least 1: 200 for "
+                                     "39,100, every iteration below 293)")
+    a("--quick", action="store_true", help="a scaled-down plan: at most 2 seeds, 4,000 iterations unless --iters")
     a("--dataset", help="cifar100, cifar10 or folder (default: the plan's, e.g. cifar10 for table2a)")
     a("--data-dir", default="data", help="dataset folder (CIFAR is downloaded here)")
     a("--split", help="class split (default: the plan's; table2b takes a comma-separated list)")
@@ -194,8 +292,10 @@ def build_parser():
     a("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto refuses to run without a GPU")
     a("--gpus", default="0", help="comma-separated GPU ids to spread runs over")
     a("--jobs-per-gpu", type=int, default=1, help="concurrent runs per GPU (with --device cpu: concurrent runs)")
-    a("--runs", help="runs folder (default: runs/<dataset>-<iters>it-w<width>)")
-    a("--results", help="tables and figures (default: results/ for the paper's setting, else results/<tag>/)")
+    a("--runs", help="runs folder (default: runs/<dataset>-<iters>it-w<width>[-b<batch>]; an image folder's "
+                     "<dataset> is folder-<name>-<hash of its path>)")
+    a("--results", help="tables and figures (default: results/ for the paper's setting, else "
+                        "results/<runs folder name>-<n>seeds/)")
     a("--list", action="store_true", help="print the plan's train.py commands, one per line, and exit")
     a("--wave", type=int, help="with --list: only runs at this dependency depth (0 = old models)")
     a("--report-only", action="store_true", help="only make tables and figures from finished runs")
@@ -205,6 +305,8 @@ def build_parser():
 def resolve(args):
     dataset, split = P.PLAN_DEFAULTS[args.plan]
     args.dataset, args.split = args.dataset or dataset, args.split or split
+    if not all(s.strip() for s in args.split.split(",")):
+        die(f"--split '{args.split}' has an empty entry")
     if args.quick:
         args.seeds, args.iters = min(args.seeds, 2), 4000 if args.iters == PAPER_ITERS else args.iters
     if args.seeds < 1 or args.iters < 1 or args.width < 1 or args.batch_size < 1 or args.jobs_per_gpu < 1:
@@ -213,13 +315,41 @@ def resolve(args):
         args.amp = "fp32" if args.device == "cpu" else "bf16"
     if args.eval_every is None:
         args.eval_every = max(1, round(args.iters * 200 / PAPER_ITERS))
-    name = args.dataset if args.dataset != "folder" else "folder-" + os.path.basename(os.path.abspath(args.data_dir))
+    name = args.dataset if args.dataset != "folder" else folder_name(args.data_dir)
     tag = f"{name}-{args.iters}it-w{args.width}" + (f"-b{args.batch_size}" if args.batch_size != 128 else "")
     runs_dir = args.runs or os.path.join("runs", tag)
     paper_setting = (args.dataset, args.split, args.iters, args.width, args.batch_size, args.seeds) == \
         (dataset, split, PAPER_ITERS, 64, 128, 5)
     results_dir = args.results or ("results" if paper_setting else os.path.join("results", f"{tag}-{args.seeds}seeds"))
     return runs_dir, results_dir
+
+
+def folder_name(data_dir):
+    """folder-<name>-<hash of the absolute path>: two image folders of one name never share a runs folder.
+    CIFAR keeps its plain name: torchvision checks its files' md5, so it is the same data wherever it lies;
+    and a finished run is only reused for identical data anyway (check_data)."""
+    path = os.path.abspath(data_dir)
+    return f"folder-{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
+def print_lines(lines):
+    """Print, and end quietly when the reader leaves early (`--list | head -1`)."""
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails no more
+
+
+def check_writable(*folders):
+    import train
+
+    for flag, path in folders:
+        try:
+            train.check_out_writable(path, flag)
+        except train.UsageError as e:
+            die(str(e))
 
 
 def main(argv=None):
@@ -232,12 +362,18 @@ def main(argv=None):
         die(str(e))
     by_name = {r.name: r for r in runs}
     assert len(by_name) == len(runs), "a plan lists a run twice"
+    num_classes = data.num_classes_of(args.dataset, args.data_dir)
+    if num_classes is not None:
+        check_splits(runs, num_classes)
+    check_runs(runs, args, runs_dir, num_classes)
     if args.list:
-        for r in sorted(runs, key=lambda r: (depth(r, by_name), not r.label.startswith("old"))):
-            if args.wave is None or depth(r, by_name) == args.wave:
-                print(shlex.join(["python", os.path.relpath(os.path.join(HERE, "train.py")),
-                                  *train_argv(r, args, runs_dir)]))
+        print_lines(shlex.join(["python", os.path.relpath(os.path.join(HERE, "train.py")),
+                                *train_argv(r, args, runs_dir)])
+                    for r in sorted(runs, key=lambda r: (depth(r, by_name), not r.label.startswith("old")))
+                    if args.wave is None or depth(r, by_name) == args.wave)
         return 0
+    if args.device == "auto" and args.report_only:
+        args.device = "cpu"  # tables and figures need no GPU
     if args.device == "auto":
         import torch
 
@@ -245,16 +381,18 @@ def main(argv=None):
             die(f"no GPU found. This plan is {len(runs)} runs of {args.iters} iterations: days to weeks on a "
                 "CPU. Pass --device cpu to run on the CPU anyway (try --quick --width 8).")
         args.device = "cuda"
-    gpus = [g for g in args.gpus.split(",") if g.strip()]
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     args.slots = [(g, j) for g in (gpus if args.device == "cuda" else ["cpu"]) for j in range(args.jobs_per_gpu)]
+    if not args.slots:
+        die(f"--gpus '{args.gpus}' lists no GPU")
+    check_devices(args)
+    check_writable(("--results", results_dir), *([] if args.report_only else [("--runs", runs_dir)]))
     if not args.report_only:
-        num_classes = prepare_data(args)
-        for split in sorted({r.split for r in runs}):  # a bad split is one error here, not N failed runs
-            try:
-                data.parse_split(split, num_classes)
-            except ValueError as e:
-                die(str(e))
-        failed = execute(runs, args, runs_dir)
+        num_classes, args.data_identity = prepare_data(args)
+        check_splits(runs, num_classes)
+        check_runs(runs, args, runs_dir, num_classes)
+        with stop_on_signals():
+            failed = execute(runs, args, runs_dir)
     else:
         failed = set()
     R.REPORTS[args.plan](runs, args, runs_dir, results_dir)
@@ -262,11 +400,22 @@ def main(argv=None):
     return 1 if failed else 0
 
 
+def check_devices(args):
+    import train
+
+    for slot in sorted(set(slot_device(s, args) for s in args.slots)):
+        try:
+            train.resolve_device(slot)
+        except train.UsageError as e:
+            die(str(e))
+
+
 def prepare_data(args):
     """Download / decode the dataset once, before parallel runs read it (they run with --no-download).
-    Returns the number of classes."""
+    Returns the number of classes and the dataset's identity (data.identity)."""
     try:
-        return len(data.load_dataset(args.dataset, args.data_dir, download=True)[2])
+        train, test, classes = data.load_dataset(args.dataset, args.data_dir, download=True)
+        return len(classes), data.identity(train, test, classes)
     except Exception as e:  # noqa: BLE001 - any failure to get the data is reported the same way
         die(f"cannot load {args.dataset} from {args.data_dir}: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")

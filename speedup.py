@@ -116,17 +116,55 @@ def is_finished(run_dir):
         return False
 
 
-def group_runs(run_dirs, finished_only=True):
-    """{label: [(header, evals), ...]} over seeds. Runs sharing a label must share their method config."""
-    groups, keys = {}, {}
+def check_log(path, header, evals):
+    """What a table needs of a log, as one readable ValueError: a label, a method configuration, and at least
+    one evaluation with a finite accuracy and training time."""
+    for key, kind in (("label", str), ("group", dict)):
+        if not isinstance(header.get(key), kind):
+            raise ValueError(f"{path}: the header has no {key} (not a train.py log?)")
+    if not evals:
+        raise ValueError(f"{path}: no evaluations logged")
+    for e in evals:
+        for key in ("iter", "acc", "train_seconds"):
+            v = e.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{path}: evaluation at iteration {e.get('iter')} has {key} = {v}")
+
+
+def warn_stderr(msg):
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def group_runs(run_dirs, finished_only=True, warn=warn_stderr):
+    """{label: [(header, evals), ...]} over seeds. Runs sharing a label must share their method config; all
+    runs must be on the same data (where their logs record it). A run given twice (the same file, or a copy:
+    same label, configuration and seeds) is counted once or refused, never as two seeds; an unfinished run
+    is skipped with a warning."""
+    groups, keys, seen, runs_of, data = {}, {}, set(), {}, None
     for d in run_dirs:
+        path = os.path.realpath(os.path.join(d, "log.jsonl") if os.path.isdir(d) else d)
+        if path in seen:
+            warn(f"{d} is given twice; counted once")
+            continue
+        seen.add(path)
         header, evals, summary = read_log(d)
         if finished_only and summary is None:
+            warn(f"{d} is unfinished (no summary line); left out")
             continue
+        check_log(path, header, evals)
         label = header["label"]
         key = json.dumps(header["group"], sort_keys=True)
         if keys.setdefault(label, key) != key:
             raise ValueError(f"runs labelled '{label}' differ in configuration (give them distinct --label)")
+        config = header.get("config", {})
+        run = (label, key, config.get("seed"), config.get("split_seed"))
+        if runs_of.setdefault(run, d) != d:
+            raise ValueError(f"{runs_of[run]} and {d} are the same run (label '{label}', seed {run[2]}); "
+                             "a copy would count as two seeds")
+        if header.get("data") is not None:
+            data = data or (header["data"], d)
+            if header["data"] != data[0]:
+                raise ValueError(f"{data[1]} and {d} were trained on different data")
         groups.setdefault(label, []).append((header, evals))
     return groups
 
@@ -210,8 +248,13 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block, as train.py and reproduce.sh
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="L99/L100 speed-ups (paper Eq. 1-2) from train.py run folders.")
+    p = OneLineParser(description="L99/L100 speed-ups (paper Eq. 1-2) from train.py run folders.")
     p.add_argument("runs", nargs="+", help="run folders (each holding log.jsonl) or log files")
     p.add_argument("--reference", required=True, help="label of the reference runs (e.g. scratch)")
     p.add_argument("--target", default="max", choices=["max", "final"],
@@ -220,16 +263,20 @@ def main(argv=None):
     p.add_argument("--csv", help="also write the table as CSV to this file")
     args = p.parse_args(argv)
     try:
-        rows = summarize(group_runs(args.runs), args.reference, target=args.target)
-    except (ValueError, KeyError) as e:
+        for flag, path in (("--md", args.md), ("--csv", args.csv)):  # before the work, not after the table
+            folder = os.path.dirname(os.path.abspath(path)) if path else None
+            if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+                raise ValueError(f"{flag} {path}: folder {folder} does not exist or is not writable")
+        rows = summarize(group_runs(args.runs, warn=lambda m: print(f"speedup.py: warning: {m}", file=sys.stderr)),
+                         args.reference, target=args.target)
+        md = to_markdown(rows) + FRAGILE_NOTE
+        for path, text in ((args.md, md), (args.csv, to_csv(rows) if args.csv else None)):
+            if path:
+                write_atomic(path, text)
+    except (ValueError, KeyError, OSError) as e:
         print(f"speedup.py: error: {e}", file=sys.stderr)
         return 2
-    md = to_markdown(rows) + FRAGILE_NOTE
     print(md, end="")
-    if args.md:
-        write_atomic(args.md, md)
-    if args.csv:
-        write_atomic(args.csv, to_csv(rows))
     return 0
 
 

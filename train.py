@@ -50,8 +50,8 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # no "(default: None)" on flags without a default
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
+    def _get_help_string(self, action):  # no "(default: None)" on flags without a default; 0 is a default
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
 
 
 def build_parser():
@@ -96,7 +96,7 @@ def build_parser():
     a("--stop-at-schedule-end", action=argparse.BooleanOptionalAction, default=True,
       help="a shortened schedule ends the run (scale * iters iterations); --no-...: hold lr-min to --iters")
     a("--stop-at-acc-of", metavar="RUN", help="stop at the first evaluation reaching that finished run's max accuracy")
-    a("--batch-size", type=int, default=128, help="batch size (App. A.2)")
+    a("--batch-size", type=int, default=128, help="examples per training step")
     a("--lr", type=float, default=1e-3, help="Adam learning rate at the start")
     a("--lr-min", type=float, default=1e-6, help="learning rate at the end of the cosine schedule")
     # run
@@ -105,7 +105,8 @@ def build_parser():
     a("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
     a("--out", default="runs/run", help="output folder for log.jsonl and ckpt.pt")
     a("--overwrite", action="store_true", help="replace a finished run in --out")
-    a("--label", help="row name used by speedup.py (default: made from the method flags)")
+    a("--label", help="row name used by speedup.py (default: 'old' for --task 0, 'scratch', 'continuous' for "
+                       "--init old, else made from the method flags)")
     a("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     a("--amp", default="auto", choices=["auto", "bf16", "fp32"],
       help="precision of the forward pass: auto = bf16 autocast on a GPU, fp32 on a CPU")
@@ -115,9 +116,23 @@ def build_parser():
     return p
 
 
+def parse_or_raise(argv):
+    """build_parser().parse_args(argv), with bad input raised as UsageError rather than exiting: reproduce.sh
+    checks its planned command lines with it."""
+    p = build_parser()
+
+    def error(message):
+        raise UsageError(message)
+
+    p.error = error
+    return p.parse_args(argv)
+
+
 def default_label(args):
-    """A row name from the method flags: 'shrink_perturb + l2init + easy_hard + x0.25'."""
-    parts = [args.init + ("+sp" if args.sp else "")]
+    """A row name from the method flags: 'shrink_perturb + l2init + easy_hard + x0.25'; the old model (task 0)
+    is 'old' and plain continuation 'continuous', as in the plans (so the two never share a row)."""
+    first = "old" if args.task == 0 else {"old": "continuous"}.get(args.init, args.init)
+    parts = [first + ("+sp" if args.sp else "")]
     if args.init != "scratch" or args.sp:
         parts += [f"alpha={args.sp_alpha:g}"] * (args.sp_alpha != 0.4)
         parts += [f"beta={args.sp_beta:g}"] * (args.sp_beta != 0.001)
@@ -136,18 +151,25 @@ def default_label(args):
     return " + ".join(parts)
 
 
-def validate(args):
+FLOATS = {"sp_alpha": (0, 1), "sp_beta": (0, None), "reg_lambda": (0, None), "eh_c": (0, 1), "eh_r": (0, None),
+          "lr": (0, None), "lr_min": (0, None)}  # closed ranges [lo, hi]; schedule_scale is checked as > 0
+
+
+def check_config(args, num_classes=None):
+    """train.py's checks of a configuration that touch no file: the one source of truth that reproduce.sh
+    also runs over every planned run before the first. num_classes (if known) checks the split and task."""
+    for name, (lo, hi) in FLOATS.items():  # inf and nan pass every comparison-free path: refuse them first
+        v, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
+            raise UsageError(f"{flag} must be a finite number in [{lo}, {'inf)' if hi is None else f'{hi}]'}, "
+                             f"got {v}")
     checks = [
         (args.dataset in D.DATASETS, f"unknown dataset '{args.dataset}' (choose from {', '.join(D.DATASETS)})"),
-        (0 <= args.sp_alpha <= 1, f"--sp-alpha must be in [0, 1], got {args.sp_alpha}"),
-        (args.sp_beta >= 0, f"--sp-beta must be >= 0, got {args.sp_beta}"),
-        (args.reg_lambda >= 0, f"--reg-lambda must be >= 0, got {args.reg_lambda}"),
-        (0 <= args.eh_c <= 1, f"--eh-c must be in [0, 1], got {args.eh_c}"),
-        (args.eh_r >= 0, f"--eh-r must be >= 0, got {args.eh_r}"),
-        (args.schedule_scale > 0, f"--schedule-scale must be > 0, got {args.schedule_scale}"),
+        (math.isfinite(args.schedule_scale) and args.schedule_scale > 0,
+         f"--schedule-scale must be a finite number > 0, got {args.schedule_scale}"),
         (args.iters > 0, f"--iters must be > 0, got {args.iters}"),
         (args.batch_size > 0, f"--batch-size must be > 0, got {args.batch_size}"),
-        (args.lr > 0 and 0 <= args.lr_min <= args.lr,
+        (args.lr > 0 and args.lr_min <= args.lr,
          f"need 0 <= --lr-min <= --lr and --lr > 0, got {args.lr_min}, {args.lr}"),
         (args.eval_every > 0, f"--eval-every must be > 0, got {args.eval_every}"),
         (args.width > 0 and args.image_size > 0, "--width and --image-size must be > 0"),
@@ -162,20 +184,96 @@ def validate(args):
          "--sampler easy_hard needs --old-ckpt (learning speed of the old examples)"),
         (args.sampler != "old_new" or args.batch_size >= 2, "--sampler old_new needs --batch-size >= 2"),
         (not (args.compile and args.cuda_graph), "--compile and --cuda-graph: choose one"),
+        (args.out.strip() != "", "--out is empty"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UsageError(msg)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} exists and is not a folder")
+    try:  # the split's syntax always; its size and the task's range once the class count is known
+        groups = D.parse_split(args.split, num_classes if num_classes is not None else 10 ** 9)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.task >= len(groups):
+        raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{len(groups) - 1}")
+
+
+def check_out_writable(path, flag="--out"):
+    """That `path` is, or can be made, a folder we can write into, without creating anything (bad input must
+    leave no trace): the nearest existing ancestor decides."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} exists and is not a folder")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"cannot create {flag} {path}: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):  # also false on a read-only mount (EROFS)
+        raise UsageError(f"cannot write into {flag} {path}: {probe} is not writable")
+
+
+def validate(args):
+    """Everything that can be checked before the data is loaded: the configuration, --out, a finished run."""
+    check_config(args, D.num_classes_of(args.dataset, args.data_dir))
+    check_out_writable(args.out)
     if is_finished(args.out) and not args.overwrite:
         raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
 
 
-def resolve_device(args):
-    """The torch.device of --device; also settles --amp auto and --cuda-graph for it (in args, so the log
-    records what ran)."""
-    name = args.device
+def lock_run(out, overwrite=False):
+    """Make --out and lock it for this process (out/.lock, flock: the kernel drops it when the process dies,
+    however it dies, so a stale lock file is simply taken over). Returns the handle for unlock_run.
+
+    Two processes training into one folder would both write log.jsonl.part and corrupt it; the second
+    gets a one-line error instead. The finished-run check is repeated under the lock: another process may
+    have finished this run since validate()."""
+    import fcntl
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, ".lock")
+        while True:
+            f = open(path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                f.close()
+                raise UsageError(f"{out} is in use by another training process (pid {holder})") from None
+            if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                break
+            f.close()  # the holder removed the file as we opened it: lock the new one
+    except OSError as e:
+        raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    if is_finished(out) and not overwrite:
+        unlock_run(f)
+        raise UsageError(f"{out} already holds a finished run (use --overwrite to replace it)")
+    return f
+
+
+def unlock_run(handle):
+    """Remove the lock file while holding it (a process waiting on the old file re-checks: see lock_run)."""
+    try:
+        os.remove(handle.name)
+    except OSError:
+        pass
+    handle.close()
+
+
+def check_task(args, d):
+    """Checks that need the task's data: a batch must fit in it (uniform sampling draws each batch without
+    replacement from one stream of epochs, so a larger batch would repeat examples within the batch)."""
+    if args.batch_size > len(d.y):
+        raise UsageError(f"--batch-size {args.batch_size} is larger than task {args.task}'s training data "
+                         f"({len(d.y)} examples)")
+
+
+def resolve_device(name):
+    """The torch.device of --device (auto: a GPU if there is one)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -184,6 +282,14 @@ def resolve_device(args):
         raise UsageError(f"unknown device '{name}'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def settle_for_device(args, dev):
+    """--amp auto and --cuda-graph for the device, and the default label, written into args so that the log
+    records what ran."""
     if args.amp == "auto":
         args.amp = "bf16" if dev.type == "cuda" else "fp32"
     if args.cuda_graph and dev.type != "cuda":
@@ -191,11 +297,11 @@ def resolve_device(args):
             print("train.py: --cuda-graph needs a GPU; running the same step eagerly", flush=True)
         args.cuda_graph = False
     args.label = args.label or default_label(args)
-    return dev
 
 
-def load_old(path, args, task, class_names):
-    """The task-1 checkpoint, after checking that it belongs to this run's lineage."""
+def load_old(path, args, task, ident):
+    """The task-1 checkpoint, after checking that it belongs to this run's lineage and data (ident: the
+    dataset's identity, data.identity)."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path} not found")
     try:
@@ -206,8 +312,15 @@ def load_old(path, args, task, class_names):
         raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     if missing:
         raise UsageError(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
+    if "data" not in ckpt:
+        raise UsageError(f"checkpoint {path} records no dataset identity (made by an older train.py); train "
+                         "that model again")
     for key, mine in (("dataset", args.dataset), ("groups", task["groups"]), ("class_order", task["order"]),
-                      ("class_names", class_names), ("width", args.width)):
+                      ("class_names", ident["class_names"]), ("width", args.width),
+                      ("image_size", args.image_size), ("data", ident)):
+        if key == "data" and ckpt[key] != mine:
+            raise UsageError(f"checkpoint {path} was trained on other data (the images, labels or counts differ: "
+                             f"sha256 {ckpt[key].get('sha256', '?')[:12]} vs {mine['sha256'][:12]})")
         if ckpt.get(key) != mine:
             raise UsageError(f"checkpoint {path} is from a different {key.replace('_', ' ')} "
                              f"({str(ckpt.get(key))[:60]} vs {str(mine)[:60]})")
@@ -238,7 +351,8 @@ def forward_backward(model, x, y, reg=None, lam=0.0, amp=None, forward=None):
     lists (params, anchors), or None). The forward pass runs under autocast(amp) (bf16 on a GPU), the loss in
     fp32. `forward` is the (maybe compiled) callable of `model`. Returns detached (loss, logits): no host sync."""
     with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None, cache_enabled=False):
-        logits = (forward if forward is not None else model)(x)
+        logits = (model if forward is None else forward)(x)  # not `forward or model`: a compiled module
+        # proxies len(), and truth-testing it raises "ResNet does not support len()"
     loss = F.cross_entropy(logits.float(), y)
     loss.backward()
     if reg is not None:
@@ -318,17 +432,17 @@ def load_task(args):
         groups = D.parse_split(args.split, len(class_names))
     except (ValueError, RuntimeError, OSError) as e:
         raise UsageError(f"{args.dataset} at {args.data_dir}: {str(e).splitlines()[0]}") from None
+    ident = D.identity(train, test, class_names)  # what a finished run or checkpoint is compared against
     order = D.class_order(len(class_names), args.split_seed)
-    if args.task >= len(groups):
-        raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{len(groups) - 1}")
     d = D.task_data(train, test, groups, order, args.task)
-    old = load_old(args.old_ckpt, args, {"groups": groups, "order": order}, class_names) if args.old_ckpt else None
+    check_task(args, d)
+    old = load_old(args.old_ckpt, args, {"groups": groups, "order": order}, ident) if args.old_ckpt else None
     if old is not None and not torch.equal(old["index"], d.index[d.is_old]):
         raise UsageError(f"checkpoint {args.old_ckpt} was trained on other examples than this task's old data")
     if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any():
         raise UsageError(f"checkpoint {args.old_ckpt} recorded no learning speed (it ran --learning-speed off)")
     return types.SimpleNamespace(train=train, test=test, class_names=class_names, groups=groups, order=order,
-                                 d=d, old=old)
+                                 d=d, old=old, ident=ident)
 
 
 def starting_point(args, task):
@@ -405,19 +519,23 @@ def open_log(args, task, config, device):
         "groups": task.groups, "class_order": task.order, "class_names": task.class_names,
         "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
         "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(d.test_y),
-        "num_test_all": len(task.test[1]), "planned_iters": run_length(args),
+        "num_test_all": len(task.test[1]), "planned_iters": run_length(args), "data": task.ident,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
                      "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else platform.processor() or "cpu"},
     }
-    os.makedirs(args.out, exist_ok=True)
+    lock = lock_run(args.out, args.overwrite)  # one process per run folder
     f = open(os.path.join(args.out, "log.jsonl.part"), "w")
 
     def write(rec):
         f.write(json.dumps(rec) + "\n")
         f.flush()
 
-    write.close = f.close
+    def close():
+        f.close()
+        unlock_run(lock)
+
+    write.close = close
     write(header)
     return write
 
@@ -499,18 +617,20 @@ def save_results(args, task, model, anchor, speed, summary, config, log):
         "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(),
         "index": task.d.index, "class_order": task.order, "class_names": task.class_names, "groups": task.groups,
         "split": args.split, "dataset": args.dataset, "task": args.task, "width": args.width,
-        "num_classes": task.d.num_classes, "config": config, "summary": summary,
+        "num_classes": task.d.num_classes, "image_size": args.image_size, "data": task.ident,
+        "config": config, "summary": summary,
     }, os.path.join(args.out, "ckpt.pt"))
     log(summary)
-    log.close()
     os.replace(os.path.join(args.out, "log.jsonl.part"), os.path.join(args.out, "log.jsonl"))
+    log.close()
 
 
 def main(args):
     """Run one training job; returns the summary dict. Raises UsageError on bad input."""
     t_start = time.perf_counter()
     validate(args)
-    device = resolve_device(args)
+    device = resolve_device(args.device)
+    settle_for_device(args, device)
     target = stop_accuracy(args)
     task = load_task(args)                                                        # data (Sec. 2.1)
     model, anchor = starting_point(args, task)                                    # Sec. 3.1, Eq. 4

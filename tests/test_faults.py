@@ -1,0 +1,327 @@
+"""Faults and bad input: every bad input is one line on stderr and exit code 2, with nothing written; a killed
+driver takes its workers with it and a rerun finishes the table without touching a finished run; a run folder
+belongs to one process; runs of two datasets are never mixed (issue: nothing mixed, nothing corrupted)."""
+import csv
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import data as D
+import reproduce
+import speedup
+import train
+from conftest import ROOT, write_folder
+
+TRAIN = ["--dataset", "folder", "--split", "2+2", "--width", "8", "--batch-size", "8", "--iters", "4",
+         "--eval-every", "4", "--no-download", "--quiet", "--device", "cpu"]
+
+
+def tree_hash(root):
+    """{relative path: sha256} of every file under root but the decoded-image caches (a load may add one)."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            if not f.startswith(".decoded-"):
+                p = os.path.join(d, f)
+                out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two 4-class image folders named 'syn' with the same class names but other images, an old model on
+    the first, a data folder with an empty class and one with a truncated image."""
+    root = tmp_path_factory.mktemp("faults")
+    write_folder(root / "a" / "syn", num_classes=4, n_train=8, n_test=2)
+    write_folder(root / "b" / "syn", num_classes=4, n_train=8, n_test=2, seed=7)
+    write_folder(root / "empty", num_classes=4, n_train=8, n_test=2)
+    for f in (root / "empty" / "train" / "c3").iterdir():
+        f.unlink()
+    write_folder(root / "trunc", num_classes=4, n_train=8, n_test=2)
+    bad = root / "trunc" / "train" / "c1" / "0009.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    assert train.cli(TRAIN + ["--data-dir", str(root / "a" / "syn"), "--out", str(root / "old")]) == 0
+    (root / "afile").write_text("a file, not a folder")
+    return root
+
+
+def bad_train_inputs(root):
+    a, b, old = str(root / "a" / "syn"), str(root / "b" / "syn"), str(root / "old" / "ckpt.pt")
+    cont = ["--task", "1", "--init", "old", "--old-ckpt", old]
+    cases = [
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--lr", "nan"], "--lr must be a finite number"),
+        (["--sp-beta", "inf"], "--sp-beta must be a finite number"),
+        (["--reg-lambda", "inf"], "--reg-lambda must be a finite number"),
+        (["--eh-r", "inf"], "--eh-r must be a finite number"),
+        (["--sp-alpha", "nan"], "--sp-alpha must be a finite number in [0, 1]"),
+        (["--schedule-scale", "inf"], "--schedule-scale must be a finite number > 0"),
+        (["--eval-every", "0"], "--eval-every must be > 0"),
+        (["--out", str(root / "afile" / "x")], "is a file"),
+        (["--out", str(root / "afile")], "exists and is not a folder"),
+        (["--out", ""], "--out is empty"),
+        (["--split", "9+9"], "needs 18 classes"),
+        (["--split", "4", "--task", "1"], "out of range"),
+        (["--batch-size", "17"], "larger than task 0's training data (16 examples)"),
+        (["--data-dir", str(root / "empty")], "holds no images"),
+        (["--data-dir", str(root / "trunc")], "0009.png"),
+        (["--data-dir", str(root / "trunc"), "--split", "9+9"], "needs 18 classes"),  # before any decoding
+        (cont + ["--image-size", "16"], "different image size"),
+        (cont + ["--data-dir", b], "trained on other data"),
+        (["--device", "cuda:7"], "--device cuda:7"),
+        (["--out", str(root / "old")], "already holds a finished run"),
+    ]
+    return [(["--data-dir", a] + extra if "--data-dir" not in extra else extra, msg) for extra, msg in cases]
+
+
+def test_bad_train_inputs_exit_2_with_one_line_and_write_nothing(world, capsys):
+    for extra, msg in bad_train_inputs(world):
+        out = ["--out", str(world / "bad")] if "--out" not in extra else []
+        before = tree_hash(world)
+        code = train.cli(TRAIN + out + extra)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and msg in err and len(err.splitlines()) == 1, (extra, err)
+        assert tree_hash(world) == before, extra
+        assert not (world / "bad").exists(), extra
+
+
+def test_no_traceback_from_the_command_line(world):
+    for extra in (["--eh-r", "inf"], ["--out", str(world / "afile" / "x")]):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *TRAIN, "--data-dir",
+                            str(world / "a" / "syn"), *extra], capture_output=True, text=True)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("train.py: error: ")
+
+
+def test_a_run_folder_belongs_to_one_process(world, capsys):
+    argv = TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(world / "locked")]
+    os.makedirs(world / "locked")
+    with open(world / "locked" / ".lock", "w") as held:  # as a live train.py holds it
+        held.write("12345")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert train.cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"train.py: error: {world / 'locked'} is in use by another training process (pid 12345)"
+    assert not (world / "locked" / "log.jsonl.part").exists()
+    # the lock file of a dead process (nobody holds it) is taken over, and removed when the run ends
+    assert train.cli(argv) == 0 and speedup.is_finished(world / "locked")
+    assert sorted(os.listdir(world / "locked")) == ["ckpt.pt", "log.jsonl"]
+
+
+def test_log_and_checkpoint_record_the_data(world):
+    header = speedup.read_log(world / "old")[0]
+    x, y, names = D.load_dataset("folder", str(world / "a" / "syn"))
+    assert header["data"] == D.identity(x, y, names) and header["label"] == "old"
+    ident = header["data"]
+    assert ident["class_names"] == ["c0", "c1", "c2", "c3"] and (ident["num_train"], ident["num_test"]) == (32, 8)
+    assert torch.load(world / "old" / "ckpt.pt", weights_only=True)["data"] == ident
+    other = D.load_dataset("folder", str(world / "b" / "syn"))
+    assert D.identity(*other) != ident  # same names and counts, other images
+
+
+def test_data_cache_corrupt_or_read_only(world, tmp_path, monkeypatch, capsys):
+    d = tmp_path / "syn"
+    write_folder(d, num_classes=2, n_train=2, n_test=1)
+    first = D.load_dataset("folder", str(d))
+    cache = d / ".decoded-32px.pt"
+    cache.write_bytes(cache.read_bytes()[:100])  # truncated
+    again = D.load_dataset("folder", str(d))
+    assert "is unreadable" in capsys.readouterr().err and torch.equal(again[0][0], first[0][0])
+    assert torch.load(cache, weights_only=True)["classes"] == ["c0", "c1"]  # rebuilt
+    # a read-only data folder (torch.save raises RuntimeError there): loads, and caches in the user's cache
+    cache.unlink()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    real_save = torch.save
+
+    def save(obj, path, *a, **k):
+        if str(path).startswith(str(d)):
+            raise RuntimeError("[enforce fail at inline_container.cc:747] . Read-only file system")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert torch.equal(D.load_dataset("folder", str(d))[0][0], first[0][0])
+    err = capsys.readouterr().err
+    assert "not writable; cached the decoded images in" in err and str(tmp_path / "home-cache") in err
+    assert not cache.exists() and len(list((tmp_path / "home-cache").rglob("*.pt"))) == 1
+
+
+# ------------------------------------------------------------------------------------------ the driver
+
+PLAN = ["--plan", "table2a", "--dataset", "folder", "--split", "2+2", "--seeds", "1", "--width", "8",
+        "--batch-size", "8", "--iters", "12", "--eval-every", "3", "--device", "cpu"]  # 5 runs
+KEYS = ("label", "n", "max_acc", "max_acc_se", "L99", "L100")  # all but the timing columns
+
+
+def driver_argv(world, data, runs, res):
+    return PLAN + ["--data-dir", str(world / data / "syn"), "--runs", str(world / runs),
+                   "--results", str(world / res)]
+
+
+def test_bad_driver_inputs_exit_2_before_anything(world, capsys):
+    base = driver_argv(world, "a", "runs_bad", "res_bad")
+    cases = [
+        (["--eval-every", "0"], "--eval-every must be > 0"),
+        (["--split", "4"], "--task 1 is out of range"),
+        (["--plan", "fig6", "--chain-scale", "-1"], "--schedule-scale must be a finite number > 0"),
+        (["--plan", "fig6", "--split", "2+1x2", "--chain-scale", "inf"], "--schedule-scale must be a finite"),
+        (["--plan", "table3"], "invalid choice: 'table3'"),
+        (["--plan", "table2b", "--split", "2+2,,3+1", "--list"], "has an empty entry"),
+        (["--gpus", "", "--device", "cuda"], "--gpus"),
+        (["--runs", str(world / "afile")], "--runs"),
+        (["--results", str(world / "afile" / "x")], "--results"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "no CUDA device"))
+    before = tree_hash(world)
+    for extra, msg in cases:
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(base + extra)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1, (extra, err)
+        assert tree_hash(world) == before, extra
+    assert not (world / "runs_bad").exists() and not (world / "res_bad").exists()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "reproduce.py"), "--plan", "table3"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.startswith("reproduce.sh: error: argument --plan: invalid choice")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_list_into_a_closed_pipe_is_quiet(world):
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "reproduce.py"), *driver_argv(world, "a", "r", "s"),
+                          "--list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # as `| head -1` does once it has its line
+    err = p.stderr.read().decode()
+    assert p.wait() == 0 and err == ""
+
+
+def worker_pids(marker):
+    """Processes whose command line mentions `marker` (the runs folder of a test)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        if marker.encode() in cmd and b"train.py" in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(world):
+    """The plan run once in-process without faults: the table a faulty run must end with."""
+    assert reproduce.main(driver_argv(world, "a", "runs_ref", "res_ref")) == 0
+    return list(csv.DictReader(open(world / "res_ref" / "table2a_folder.csv")))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_driver_takes_its_workers_and_the_rerun_mixes_nothing(world, uninterrupted):
+    runs = world / "runs_kill"
+    argv = driver_argv(world, "a", "runs_kill", "res_kill") + ["--jobs-per-gpu", "2"]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "reproduce.py"), *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, seen, fresh = time.time() + 120, set(), set()
+    while time.time() < deadline and proc.poll() is None:  # kill as soon as new workers start after 2 runs
+        pids = set(worker_pids(str(runs)))
+        fresh, seen = pids - seen, seen | pids
+        if fresh and len(list(runs.glob("*/*/*/log.jsonl"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None and fresh, "the plan ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 1.5  # a fresh worker has seconds of start-up ahead: it must not outlive this
+    while worker_pids(str(runs)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert worker_pids(str(runs)) == []  # no worker survives its driver
+    finished = {p: p.read_bytes() for p in runs.glob("*/*/*/log.jsonl")}
+    assert 2 <= len(finished) < 5
+    assert reproduce.main(argv) == 0
+    for p, b in finished.items():
+        assert p.read_bytes() == b, p  # finished runs are neither run again nor touched
+    logs = list(runs.glob("*/*/*/log.jsonl"))
+    assert len(logs) == 5 and all(speedup.is_finished(p) for p in logs)
+    assert not list(runs.rglob("*.part")) and not list(runs.rglob(".lock"))
+    table = list(csv.DictReader(open(world / "res_kill" / "table2a_folder.csv")))
+    assert [[r[k] for k in KEYS] for r in table] == [[r[k] for k in KEYS] for r in uninterrupted]
+
+
+def test_two_datasets_of_one_folder_name_never_share_runs(world, uninterrupted, capsys):
+    # by default their runs folders differ ...
+    dirs = [reproduce.resolve(reproduce.build_parser().parse_args(PLAN + ["--data-dir", str(world / x / "syn")]))[0]
+            for x in ("a", "b")]
+    assert dirs[0] != dirs[1] and all(os.path.basename(d).startswith("folder-syn-") for d in dirs)
+    # ... and the other dataset pointed at the first one's runs is refused before anything runs
+    before = tree_hash(world / "runs_ref")
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(driver_argv(world, "b", "runs_ref", "res_other"))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "holds a finished run on other data" in err and len(err.splitlines()) == 1
+    assert tree_hash(world / "runs_ref") == before and not (world / "res_other").exists()
+
+
+# ------------------------------------------------------------------------------------------ speedup.py
+
+def write_log(path, header=None, evals=None, summary=True):
+    path.mkdir(parents=True)
+    lines = [header or {"event": "header", "label": "scratch", "group": {}, "config": {"seed": 0}}]
+    lines += evals if evals is not None else [{"event": "eval", "iter": i, "acc": 10.0 * i, "train_seconds": i}
+                                              for i in range(3)]
+    lines += [{"event": "summary"}] if summary else []
+    (path / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return str(path)
+
+
+def test_speedup_bad_logs(tmp_path, capsys):
+    ok = write_log(tmp_path / "ok")
+    nan = write_log(tmp_path / "nan", evals=[{"event": "eval", "iter": 0, "acc": float("nan"), "train_seconds": 0}])
+    cases = [
+        ([nan], "has acc = nan"),
+        ([write_log(tmp_path / "noevals", evals=[])], "no evaluations"),
+        ([write_log(tmp_path / "nolabel", header={"event": "header", "group": {}})], "header has no label"),
+        ([ok, write_log(tmp_path / "copy")], "are the same run"),
+        ([ok, "--md", str(tmp_path / "missing" / "t.md")], "does not exist"),
+    ]
+    for argv, msg in cases:
+        assert speedup.main(argv + ["--reference", "scratch"]) == 2, argv
+        out, err = capsys.readouterr()
+        assert msg in err and len(err.strip().splitlines()) == 1 and out == "", (argv, err)
+    assert not (tmp_path / "missing").exists()
+    # the same folder twice counts once; an unfinished run is left out with a warning
+    unfinished = write_log(tmp_path / "unfinished", header={"event": "header", "label": "x", "group": {}},
+                           summary=False)
+    assert speedup.main([ok, ok + "/log.jsonl", unfinished, "--reference", "scratch"]) == 0
+    out, err = capsys.readouterr()
+    assert "| scratch | 1 |" in out and "given twice" in err and "unfinished" in err
+
+
+def test_forward_backward_takes_a_compiled_module():
+    """torch.compile's module proxies len() to the model, so truth-testing it raised "ResNet does not support
+    len()" on every --compile run. A stand-in with the same len() (compiling on a CPU takes over a minute)."""
+    from resnet import resnet18
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x)
+
+        def __len__(self):
+            raise TypeError("ResNet does not support len()")
+
+    model = resnet18(3, width=8)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    loss, logits = train.forward_backward(model, x, y, forward=Compiled(model))
+    assert logits.shape == (2, 3) and model.fc.weight.grad is not None and torch.isfinite(loss)
