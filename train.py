@@ -370,6 +370,8 @@ def build_step(model, opt, loader, batch_size, reg=None, lam=0.0, amp=None, spee
     tensor), so the same body runs eagerly or, with cuda_graph, is recorded once as a CUDA graph after
     `warmup` eager steps and replayed with one launch per step. Random crops are drawn outside the body from
     the loader's generator, so eager and graphed steps see the same augmentation."""
+    if cuda_graph and warmup < 1:  # Adam's state must exist before the capture, or every replay would reset it
+        raise ValueError("a graphed step needs at least one eager warm-up step")
     device = loader.device
     lr_t = opt.param_groups[0]["lr"]  # a device tensor (see make_optimizer)
     loss_sum = torch.zeros((), device=device)
@@ -397,19 +399,21 @@ def build_step(model, opt, loader, batch_size, reg=None, lam=0.0, amp=None, spee
             buf.copy_(new)
         if not cuda_graph:
             body()
-        elif n < warmup:  # real steps, on a side stream as torch.cuda.graph wants before a capture
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                body()
-            torch.cuda.current_stream(device).wait_stream(side)
-        else:
-            if graph is None:
-                graph = torch.cuda.CUDAGraph()
-                opt.zero_grad(set_to_none=True)  # .grad is then allocated inside the graph, at fixed addresses
-                with torch.cuda.graph(graph):
+            return
+        with torch.cuda.device(device):  # capture on the tensors' GPU (torch.cuda.graph's stream is the current one's)
+            if n < warmup:  # real steps, on a side stream as torch.cuda.graph wants before a capture
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
                     body()
-            graph.replay()
+                torch.cuda.current_stream(device).wait_stream(side)
+            else:
+                if graph is None:
+                    graph = torch.cuda.CUDAGraph()
+                    opt.zero_grad(set_to_none=True)  # .grad is then allocated inside the graph, at fixed addresses
+                    with torch.cuda.graph(graph):
+                        body()
+                graph.replay()
         n += 1
 
     return step, loss_sum
@@ -631,6 +635,7 @@ def main(args):
     validate(args)
     device = resolve_device(args.device)
     settle_for_device(args, device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: pick the fastest conv algorithms once
     target = stop_accuracy(args)
     task = load_task(args)                                                        # data (Sec. 2.1)
     model, anchor = starting_point(args, task)                                    # Sec. 3.1, Eq. 4

@@ -154,8 +154,10 @@ def test_gpu_graphed_step_has_no_host_sync_and_one_graph_launch():
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(idx[2], 1e-4)
         torch.cuda.synchronize()
-    launches = [e for e in prof.events() if e.name == "cudaGraphLaunch"]
-    assert len(launches) == 1
+    names = [e.name for e in prof.events()]
+    if not any(n.startswith("cuda") for n in names):
+        pytest.skip("the profiler recorded no CUDA runtime calls (CUPTI unavailable)")
+    assert sum(n.startswith("cudaGraphLaunch") for n in names) == 1  # kineto may add a version suffix
 
 
 def test_fast_step_matches_fp32_reference():
