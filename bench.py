@@ -234,6 +234,25 @@ def time_concurrent(args, k, cuda_graph):
     return sum(r["it_per_s"] for r in results), late
 
 
+def time_streams(args, device, k):
+    """Aggregate iterations/s of k graphed "ours" runs in this one process, each replaying its own CUDA graph
+    on its own stream, step after step: the other way to run several runs on one GPU (one CPU thread feeds
+    them all, and the GPU may overlap their kernels)."""
+    pipes = [our_pipeline(args, device, seed=i, method="ours", cuda_graph=True)[0] for i in range(k)]
+    streams = [torch.cuda.Stream(device) for _ in range(k)]
+    for steps, stream in zip(pipes, streams):
+        with torch.cuda.stream(stream):
+            steps(args.warmup)  # each run's warm-up and capture
+
+    def all_steps():
+        for _ in range(args.steps):
+            for steps, stream in zip(pipes, streams):
+                with torch.cuda.stream(stream):
+                    steps(1)
+
+    return k * 1000 / median_ms(all_steps, args.steps, args.repeats, device)
+
+
 def worker(args, device):
     steps, _, _ = our_pipeline(args, device, seed=os.getpid(), method="ours", cuda_graph=args.graph)
     steps(args.warmup)
@@ -314,6 +333,11 @@ def main(argv=None):
         print(f"K={k}      : {agg:8.1f} it/s aggregate ({agg / k:.1f} per run, {key})"
               + (f"; {late} worker(s) started late, overlap partial" if late else "") +
               f" | Table 1 at this rate {TABLE1_RUNS * PAPER_ITERS / agg / 3600:5.2f} h (training only)", flush=True)
+        if device.type == "cuda" and not args.compile and k > 1:
+            agg = time_streams(args, device, k)
+            out[f"aggregate_it_per_s_k{k}_streams"] = agg
+            print(f"K={k} streams: {agg:8.1f} it/s aggregate, one process, a graph per run on its own stream",
+                  flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
