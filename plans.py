@@ -9,6 +9,7 @@ always means one configuration and plans that need the same run share it:
     reg | l2                     L2-init (Eq. 5) | plain L2
     data | oldnew                easy/hard sampling (Sec. 3.3) | old/new balanced sampling (Fig. 4)
     x0.25                        schedule scale (Sec. 3.4);   multistep: the multistep schedule (App. A.6)
+    gradnorms                    the --grad-norms probe (App. A.7): observes only, trains as without it
     alpha=, beta=, lambda=, c=, r=   a non-default hyper-parameter (App. A.3-A.5)
 
 Plans: table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), appendix (App. A.3-A.6).

@@ -354,7 +354,8 @@ def report_analysis(runs, args, runs_dir, results_dir):
 
     # Fig. 15 (App. A.8): training and test loss of the naive and the scratch run
     md += ["## Fig. 15: training and test loss, naive and scratch (App. A.8)", "",
-           "| run | seeds | min test loss (iteration) | first within 5% of it | final test loss | final training loss |",
+           "| run | seeds | min test loss (iteration) | first within 5% of it | final test loss "
+           "| final training loss |",
            "|---|---|---|---|---|---|"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drawn = False
