@@ -549,7 +549,8 @@ def open_log(args, task, config, device):
 
 def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg, target, log):
     """Sec. 3.4's schedule over run_length(args) iterations; an evaluation every --eval-every (the one host sync
-    of each interval), the exact learning speed (Eq. 6) at every epoch's end, an early stop at `target`.
+    of each interval), the exact learning speed (Eq. 6) at every epoch's end, an early stop at `target`, and with
+    --grad-norms the per-example gradient norms of a probe at log-spaced iterations (App. A.7).
     Returns (best (acc, iter), last acc, iterations run, wall seconds, training seconds)."""
     amp = AMP[args.amp]
     n_iters, n_train = run_length(args), len(loader.y)
@@ -558,7 +559,7 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
 
     @torch.no_grad()
     def evaluate():
-        """Accuracy (%) on all, old and new classes seen so far, with one host sync."""
+        """Accuracy (%) on all, old and new classes seen so far and the mean test loss, with one host sync."""
         model.eval()
         pred, loss_total = predict_and_loss(model, test_x, test_y, loader, amp)
         hit = pred == test_y
@@ -657,8 +658,9 @@ def grad_norm_probe(args, task, model, loader, log):
         g = analysis.per_example_grad_norms(model, x, y)
         model.train()
         per_class = torch.zeros(d.num_classes, device=g.device).index_add_(0, y, g)
-        count = torch.bincount(y, minlength=d.num_classes)
-        g, per_class, count = g.tolist(), per_class.tolist(), count.tolist()
+        count = torch.bincount(y, minlength=d.num_classes).float()  # exact: at most 512
+        vals = torch.cat([g, per_class, count]).tolist()  # the probe's one host sync
+        g, per_class, count = vals[:len(y)], vals[len(y):len(y) + d.num_classes], vals[len(y) + d.num_classes:]
         mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
         log({"event": "grad_norms", "iter": it, "old": mean(g[:n_old]), "new": mean(g[n_old:]),
              "n_old": n_old, "n_new": len(g) - n_old,

@@ -211,6 +211,10 @@ def test_analysis_plan_end_to_end(tmp_path, capsys):
     shared = set(t1) & set(ana)
     assert sorted(n.split("/")[-1] for n in shared) == ["old", "old", "scratch", "scratch"]
     assert all(t1[n] == ana[n] for n in shared) and len(ana) == 6
+    assert reproduce.main(argv + ["--list"]) == 0  # one command per run, the probe only on the naive runs
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert len(listed) == 6 and [("--grad-norms" in c) for c in listed].count(True) == 2
+    assert all(("--grad-norms" in c.split()) == ("/continuous+gradnorms" in c) for c in listed)
     # a finished probe run without its probe (made by hand, say) is refused, not drawn as an empty Fig. 14
     log = runs / "seed1" / "continuous+gradnorms" / "log.jsonl"
     text = log.read_text().splitlines()
