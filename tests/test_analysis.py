@@ -224,3 +224,18 @@ def test_analysis_plan_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         reproduce.main(argv)
     assert e.value.code == 2 and "without the --grad-norms probe" in capsys.readouterr().err
+
+
+def test_analysis_module_imports_alone(tmp_path):
+    """analysis.py is copyable alone, as the method modules (its docstring says so)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    shutil.copy(os.path.join(ROOT, "analysis.py"), tmp_path)
+    r = subprocess.run([sys.executable, "-c", "import analysis; print(analysis.probe_iterations(3))"], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    assert r.returncode == 0 and r.stdout.strip() == "[0, 1, 2, 3]", r.stderr
