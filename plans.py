@@ -9,6 +9,7 @@ always means one configuration and plans that need the same run share it:
     reg | l2                     L2-init (Eq. 5) | plain L2
     data | oldnew                easy/hard sampling (Sec. 3.3) | old/new balanced sampling (Fig. 4)
     x0.25                        schedule scale (Sec. 3.4);   multistep: the multistep schedule (App. A.6)
+    gradnorms                    the --grad-norms probe (App. A.7): observes only, trains as without it
     alpha=, beta=, lambda=, c=, r=   a non-default hyper-parameter (App. A.3-A.5)
 
 Plans: table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), appendix (App. A.3-A.6).
@@ -58,6 +59,8 @@ def flags_for(label, task, old_ckpt):
             flags += ["--sampler", "old_new"]
         elif t == "multistep":
             flags += ["--schedule", "multistep"]
+        elif t == "gradnorms":  # App. A.7's probe: observes only, trains as the label without it
+            flags += ["--grad-norms"]
         elif t.startswith("x"):
             flags += ["--schedule-scale", t[1:]]
         elif "=" in t and t.split("=")[0] in HYPER:
@@ -290,3 +293,20 @@ PLANS = {"table1": plan_table1, "table2a": sections_plan(sections_table2a), "tab
 PLAN_DEFAULTS = {"table1": ("cifar100", "70+30"), "table2a": ("cifar10", "8+2"),
                  "table2b": ("cifar100", "90+10,70+30,50+50,30+70"), "fig6": ("cifar100", "50+5x10"),
                  "appendix": ("cifar100", "70+30")}
+
+
+# ------------------------------------------------------------------ App. A.5, A.7, A.8: Figs. 11, 14, 15
+# The old model (Fig. 11 reads its per-epoch correctness bits), the scratch run and a naive run with the
+# gradient-norm probe (Fig. 14; Fig. 15 draws its losses and the scratch run's). The old and scratch runs have
+# Table 1's names and labels, so either plan reuses what the other trained; the naive run has a label of its
+# own because Table 1's "continuous" does not probe (the probe changes none of its training).
+ANALYSIS_LABELS = ["scratch", "continuous+gradnorms"]
+TOKEN_NAMES["gradnorms"] = "gradient-norm probe"
+
+
+def plan_analysis(args, runs_dir):
+    return two_task_plan([args.split], range(args.seeds), ANALYSIS_LABELS, runs_dir)
+
+
+PLANS["analysis"] = plan_analysis
+PLAN_DEFAULTS["analysis"] = ("cifar100", "70+30")

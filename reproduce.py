@@ -90,6 +90,9 @@ def check_matches(run, argv, runs_dir, ident):
     want = {k: v for k, v in planned.items() if k not in train.NOT_METHOD}
     got = header["group"]
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    if planned.get("grad_norms") and not header["config"].get("grad_norms"):  # not a method flag: not in diff
+        die(f"{os.path.join(runs_dir, run.name)} holds a finished run without the --grad-norms probe the plan "
+            "needs; use another --runs folder or remove it")
     if diff or header["config"]["seed"] != run.seed or header["label"] != run.label:
         what = ", ".join(f"{k}: {got.get(k)} vs planned {want.get(k)}" for k in diff[:3]) or "seed or label"
         die(f"{os.path.join(runs_dir, run.name)} holds a finished run of another "

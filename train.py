@@ -24,6 +24,7 @@ import types
 import torch
 import torch.nn.functional as F
 
+import analysis
 import data as D
 from l2init import add_l2_init_grad_, paired, snapshot
 from resnet import grow_head, resnet18
@@ -35,8 +36,10 @@ from speedup import is_finished, read_log
 HERE = os.path.dirname(os.path.abspath(__file__))
 # config keys that are seeds (of the init, data order and class order) or paths: runs that differ only in these
 # are seeds of one row of a table
+# (--grad-norms only observes: App. A.7's probe runs between steps with its own generator, so a run with it trains
+# exactly as one without; reproduce.check_matches checks it separately)
 NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "cuda_graph", "label", "data_dir",
-              "old_ckpt", "stop_at_acc_of", "download", "quiet")
+              "old_ckpt", "stop_at_acc_of", "download", "quiet", "grad_norms")
 AMP = {"bf16": torch.bfloat16, "fp32": None}  # autocast dtype of the forward pass (None: plain fp32)
 
 
@@ -113,6 +116,9 @@ def build_parser():
     a("--compile", action="store_true", help="torch.compile the model")
     a("--cuda-graph", action="store_true", help="record the training step as one CUDA graph (GPU only)")
     a("--quiet", action="store_true", help="no progress lines")
+    a("--grad-norms", action="store_true",
+      help="log the mean per-example gradient norm of a fixed probe of 256 old and 256 new training examples at "
+           "log-spaced iterations (App. A.7, Fig. 14); changes nothing of the training")
     return p
 
 
@@ -546,7 +552,8 @@ def open_log(args, task, config, device):
 
 def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg, target, log):
     """Sec. 3.4's schedule over run_length(args) iterations; an evaluation every --eval-every (the one host sync
-    of each interval), the exact learning speed (Eq. 6) at every epoch's end, an early stop at `target`.
+    of each interval), the exact learning speed (Eq. 6) at every epoch's end, an early stop at `target`, and with
+    --grad-norms the per-example gradient norms of a probe at log-spaced iterations (App. A.7).
     Returns (best (acc, iter), last acc, iterations run, wall seconds, training seconds)."""
     amp = AMP[args.amp]
     n_iters, n_train = run_length(args), len(loader.y)
@@ -555,14 +562,17 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
 
     @torch.no_grad()
     def evaluate():
-        """Accuracy (%) on all, old and new classes seen so far, with one host sync."""
+        """Accuracy (%) on all, old and new classes seen so far and the mean test loss, with one host sync."""
         model.eval()
-        hit = D.predict(model, test_x, loader, autocast_dtype=amp) == test_y
+        pred, loss_total = predict_and_loss(model, test_x, test_y, loader, amp)
+        hit = pred == test_y
         model.train()
         masks = torch.stack([torch.ones_like(hit), is_old_test, ~is_old_test])  # [3, N]
-        hits, counts = torch.stack([(masks & hit).sum(1), masks.sum(1)]).tolist()
-        # exact percentages from integer counts (float32 means print as 34.99999)
-        return tuple(100.0 * h / n if n else None for h, n in zip(hits, counts))
+        counts = torch.stack([(masks & hit).sum(1), masks.sum(1)]).flatten().double()  # exact in float64
+        *counts, loss_total = torch.cat([counts, loss_total.double().view(1)]).tolist()  # the one host sync
+        hits, counts = counts[:3], counts[3:]
+        # exact percentages from integer counts (float32 means print as 34.99999); the mean test loss (Fig. 15)
+        return tuple(100.0 * h / n if n else None for h, n in zip(hits, counts)) + (loss_total / len(test_y),)
 
     @torch.no_grad()
     def penalty():  # Eq. 5's value for the log, at the evaluation point, without autograd
@@ -570,15 +580,21 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
             return None
         return args.reg_lambda * float(torch.stack(torch._foreach_norm(torch._foreach_sub(*reg))).pow(2).sum())
 
-    acc, acc_old, acc_new = evaluate()  # iteration 0: the starting point
+    acc, acc_old, acc_new, test_loss = evaluate()  # iteration 0: the starting point
     log({"event": "eval", "iter": 0, "acc": acc, "acc_old": acc_old, "acc_new": acc_new, "loss": None,
-         "reg_loss": penalty(), "lr": lr_of(args, 0), "wall": 0.0, "train_seconds": 0.0, "images_per_s": None})
+         "reg_loss": penalty(), "lr": lr_of(args, 0), "wall": 0.0, "train_seconds": 0.0, "images_per_s": None,
+         "test_loss": test_loss})
+    probe = grad_norm_probe(args, task, model, loader, log) if args.grad_norms else None  # App. A.7
+    if probe is not None:
+        probe(0)
     best, n_since, train_seconds, t0 = (acc, 0), 0, 0.0, time.perf_counter()
     tick = t0
     model.train()
     for it in range(n_iters):
         step(next(batch_iter), lr_of(args, it))
         n_since += 1
+        if probe is not None:
+            tick += probe(it + 1)  # between steps, never inside the (graphed) step; not training time
         if args.learning_speed == "exact" and (it + 1) * args.batch_size // n_train > it * args.batch_size // n_train:
             model.eval()  # the end of an epoch: f^i of Eq. 6 classifies every training image, unaugmented
             speed.record_epoch(D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y)
@@ -592,11 +608,11 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
             log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
             raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
                                      f"the log so far is in {os.path.join(args.out, 'log.jsonl.part')}")
-        acc, acc_old, acc_new = evaluate()
+        acc, acc_old, acc_new, test_loss = evaluate()
         ips = n_since * args.batch_size / (now - tick)
         log({"event": "eval", "iter": it + 1, "acc": acc, "acc_old": acc_old, "acc_new": acc_new, "loss": mean_loss,
              "reg_loss": penalty(), "lr": lr_of(args, it), "wall": time.perf_counter() - t0,
-             "train_seconds": train_seconds, "images_per_s": ips})
+             "train_seconds": train_seconds, "images_per_s": ips, "test_loss": test_loss})
         if acc > best[0]:
             best = (acc, it + 1)
         if not args.quiet:
@@ -608,6 +624,54 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
         if target is not None and acc >= target:
             break  # --stop-at-acc-of: the reference's accuracy is reached; the run ends (and is charged) here
     return best, acc, it + 1, time.perf_counter() - t0, train_seconds
+
+
+@torch.no_grad()
+def predict_and_loss(model, x, y, loader, amp=None, batch_size=1000):
+    """data.predict's predictions int64 [N] of uint8 images x [N,3,H,W], unaugmented, and in the same pass the
+    summed cross-entropy with labels y as a device scalar (App. A.8's test loss; fp32, as the training loss)."""
+    preds, total = [], torch.zeros((), device=x.device)
+    for xc, yc in zip(x.split(batch_size), y.split(batch_size)):
+        with torch.autocast(loader.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            logits = model(loader.normalize(xc))
+        preds.append(logits.argmax(1))
+        total += F.cross_entropy(logits.float(), yc, reduction="sum")
+    return torch.cat(preds), total
+
+
+def grad_norm_probe(args, task, model, loader, log):
+    """probe(it): at the log-spaced iterations of analysis.probe_iterations, log the per-example gradient norms
+    of a fixed probe of old and new training examples (App. A.7, Fig. 14): their means, and the mean per class
+    (null for a class without probe examples). Returns the seconds it took (0 elsewhere), so that the caller
+    can keep it out of the training time. One host sync per probe, only at those iterations."""
+    d = task.d
+    at = set(analysis.probe_iterations(run_length(args)))
+    idx = analysis.probe_set(d.is_old).to(loader.device)
+    x, y = loader.normalize(loader.x[idx]), loader.y[idx]  # unaugmented, as the evaluation sees them
+    is_old = d.is_old.to(loader.device)[idx]
+    n_old = int(is_old.sum())
+
+    def probe(it):
+        if it not in at:
+            return 0.0
+        if loader.device.type == "cuda":  # the steps queued before it are training time, not the probe's
+            torch.cuda.synchronize(loader.device)
+        t = time.perf_counter()
+        model.eval()  # BatchNorm's running statistics: one example's gradient is its own (analysis.py)
+        g = analysis.per_example_grad_norms(model, x, y)
+        model.train()
+        per_class = torch.zeros(d.num_classes, device=g.device).index_add_(0, y, g)
+        count = torch.bincount(y, minlength=d.num_classes).float()  # exact: at most 512
+        vals = torch.cat([g, per_class, count]).tolist()  # the probe's one host sync
+        g, per_class, count = vals[:len(y)], vals[len(y):len(y) + d.num_classes], vals[len(y) + d.num_classes:]
+        mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
+        log({"event": "grad_norms", "iter": it, "old": mean(g[:n_old]), "new": mean(g[n_old:]),
+             "n_old": n_old, "n_new": len(g) - n_old,
+             "per_class": [s / n if n else None for s, n in zip(per_class, count)],
+             "num_old_classes": d.num_old_classes, "seconds": time.perf_counter() - t})
+        return time.perf_counter() - t
+
+    return probe
 
 
 def lr_of(args, it):
