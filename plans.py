@@ -144,8 +144,11 @@ PLAN_DATA = {"fig7": "adaptiope"}  # the dataset of a plan that has one fixed da
 
 
 def image_size(args):
-    """--image-size's default: the resolution of the paper's dataset that the run compares to, else 32."""
-    return IMAGE_SIZE.get(args.compare_to or PLAN_DATA.get(args.plan) or args.dataset, 32)
+    """--image-size's default for a folder dataset: the resolution of the paper's dataset that the run compares
+    to, else 32. CIFAR is 32x32 whatever it is compared to."""
+    if args.dataset != "folder":
+        return 32
+    return IMAGE_SIZE.get(args.compare_to or PLAN_DATA.get(args.plan), 32)
 # Table 2b: the reference is Scratch + L2-init; the paper gives the two scratch rows once (on all classes).
 TABLE2B_ROWS = [("Scratch + L2-init", "scratch+reg"), ("Scratch (x0.5)", "scratch+reg+x0.5"),
                 ("Ours (x1.0)", OURS), ("Ours (x0.5)", OURS + "+x0.5"), ("Ours (x0.25)", OURS + "+x0.25")]
