@@ -6,12 +6,19 @@ together) and is tested on every class seen so far. Labels are remapped so that 
 0..k0-1, group 1's follow, and so on: a model of task t has exactly as many outputs as classes seen, and
 growing the head means appending rows.
 
+Domain-incremental protocol (Sec. 4.3, Fig. 7): a split of domain names, e.g. "product_images+real_life",
+reads data_dir/<domain>/ as one folder dataset per domain (the same classes in each); task t trains on the
+examples of domains 0..t, every class from the start (the head never grows), and is tested on the union of
+the seen domains' test sets.
+
 Speed (DEVELOPERS.md): the training set lives on the device as uint8 [N,3,H,W]; every batch is gathered,
-randomly cropped (4-pixel zero padding) and flipped per example on the device, normalised and returned in
-channels_last. Nothing in a training step reads a value back to the host.
+randomly cropped (zero padding of 1/8 of the side: 4 pixels at 32x32) and flipped per example on the device,
+normalised and returned in channels_last. Nothing in a training step reads a value back to the host.
 """
 import hashlib
+import math
 import os
+import random
 import re
 import sys
 from collections import namedtuple
@@ -22,11 +29,16 @@ import torch
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 DATASETS = ("cifar10", "cifar100", "folder")
 
-TaskData = namedtuple("TaskData", "x y is_old index test_x test_y num_classes num_old_classes")
+# the train/test split of a folder without train/ and test/ folders (Adaptiope's own layout): per class, 20% of
+# the images are test images, chosen with this seed (seeded_split)
+TEST_FRACTION, TEST_SEED = 0.2, 0
+
+TaskData = namedtuple("TaskData", "x y is_old index test_x test_y num_classes num_old_classes test_group")
 TaskData.__doc__ = """The data of one task. x uint8 [N,3,H,W], y int64 [N] (remapped labels), is_old bool [N]
-(examples of groups < t), index int64 [N] (positions in the full training set, to carry learning speed from
-one task to the next), test_x/test_y (test set of all classes seen up to t), num_classes (seen up to t),
-num_old_classes (seen up to t-1)."""
+(examples of groups or domains < t), index int64 [N] (positions in the full training set, to carry learning
+speed from one task to the next), test_x/test_y (test set of all classes or domains seen up to t),
+num_classes (seen up to t), num_old_classes (seen up to t-1; all of them in a domain split), test_group int64
+[N_test] (the task whose group or domain each test example belongs to: old ones are < t)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -36,9 +48,10 @@ def load_dataset(name, data_dir, image_size=32, download=True):
     """Returns ((train_x uint8 [N,3,H,W], train_y int64 [N]), (test_x, test_y), class_names).
 
     cifar10 / cifar100 go through torchvision's dataset classes, so downloading and checksums are the
-    library's. folder reads data_dir/train/<class>/* and data_dir/test/<class>/*, resized to image_size,
-    and caches the decoded tensors in one file next to the data (or, if that folder is read-only, in
-    ~/.cache/same-accuracy/; see cache_paths)."""
+    library's. folder reads data_dir/train/<class>/* and data_dir/test/<class>/*, or data_dir/<class>/* cut
+    per class into train and test (seeded_split), resized to image_size x image_size (the whole image,
+    squashed, as Downsampled ImageNet does), and caches the decoded tensors in one file next to the data (or,
+    if that folder is read-only, in ~/.cache/same-accuracy/; see cache_paths)."""
     if name in ("cifar10", "cifar100"):
         import torchvision  # only here: the method modules and tests of other parts do not need it
 
@@ -63,6 +76,58 @@ def _list_folder(root):
             raise ValueError(f"class folder {os.path.join(root, c)} holds no images")
         files += [(os.path.join(c, f), k) for f in images]
     return classes, files
+
+
+def seeded_split(files, fraction=TEST_FRACTION, seed=TEST_SEED):
+    """A dataset without its own train/test split (Adaptiope): per class, the files sorted by name and shuffled
+    with random.Random(f"{seed}/{class folder}"), the first floor(fraction * n + 0.5) (at least 1 if n >= 2)
+    are test images, the rest train. Seeded by the class's name, not its index, so adding a class changes no
+    other class's split. files: [(class/file, label)] -> (train files, test files), each sorted."""
+    by_class = {}
+    for rel, k in files:
+        by_class.setdefault(k, []).append(rel)
+    train, test = [], []
+    for k, rels in sorted(by_class.items()):
+        rels = sorted(rels)
+        random.Random(f"{seed}/{os.path.dirname(rels[0])}").shuffle(rels)
+        n_test = max(1, math.floor(fraction * len(rels) + 0.5)) if len(rels) >= 2 else 0
+        test += [(r, k) for r in sorted(rels[:n_test])]
+        train += [(r, k) for r in sorted(rels[n_test:])]
+    return train, test
+
+
+def _holds_domains(data_dir, subdirs):
+    """Whether data_dir's first subfolder holds folders and no images: a domain root, not a class folder."""
+    first = os.path.join(data_dir, subdirs[0])
+    return not any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(first)) and \
+        any(os.path.isdir(os.path.join(first, f)) for f in os.listdir(first))
+
+
+def _listing(data_dir):
+    """{split: (root, classes, files)} of a folder dataset: its train/ and test/ folders, or its class folders
+    cut by seeded_split."""
+    if os.path.isdir(os.path.join(data_dir, "train")):
+        listing = {}
+        for split in ("train", "test"):
+            root = os.path.join(data_dir, split)
+            if not os.path.isdir(root):
+                raise ValueError(f"folder dataset needs {root}/<class>/<image> (not found)")
+            classes, files = _list_folder(root)
+            if not files:
+                raise ValueError(f"no images found under {root}/<class>/")
+            listing[split] = (root, classes, files)
+        return listing
+    subdirs = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d))) \
+        if os.path.isdir(data_dir) else []
+    if not subdirs:
+        raise ValueError(f"folder dataset needs {data_dir}/train/<class>/<image> and test/, or "
+                         f"{data_dir}/<class>/<image> (none found)")
+    if _holds_domains(data_dir, subdirs):
+        raise ValueError(f"{data_dir} holds folders of folders (domains?): give a domain split such as "
+                         f"{'+'.join(subdirs[:2])}, or --data-dir {os.path.join(data_dir, subdirs[0])}")
+    classes, files = _list_folder(data_dir)
+    train, test = seeded_split(files)
+    return {"train": (data_dir, classes, train), "test": (data_dir, classes, test)}
 
 
 def _decode(args):
@@ -93,8 +158,8 @@ def _read_cache(path, fingerprint):
     """The cached tensors if `path` holds this fingerprint's; a corrupt file is reported and ignored."""
     if not os.path.exists(path):
         return None
-    try:
-        blob = torch.load(path, weights_only=True)
+    try:  # memory-mapped: ImageNet-200's cache (9.6 GB at 112x112) is read from disk as needed, not copied
+        blob = torch.load(path, weights_only=True, mmap=True)
         if blob.get("fingerprint") != fingerprint:
             return None  # the folder changed since: decode again
         return (blob["train_x"], blob["train_y"]), (blob["test_x"], blob["test_y"]), blob["classes"]
@@ -127,15 +192,9 @@ def _write_cache(paths, blob):
 
 
 def _load_folder(data_dir, image_size):
-    listing, fingerprint = {}, hashlib.sha256(str(image_size).encode())
+    listing, fingerprint = _listing(data_dir), hashlib.sha256(str(image_size).encode())
     for split in ("train", "test"):
-        root = os.path.join(data_dir, split)
-        if not os.path.isdir(root):
-            raise ValueError(f"folder dataset needs {root}/<class>/<image> (not found)")
-        classes, files = _list_folder(root)
-        if not files:
-            raise ValueError(f"no images found under {root}/<class>/")
-        listing[split] = (root, classes, files)
+        root, _, files = listing[split]
         for rel, _ in files:  # names, sizes and times: a changed folder invalidates the cache
             st = os.stat(os.path.join(root, rel))
             fingerprint.update(f"{split}/{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -154,39 +213,108 @@ def _load_folder(data_dir, image_size):
         for split in ("train", "test"):
             root, _, files = listing[split]
             jobs = [(os.path.join(root, rel), image_size) for rel, _ in files]
-            imgs = list(pool.map(_decode, jobs, chunksize=256))
-            out[f"{split}_x"] = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()  # [N,3,S,S]
+            # written image by image into one array: the decoded set is in memory once, not twice (a list of
+            # images and their stack), and the cache is written from it (memory: README "Other datasets")
+            x = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
+            for i, img in enumerate(pool.map(_decode, jobs, chunksize=256)):
+                x[i] = img.transpose(2, 0, 1)  # HWC -> CHW
+            out[f"{split}_x"] = torch.from_numpy(x)  # [N,3,S,S]
             out[f"{split}_y"] = torch.tensor([k for _, k in files], dtype=torch.int64)
     _write_cache(caches, out)
     return (out["train_x"], out["train_y"]), (out["test_x"], out["test_y"]), out["classes"]
 
 
-def num_classes_of(name, data_dir):
+def load_for_split(name, data_dir, split, image_size=32, download=True):
+    """The data a split trains on: load_dataset's for a class split. For a domain split (Sec. 4.3) each
+    data_dir/<domain> is a folder dataset (train/ and test/, or class folders cut by seeded_split), all with
+    the same classes, concatenated in the split's order, with a third tensor: the domain of each example.
+    Returns ((x, y[, domain]), (test_x, test_y[, test_domain]), class_names)."""
+    domains = parse_domains(split)
+    if domains is None:
+        return load_dataset(name, data_dir, image_size, download)
+    if name != "folder":
+        raise ValueError(f"the domain split '{split}' needs --dataset folder (data-dir/<domain>/<class>/<image>)")
+    for dom in domains:  # all of them before decoding any
+        if not os.path.isdir(os.path.join(data_dir, dom)):
+            raise ValueError(f"domain folder {os.path.join(data_dir, dom)} not found")
+    parts = []
+    for dom in domains:
+        parts.append(_load_folder(os.path.join(data_dir, dom), image_size))
+        if parts[-1][2] != parts[0][2]:
+            raise ValueError(f"domains {domains[0]} and {dom} have different class folders")
+
+    def union(i):  # train (0) or test (1) of every domain, and the domain of each example
+        return (torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts]),
+                torch.cat([torch.full((len(p[i][1]),), k, dtype=torch.int64) for k, p in enumerate(parts)]))
+
+    return union(0), union(1), parts[0][2]
+
+
+def num_classes_of(name, data_dir, split=None):
     """The number of classes, without loading anything (None where it cannot be known yet): checks that
     need it (a split, a task) can run before the data is downloaded or decoded."""
     if name in ("cifar10", "cifar100"):
         return 10 if name == "cifar10" else 100
-    root = os.path.join(data_dir, "train")
+    try:
+        domains = parse_domains(split) if split else None
+    except ValueError:
+        return None
+    root = os.path.join(data_dir, domains[0]) if domains else data_dir
+    if os.path.isdir(os.path.join(root, "train")):
+        root = os.path.join(root, "train")
     if name == "folder" and os.path.isdir(root):
-        return sum(os.path.isdir(os.path.join(root, d)) for d in os.listdir(root))
+        subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        return None if not subdirs or _holds_domains(root, subdirs) else len(subdirs)  # None: loading says why
     return None
 
 
-def identity(train, test, class_names):
-    """What makes two datasets the same for a run's results: class names, example counts, image size and a
-    hash of every image and label (sha256 of CIFAR-100 takes about 0.1 s). Recorded in logs and checkpoints,
-    so that a finished run is only reused for, and a checkpoint only continued on, the same data."""
+def identity(train, test, class_names, domains=None):
+    """What makes two datasets the same for a run's results: class names (and domain names), example counts,
+    image size and a hash of every image, label (and domain) (sha256 of CIFAR-100 takes about 0.1 s).
+    Recorded in logs and checkpoints, so that a finished run is only reused for, and a checkpoint only
+    continued on, the same data."""
     h = hashlib.sha256()
-    for x, y in (train, test):
+    for x, *labels in (train, test):
         h.update(repr((tuple(x.shape), str(x.dtype))).encode())
         h.update(x.contiguous().numpy())
-        h.update(y.to(torch.int64).contiguous().numpy())
-    return {"class_names": list(class_names), "num_train": len(train[1]), "num_test": len(test[1]),
-            "image_size": list(train[0].shape[2:]), "sha256": h.hexdigest()}
+        for y in labels:
+            h.update(y.to(torch.int64).contiguous().numpy())
+    out = {"class_names": list(class_names), "num_train": len(train[1]), "num_test": len(test[1]),
+           "image_size": list(train[0].shape[2:]), "sha256": h.hexdigest()}
+    return out if domains is None else {**out, "domains": list(domains)}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # class splits
+
+def parse_domains(spec):
+    """A domain split (Sec. 4.3): "product_images+real_life" -> ["product_images", "real_life"], the folders
+    of data_dir/<domain>/ in task order. None for a class split (its terms are numbers: parse_split)."""
+    if not isinstance(spec, str):
+        return None
+    terms = spec.replace(" ", "").split("+")
+    numbers = [t for t in terms if re.fullmatch(r"\d+(?:[xX]\d+)?", t)]
+    if not [t for t in terms if t and t not in numbers]:
+        return None  # numbers (and empty terms): a class split, parse_split reads or refuses it
+    if numbers:
+        odd = next(t for t in terms if t not in numbers)
+        raise ValueError(f"split '{spec}': cannot read '{odd}' (a split is class counts N or NxK like 70+30, or "
+                         f"domain folders like product_images+real_life, not both)")
+    for t in terms:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", t) or t in (".", ".."):
+            raise ValueError(f"split '{spec}': cannot read '{t}' (a domain is a folder name of letters, digits, "
+                             f"'_', '-', '.')")
+    if len(set(terms)) != len(terms):
+        raise ValueError(f"split '{spec}' names a domain twice")
+    return terms
+
+
+def num_tasks(spec, num_classes=10 ** 9):
+    """Tasks of a class or domain split; raises ValueError on a malformed one (or one too large for
+    num_classes)."""
+    domains = parse_domains(spec)
+    return len(domains) if domains else len(parse_split(spec, num_classes))
+
 
 def parse_split(spec, num_classes):
     """The paper's split notation -> list of group sizes: "70+30" -> [70, 30], "80+10+10",
@@ -228,7 +356,21 @@ def task_data(train, test, groups, order, task):
 
     x, y, index = select(*train)
     test_x, test_y, _ = select(*test)
-    return TaskData(x, y, y < num_old, index, test_x, test_y, num_classes, num_old)
+    ends = torch.tensor(groups[: task + 1]).cumsum(0)  # label k belongs to the first group whose end is > k
+    return TaskData(x, y, y < num_old, index, test_x, test_y, num_classes, num_old,
+                    torch.bucketize(test_y, ends, right=True))
+
+
+def domain_task_data(train, test, num_classes, num_domains, task):
+    """Task `task` of a domain split (Sec. 4.3): the examples of domains 0..task with their own labels (every
+    task has every class: num_old_classes = num_classes, the head never grows), old = of domains < task, the
+    test set the union of the seen domains' test sets. train, test: (x, y, domain) of load_for_split."""
+    if not 0 <= task < num_domains:
+        raise ValueError(f"task {task} is out of range: the split has tasks 0..{num_domains - 1}")
+    (x, y, dom), (test_x, test_y, test_dom) = train, test
+    keep, test_keep = dom <= task, test_dom <= task
+    return TaskData(x[keep], y[keep], dom[keep] < task, keep.nonzero().squeeze(1), test_x[test_keep],
+                    test_y[test_keep], num_classes, num_classes, test_dom[test_keep])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -247,6 +389,12 @@ def channel_stats(x, device=None):
     mean = (hist.double() * v).sum(1) / n
     var = (hist.double() * v * v).sum(1) / n - mean * mean
     return mean.float().cpu(), var.clamp(min=0).sqrt().float().cpu()
+
+
+def crop_pad(size):
+    """Zero padding of the random crop: 1/8 of the side, 4 pixels at 32x32 as in the paper's CIFAR setting, 14
+    at 112x112 (the same relative shift at every resolution)."""
+    return size // 8
 
 
 def random_crops(batch_size, generator, pad=4):
@@ -287,6 +435,7 @@ class Loader:
 
     def __init__(self, x, y, device, seed=0, mean=None, std=None, augment=True):
         self.x = x.to(device)  # uint8 [N,3,H,W]
+        self.pad = crop_pad(x.shape[-1])
         self.y = y.to(device)  # int64 [N]
         self.device = torch.device(device)
         if mean is None:
@@ -304,7 +453,7 @@ class Loader:
         """crops: (dy, dx, flip) from random_crops, or None to draw them from the loader's generator."""
         x = self.x[idx]
         if self.augment:
-            x = apply_crops(x, *(crops or random_crops(len(idx), self.generator)))
+            x = apply_crops(x, *(crops or random_crops(len(idx), self.generator, self.pad)), self.pad)
         return self.normalize(x), self.y[idx], idx
 
 

@@ -12,7 +12,8 @@ always means one configuration and plans that need the same run share it:
     gradnorms                    the --grad-norms probe (App. A.7): observes only, trains as without it
     alpha=, beta=, lambda=, c=, r=   a non-default hyper-parameter (App. A.3-A.5)
 
-Plans: table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), appendix (App. A.3-A.6).
+Plans: table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7, a new domain),
+appendix (App. A.3-A.6).
 table2a, table2b and appendix are lists of Sections (a sub-table and a figure each), from which both the
 runs and the report follow.
 """
@@ -92,7 +93,8 @@ def two_task_plan(splits, seeds, labels, runs_dir, share=False):
     covers the same classes: their data, labels and seed are then the same in every split."""
     import data
 
-    same_classes = len({sum(data.parse_split(sp, 10 ** 6)) for sp in splits}) == 1
+    covers = lambda sp: tuple(data.parse_domains(sp) or [sum(data.parse_split(sp, 10 ** 6))])  # noqa: E731
+    same_classes = len({covers(sp) for sp in splits}) == 1  # the same classes, or the same domains
     runs, shared = [], {}
     for split in splits:
         for s in seeds:
@@ -138,6 +140,18 @@ TABLE2A = {
     "imagenet200": ("ImageNet-200 (180+20)", [(55.16, 1.18, 1.0), (53.5, None, None), (59.62, 1.69, 1.64),
                                               (58.54, 2.84, 2.75)]),
 }
+# The resolution we train each dataset at (the paper gives none; README "Choices the paper leaves open"):
+# folder images are resized whole to this square, and above 32 the model has the ImageNet stem (resnet.stem_for).
+IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "adaptiope": 112, "imagenet100": 112, "imagenet200": 112}
+PLAN_DATA = {"fig7": "adaptiope"}  # the dataset of a plan that has one fixed dataset in the paper
+
+
+def image_size(args):
+    """--image-size's default for a folder dataset: the resolution of the paper's dataset that the run compares
+    to, else 32. CIFAR is 32x32 whatever it is compared to."""
+    if args.dataset != "folder":
+        return 32
+    return IMAGE_SIZE.get(args.compare_to or PLAN_DATA.get(args.plan), 32)
 # Table 2b: the reference is Scratch + L2-init; the paper gives the two scratch rows once (on all classes).
 TABLE2B_ROWS = [("Scratch + L2-init", "scratch+reg"), ("Scratch (x0.5)", "scratch+reg+x0.5"),
                 ("Ours (x1.0)", OURS), ("Ours (x0.5)", OURS + "+x0.5"), ("Ours (x0.25)", OURS + "+x0.25")]
@@ -260,6 +274,21 @@ def sections_appendix(args):
                         for sweep, (title, rows) in APPENDIX.items()]
 
 
+# Fig. 7 (Sec. 4.3): old data = Adaptiope's product images, new data = its real-life photos of the same classes
+FIG7_ROWS = [("Scratch", "scratch"), ("Naive", "continuous"), ("Ours", OURS)]
+
+
+def plan_fig7(args, runs_dir):
+    """Fig. 7: an old model on the first domain, then Scratch, Naive and Ours on both domains."""
+    import data
+
+    domains = data.parse_domains(args.split)
+    if not domains or len(domains) != 2:
+        raise ValueError(f"fig7 needs a split of two domains, old+new (e.g. product_images+real_life), "
+                         f"got '{args.split}'")
+    return two_task_plan([args.split], range(args.seeds), [lab for _, lab in FIG7_ROWS], runs_dir)
+
+
 def plan_fig6(args, runs_dir):
     """A chain: task t continues from task t-1's continuous model with all four methods; beside it a scratch
     model per task on all data seen so far. chain_stop 'l100': each task of the chain ends at the first
@@ -288,11 +317,11 @@ def plan_fig6(args, runs_dir):
 
 SECTIONS = {"table2a": sections_table2a, "table2b": sections_table2b, "appendix": sections_appendix}
 PLANS = {"table1": plan_table1, "table2a": sections_plan(sections_table2a), "table2b": sections_plan(sections_table2b),
-         "fig6": plan_fig6, "appendix": sections_plan(sections_appendix)}
+         "fig6": plan_fig6, "fig7": plan_fig7, "appendix": sections_plan(sections_appendix)}
 # the setting each plan has in the paper (--dataset / --split default to these)
 PLAN_DEFAULTS = {"table1": ("cifar100", "70+30"), "table2a": ("cifar10", "8+2"),
                  "table2b": ("cifar100", "90+10,70+30,50+50,30+70"), "fig6": ("cifar100", "50+5x10"),
-                 "appendix": ("cifar100", "70+30")}
+                 "fig7": ("folder", "product_images+real_life"), "appendix": ("cifar100", "70+30")}
 
 
 # ------------------------------------------------------------------ App. A.5, A.7, A.8: Figs. 11, 14, 15

@@ -4,7 +4,7 @@ figures made from their logs only (speedup.py), with the paper's published value
     ./reproduce.sh                      # Table 1: CIFAR-100 70+30, 5 seeds x (old model + 20 runs)
     ./reproduce.sh --quick              # the same table, scaled down (2 seeds, 4,000 iterations)
     ./reproduce.sh --list --wave 0      # shell commands of the old models (then --wave 1, ...) for a cluster
-    ./reproduce.sh --plan table2b       # also: table2a, fig6, appendix (plans.py, report.py)
+    ./reproduce.sh --plan table2b       # also: table2a, fig6, fig7, appendix (plans.py, report.py)
 
 A finished run (its log.jsonl has a summary line) is never run again; an unfinished one starts again from
 scratch; a finished run whose configuration differs from the plan stops the driver instead of being mixed in.
@@ -23,6 +23,7 @@ import data
 import plans as P
 import report as R
 import speedup as S
+from resnet import STEMS, stem_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAPER_ITERS = 39100
@@ -38,7 +39,8 @@ def die(msg):
 
 def train_argv(run, args, runs_dir):
     """The full train.py command line of a run (without --device)."""
-    return ["--dataset", args.dataset, "--data-dir", args.data_dir, "--no-download", "--split", run.split,
+    return ["--dataset", args.dataset, "--data-dir", args.data_dir, "--no-download", "--image-size",
+            str(args.image_size), "--stem", args.stem, "--split", run.split,
             "--split-seed", str(run.seed), "--seed", str(run.seed), "--iters", str(args.iters),
             "--eval-every", str(args.eval_every), "--batch-size", str(args.batch_size), "--width", str(args.width),
             "--amp", args.amp, "--label", run.label, "--out", os.path.join(runs_dir, run.name), *run.flags] + \
@@ -60,7 +62,7 @@ def check_runs(runs, args, runs_dir, num_classes):
 def check_splits(runs, num_classes):
     for split in sorted({r.split for r in runs}):  # a bad split is one error here, not N failed runs
         try:
-            data.parse_split(split, num_classes)
+            data.num_tasks(split, num_classes)
         except ValueError as e:
             die(str(e))
 
@@ -88,7 +90,7 @@ def check_matches(run, argv, runs_dir, ident):
     header = S.read_log(os.path.join(runs_dir, run.name))[0]
     check_data(run, header, runs_dir, ident)
     want = {k: v for k, v in planned.items() if k not in train.NOT_METHOD}
-    got = header["group"]
+    got = {"stem": "cifar", **header["group"]}  # runs from before --stem had the CIFAR stem
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     if planned.get("grad_norms") and not header["config"].get("grad_norms"):  # not a method flag: not in diff
         die(f"{os.path.join(runs_dir, run.name)} holds a finished run without the --grad-norms probe the plan "
@@ -271,7 +273,8 @@ def build_parser():
     p = Parser(prog="reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--plan", default="table1", choices=list(P.PLANS),
-      help="table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), appendix (App. A.3-A.6)")
+      help="table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7), "
+           "appendix (App. A.3-A.6)")
     a("--seeds", type=int, default=5, help="number of seeds (0..seeds-1); each seed has its own class order")
     a("--iters", type=int, default=PAPER_ITERS, help="iterations per run; the schedule scales with it")
     a("--eval-every", type=int, help="evaluation interval (default: iters/195.5 rounded, at least 1: 200 for "
@@ -279,7 +282,12 @@ def build_parser():
     a("--quick", action="store_true", help="a scaled-down plan: at most 2 seeds, 4,000 iterations unless --iters")
     a("--dataset", help="cifar100, cifar10 or folder (default: the plan's, e.g. cifar10 for table2a)")
     a("--data-dir", default="data", help="dataset folder (CIFAR is downloaded here)")
-    a("--split", help="class split (default: the plan's; table2b takes a comma-separated list)")
+    a("--split", help="class split, or domain split such as product_images+real_life (default: the plan's; "
+                      "table2b takes a comma-separated list)")
+    a("--image-size", type=int, help="folder datasets are resized to this (default: 112 for --compare-to "
+                                     "adaptiope / imagenet100 / imagenet200 and for fig7, else 32)")
+    a("--stem", default="auto", choices=["auto", *STEMS],
+      help="ResNet-18 stem; auto: cifar up to 32x32 images, imagenet (7x7 stride 2 + max-pool) above")
     a("--compare-to", choices=sorted(P.TABLE2A), help="table2a: the paper's row to print beside ours")
     a("--chain-scale", type=float, default=1.0, help="fig6: schedule scale of every task of the chain")
     a("--chain-stop", default="l100", choices=["l100", "schedule"],
@@ -312,14 +320,24 @@ def resolve(args):
         die(f"--split '{args.split}' has an empty entry")
     if args.quick:
         args.seeds, args.iters = min(args.seeds, 2), 4000 if args.iters == PAPER_ITERS else args.iters
-    if args.seeds < 1 or args.iters < 1 or args.width < 1 or args.batch_size < 1 or args.jobs_per_gpu < 1:
-        die("--seeds, --iters, --width, --batch-size and --jobs-per-gpu must be >= 1")
+    args.image_size = P.image_size(args) if args.image_size is None else args.image_size
+    if min(args.seeds, args.iters, args.width, args.batch_size, args.jobs_per_gpu, args.image_size) < 1:
+        die("--seeds, --iters, --width, --batch-size, --jobs-per-gpu and --image-size must be >= 1")
     if args.amp == "auto":  # explicit in every command, so a finished run's log can be checked against the plan
         args.amp = "fp32" if args.device == "cpu" else "bf16"
+    auto_stem = stem_for(args.image_size)
+    args.stem = auto_stem if args.stem == "auto" else args.stem  # explicit too, as --amp
+    try:
+        domain_splits = [s for s in args.split.split(",") if data.parse_domains(s)]
+    except ValueError as e:
+        die(str(e))
+    if domain_splits and "," in args.split:
+        die(f"--split '{args.split}': a domain split reads other data than the other splits; give one split")
     if args.eval_every is None:
         args.eval_every = max(1, round(args.iters * 200 / PAPER_ITERS))
     name = args.dataset if args.dataset != "folder" else folder_name(args.data_dir)
-    tag = f"{name}-{args.iters}it-w{args.width}" + (f"-b{args.batch_size}" if args.batch_size != 128 else "")
+    tag = f"{name}-{args.iters}it-w{args.width}" + (f"-b{args.batch_size}" if args.batch_size != 128 else "") + \
+        (f"-{args.image_size}px" if args.image_size != 32 else "") + (f"-{args.stem}" if args.stem != auto_stem else "")
     runs_dir = args.runs or os.path.join("runs", tag)
     paper_setting = (args.dataset, args.split, args.iters, args.width, args.batch_size, args.seeds) == \
         (dataset, split, PAPER_ITERS, 64, 128, 5)
@@ -365,7 +383,7 @@ def main(argv=None):
         die(str(e))
     by_name = {r.name: r for r in runs}
     assert len(by_name) == len(runs), "a plan lists a run twice"
-    num_classes = data.num_classes_of(args.dataset, args.data_dir)
+    num_classes = data.num_classes_of(args.dataset, args.data_dir, args.split.split(",")[0])
     if num_classes is not None:
         check_splits(runs, num_classes)
     check_runs(runs, args, runs_dir, num_classes)
@@ -416,9 +434,11 @@ def check_devices(args):
 def prepare_data(args):
     """Download / decode the dataset once, before parallel runs read it (they run with --no-download).
     Returns the number of classes and the dataset's identity (data.identity)."""
-    try:
-        train, test, classes = data.load_dataset(args.dataset, args.data_dir, download=True)
-        return len(classes), data.identity(train, test, classes)
+    try:  # a domain split (one per plan, see resolve) loads its domains; class splits share one dataset
+        split = args.split.split(",")[0]
+        domains = data.parse_domains(split)
+        train, test, classes = data.load_for_split(args.dataset, args.data_dir, split, args.image_size)
+        return len(classes), data.identity(train, test, classes, domains)
     except Exception as e:  # noqa: BLE001 - any failure to get the data is reported the same way
         die(f"cannot load {args.dataset} from {args.data_dir}: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import analysis
 import data as D
 from l2init import add_l2_init_grad_, paired, snapshot
-from resnet import grow_head, resnet18
+from resnet import STEMS, grow_head, resnet18, stem_for
 from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
 from shrink_perturb import shrink_perturb_
@@ -62,11 +62,16 @@ def build_parser():
     a = p.add_argument
     # data (Sec. 2.1)
     a("--dataset", default="cifar100",
-      help="cifar100, cifar10, or folder (data-dir/train/<class>/*, data-dir/test/<class>/*)")
+      help="cifar100, cifar10, or folder (data-dir/train/<class>/* and data-dir/test/<class>/*, or "
+           "data-dir/<class>/* split 80/20 per class; with a domain split data-dir/<domain>/ holds either)")
     a("--data-dir", default="data", help="where the dataset is (or is downloaded to)")
     a("--download", action=argparse.BooleanOptionalAction, default=True, help="download CIFAR if missing")
-    a("--image-size", type=int, default=32, help="folder datasets are resized to this")
-    a("--split", default="70+30", help="class groups, e.g. 70+30, 80+10+10, 50+5x10")
+    a("--image-size", type=int, default=32, help="folder datasets are resized to this (squashed, whole image)")
+    a("--stem", default="auto", choices=["auto", *STEMS],
+      help="ResNet-18 stem: cifar (3x3, stride 1), imagenet (7x7 stride 2 + max-pool); auto: cifar up to "
+           "--image-size 32, imagenet above")
+    a("--split", default="70+30", help="class groups, e.g. 70+30, 80+10+10, 50+5x10; or domains (Sec. 4.3), "
+                                       "e.g. product_images+real_life: folders of data-dir, one per task")
     a("--split-seed", type=int, default=0, help="seed of the class order")
     a("--task", type=int, default=0, help="train on the cumulative data of groups 0..task (0 = the old model)")
     # initialisation (Sec. 3.1, Eq. 4)
@@ -179,6 +184,8 @@ def check_config(args, num_classes=None):
          f"need 0 <= --lr-min <= --lr and --lr > 0, got {args.lr_min}, {args.lr}"),
         (args.eval_every > 0, f"--eval-every must be > 0, got {args.eval_every}"),
         (args.width > 0 and args.image_size > 0, "--width and --image-size must be > 0"),
+        (args.dataset == "folder" or args.image_size == 32,
+         f"--image-size {args.image_size}: {args.dataset} images are 32x32 (the size is for folder datasets)"),
         (args.task >= 0, f"--task must be >= 0, got {args.task}"),
         (not (args.sp and args.init != "scratch"),
          "--sp is for --init scratch (use --init shrink_perturb to continue)"),
@@ -196,11 +203,13 @@ def check_config(args, num_classes=None):
         if not ok:
             raise UsageError(msg)
     try:  # the split's syntax always; its size and the task's range once the class count is known
-        groups = D.parse_split(args.split, num_classes if num_classes is not None else 10 ** 9)
+        n_tasks = D.num_tasks(args.split, num_classes if num_classes is not None else 10 ** 9)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.task >= len(groups):
-        raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{len(groups) - 1}")
+    if D.parse_domains(args.split) and args.dataset != "folder":
+        raise UsageError(f"the domain split {args.split} needs --dataset folder (data-dir/<domain>/<class>/*)")
+    if args.task >= n_tasks:
+        raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{n_tasks - 1}")
 
 
 def check_out_writable(path, flag="--out"):
@@ -219,7 +228,7 @@ def check_out_writable(path, flag="--out"):
 
 def validate(args):
     """Everything that can be checked before the data is loaded: the configuration, --out, a finished run."""
-    check_config(args, D.num_classes_of(args.dataset, args.data_dir))
+    check_config(args, D.num_classes_of(args.dataset, args.data_dir, args.split))
     check_out_writable(args.out)
     if is_finished(args.out) and not args.overwrite:
         raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
@@ -294,8 +303,10 @@ def resolve_device(name):
 
 
 def settle_for_device(args, dev):
-    """--amp auto and --cuda-graph for the device, and the default label, written into args so that the log
-    records what ran."""
+    """--amp auto and --cuda-graph for the device, --stem auto for the image size, and the default label,
+    written into args so that the log records what ran."""
+    if args.stem == "auto":
+        args.stem = stem_for(args.image_size)
     if args.amp == "auto":
         args.amp = "bf16" if dev.type == "cuda" else "fp32"
     if args.cuda_graph and dev.type != "cuda":
@@ -323,11 +334,11 @@ def load_old(path, args, task, ident):
                          "that model again")
     for key, mine in (("dataset", args.dataset), ("groups", task["groups"]), ("class_order", task["order"]),
                       ("class_names", ident["class_names"]), ("width", args.width),
-                      ("image_size", args.image_size), ("data", ident)):
+                      ("image_size", args.image_size), ("stem", args.stem), ("data", ident)):
         if key == "data" and ckpt[key] != mine:
             raise UsageError(f"checkpoint {path} was trained on other data (the images, labels or counts differ: "
                              f"sha256 {ckpt[key].get('sha256', '?')[:12]} vs {mine['sha256'][:12]})")
-        if ckpt.get(key) != mine:
+        if ckpt.get(key, "cifar" if key == "stem" else None) != mine:  # checkpoints before --stem: cifar
             raise UsageError(f"checkpoint {path} is from a different {key.replace('_', ' ')} "
                              f"({str(ckpt.get(key))[:60]} vs {str(mine)[:60]})")
     if ckpt["task"] != args.task - 1:
@@ -401,7 +412,7 @@ def build_step(model, opt, loader, batch_size, reg=None, lam=0.0, amp=None, spee
         nonlocal graph, n
         lr_t.fill_(lr)
         idx_s.copy_(idx)
-        for buf, new in zip(crops_s, D.random_crops(len(idx), loader.generator)):
+        for buf, new in zip(crops_s, D.random_crops(len(idx), loader.generator, loader.pad)):
             buf.copy_(new)
         if not cuda_graph:
             body()
@@ -437,14 +448,20 @@ def make_optimizer(model, lr, device, cuda_graph):
 
 def load_task(args):
     """The dataset, the class split and order, this task's data (data.py) and the old checkpoint, if any."""
+    domains = D.parse_domains(args.split)  # a new domain (Sec. 4.3) instead of new classes
     try:
-        train, test, class_names = D.load_dataset(args.dataset, args.data_dir, args.image_size, args.download)
-        groups = D.parse_split(args.split, len(class_names))
+        train, test, class_names = D.load_for_split(args.dataset, args.data_dir, args.split, args.image_size,
+                                                    args.download)
+        groups = domains or D.parse_split(args.split, len(class_names))
     except (ValueError, RuntimeError, OSError) as e:
         raise UsageError(f"{args.dataset} at {args.data_dir}: {str(e).splitlines()[0]}") from None
-    ident = D.identity(train, test, class_names)  # what a finished run or checkpoint is compared against
-    order = D.class_order(len(class_names), args.split_seed)
-    d = D.task_data(train, test, groups, order, args.task)
+    ident = D.identity(train, test, class_names, domains)  # what a finished run or checkpoint is compared against
+    if domains:  # every task has every class: the labels stay the class folders' order
+        order = list(range(len(class_names)))
+        d = D.domain_task_data(train, test, len(class_names), len(domains), args.task)
+    else:
+        order = D.class_order(len(class_names), args.split_seed)
+        d = D.task_data(train, test, groups, order, args.task)
     check_task(args, d)
     old = load_old(args.old_ckpt, args, {"groups": groups, "order": order}, ident) if args.old_ckpt else None
     if old is not None and not torch.equal(old["index"], d.index[d.is_old]):
@@ -452,7 +469,7 @@ def load_task(args):
     if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any():
         raise UsageError(f"checkpoint {args.old_ckpt} recorded no learning speed (it ran --learning-speed off)")
     return types.SimpleNamespace(train=train, test=test, class_names=class_names, groups=groups, order=order,
-                                 d=d, old=old, ident=ident)
+                                 d=d, old=old, ident=ident, domains=domains)
 
 
 def starting_point(args, task):
@@ -460,14 +477,14 @@ def starting_point(args, task):
     d, old = task.d, task.old
     torch.manual_seed(args.seed)
     if args.init == "scratch":
-        model = resnet18(d.num_classes, args.width)
+        model = resnet18(d.num_classes, args.width, args.stem)
         anchor = snapshot(model)  # the lineage's random init is this model's own
         if args.sp:
             shrink_perturb_(model, args.sp_alpha, args.sp_beta, keep_bn_stats=args.sp_keep_bn_stats)  # Eq. 4
         return model, anchor
-    model = resnet18(d.num_old_classes, args.width)
+    model = resnet18(d.num_old_classes, args.width, args.stem)
     model.load_state_dict(old["model"])
-    grow_head(model, d.num_classes)  # old rows copied, new rows freshly initialised
+    grow_head(model, d.num_classes)  # old rows copied, new rows freshly initialised (none for a new domain)
     anchor = dict(old["init"])  # the old model's own random init ...
     k = d.num_old_classes
     anchor["fc.weight"] = torch.cat([anchor["fc.weight"][:k], model.fc.weight.detach()[k:]])
@@ -526,7 +543,7 @@ def open_log(args, task, config, device):
     header = {
         "event": "header", "label": config["label"], "config": config,
         "group": {k: v for k, v in config.items() if k not in NOT_METHOD},
-        "groups": task.groups, "class_order": task.order, "class_names": task.class_names,
+        "groups": task.groups, "domains": task.domains, "class_order": task.order, "class_names": task.class_names,
         "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
         "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(d.test_y),
         "num_test_all": len(task.test[1]), "planned_iters": run_length(args), "data": task.ident,
@@ -558,21 +575,28 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
     amp = AMP[args.amp]
     n_iters, n_train = run_length(args), len(loader.y)
     test_x, test_y = task.d.test_x.to(loader.device), task.d.test_y.to(loader.device)
-    is_old_test = test_y < task.d.num_old_classes
+    group, t = task.d.test_group.to(loader.device), args.task  # the task each test example arrived at
+    seen = task.domains[: t + 1] if task.domains else []  # a domain split also reports each domain's accuracy
+    masks = torch.stack([group >= 0, group < t, group == t] + [group == k for k in range(len(seen))])  # [3+D, N]
 
     @torch.no_grad()
     def evaluate():
-        """Accuracy (%) on all, old and new classes seen so far and the mean test loss, with one host sync."""
+        """Accuracy (%) on all, old and new classes (or domains) seen so far, then on each domain, and the mean
+        test loss (Fig. 15); one host sync."""
         model.eval()
         pred, loss_total = predict_and_loss(model, test_x, test_y, loader, amp)
         hit = pred == test_y
         model.train()
-        masks = torch.stack([torch.ones_like(hit), is_old_test, ~is_old_test])  # [3, N]
         counts = torch.stack([(masks & hit).sum(1), masks.sum(1)]).flatten().double()  # exact in float64
         *counts, loss_total = torch.cat([counts, loss_total.double().view(1)]).tolist()  # the one host sync
-        hits, counts = counts[:3], counts[3:]
-        # exact percentages from integer counts (float32 means print as 34.99999); the mean test loss (Fig. 15)
-        return tuple(100.0 * h / n if n else None for h, n in zip(hits, counts)) + (loss_total / len(test_y),)
+        hits, counts = counts[:len(masks)], counts[len(masks):]
+        # exact percentages from integer counts (float32 means print as 34.99999)
+        return tuple(100.0 * h / n if n else None for h, n in zip(hits, counts)), loss_total / len(test_y)
+
+    def record(it, accs, **rest):  # an evaluation line of the log
+        per_domain = {"acc_domain": dict(zip(seen, accs[3:]))} if seen else {}
+        log({"event": "eval", "iter": it, "acc": accs[0], "acc_old": accs[1], "acc_new": accs[2], **per_domain,
+             **rest})
 
     @torch.no_grad()
     def penalty():  # Eq. 5's value for the log, at the evaluation point, without autograd
@@ -580,10 +604,10 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
             return None
         return args.reg_lambda * float(torch.stack(torch._foreach_norm(torch._foreach_sub(*reg))).pow(2).sum())
 
-    acc, acc_old, acc_new, test_loss = evaluate()  # iteration 0: the starting point
-    log({"event": "eval", "iter": 0, "acc": acc, "acc_old": acc_old, "acc_new": acc_new, "loss": None,
-         "reg_loss": penalty(), "lr": lr_of(args, 0), "wall": 0.0, "train_seconds": 0.0, "images_per_s": None,
-         "test_loss": test_loss})
+    accs, test_loss = evaluate()  # iteration 0: the starting point
+    acc = accs[0]
+    record(0, accs, loss=None, test_loss=test_loss, reg_loss=penalty(), lr=lr_of(args, 0), wall=0.0,
+           train_seconds=0.0, images_per_s=None)
     probe = grad_norm_probe(args, task, model, loader, log) if args.grad_norms else None  # App. A.7
     if probe is not None:
         probe(0)
@@ -608,11 +632,11 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
             log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
             raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
                                      f"the log so far is in {os.path.join(args.out, 'log.jsonl.part')}")
-        acc, acc_old, acc_new, test_loss = evaluate()
+        accs, test_loss = evaluate()
+        acc = accs[0]
         ips = n_since * args.batch_size / (now - tick)
-        log({"event": "eval", "iter": it + 1, "acc": acc, "acc_old": acc_old, "acc_new": acc_new, "loss": mean_loss,
-             "reg_loss": penalty(), "lr": lr_of(args, it), "wall": time.perf_counter() - t0,
-             "train_seconds": train_seconds, "images_per_s": ips, "test_loss": test_loss})
+        record(it + 1, accs, loss=mean_loss, test_loss=test_loss, reg_loss=penalty(), lr=lr_of(args, it),
+               wall=time.perf_counter() - t0, train_seconds=train_seconds, images_per_s=ips)
         if acc > best[0]:
             best = (acc, it + 1)
         if not args.quiet:
@@ -684,7 +708,8 @@ def save_results(args, task, model, anchor, speed, summary, config, log):
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(),
         "index": task.d.index, "class_order": task.order, "class_names": task.class_names, "groups": task.groups,
-        "split": args.split, "dataset": args.dataset, "task": args.task, "width": args.width,
+        "split": args.split, "domains": task.domains, "dataset": args.dataset, "task": args.task,
+        "width": args.width, "stem": args.stem,
         "num_classes": task.d.num_classes, "image_size": args.image_size, "data": task.ident,
         "config": config, "summary": summary,
     }, os.path.join(args.out, "ckpt.pt"))
