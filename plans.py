@@ -13,7 +13,7 @@ always means one configuration and plans that need the same run share it:
     alpha=, beta=, lambda=, c=, r=   a non-default hyper-parameter (App. A.3-A.5)
 
 Plans: table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7, a new domain),
-appendix (App. A.3-A.6).
+appendix (App. A.3-A.6), analysis (App. A.5, A.7, A.8: Figs. 11, 14, 15).
 table2a, table2b and appendix are lists of Sections (a sub-table and a figure each), from which both the
 runs and the report follow.
 """

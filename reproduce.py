@@ -274,7 +274,7 @@ def build_parser():
     a = p.add_argument
     a("--plan", default="table1", choices=list(P.PLANS),
       help="table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7), "
-           "appendix (App. A.3-A.6)")
+           "appendix (App. A.3-A.6), analysis (Figs. 11, 14, 15)")
     a("--seeds", type=int, default=5, help="number of seeds (0..seeds-1); each seed has its own class order")
     a("--iters", type=int, default=PAPER_ITERS, help="iterations per run; the schedule scales with it")
     a("--eval-every", type=int, help="evaluation interval (default: iters/195.5 rounded, at least 1: 200 for "
