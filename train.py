@@ -466,8 +466,11 @@ def load_task(args):
     old = load_old(args.old_ckpt, args, {"groups": groups, "order": order}, ident) if args.old_ckpt else None
     if old is not None and not torch.equal(old["index"], d.index[d.is_old]):
         raise UsageError(f"checkpoint {args.old_ckpt} was trained on other examples than this task's old data")
-    if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any():
+    if args.sampler == "easy_hard" and old["config"].get("learning_speed") == "off":
         raise UsageError(f"checkpoint {args.old_ckpt} recorded no learning speed (it ran --learning-speed off)")
+    if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any() and not args.quiet:
+        print(f"train.py: note: {args.old_ckpt} trained less than one epoch, so no example has a learning speed "
+              "and easy/hard sampling leaves every weight at 1", flush=True)
     return types.SimpleNamespace(train=train, test=test, class_names=class_names, groups=groups, order=order,
                                  d=d, old=old, ident=ident, domains=domains)
 

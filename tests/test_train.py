@@ -233,3 +233,13 @@ def test_run_length_follows_the_schedule_switch():
                                           "--no-stop-at-schedule-end"])) == 1000
     assert train.run_length(p.parse_args(["--iters", "10", "--schedule-scale", "0.33"])) == 4  # ceil(3.3)
     assert train.run_length(p.parse_args(["--iters", "1000"])) == 1000
+
+
+def test_easy_hard_refuses_an_old_model_that_recorded_no_learning_speed(chain, capsys):
+    off = chain["run"]("old_off", "--task", "0", "--learning-speed", "off", iters=10)
+    assert ckpt(off)["learning_speed"]["seen"].sum() == 0
+    code = train.cli(COMMON + ["--data-dir", str(chain["root"] / "data"), "--iters", "10", "--task", "1",
+                               "--sampler", "easy_hard", "--old-ckpt", str(off / "ckpt.pt"),
+                               "--out", str(chain["root"] / "eh_off")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "recorded no learning speed" in err and len(err.splitlines()) == 1

@@ -20,6 +20,7 @@ RUNS=runs/table2a-cifar10jpg
 LOGS=results/table2a_cifar10_logs.tar.gz
 export PYTHONUNBUFFERED=1
 JOBS=${JOBS:-4}  # runs side by side on the one GPU: set from bench.py's K figures
+ARGS=${ARGS:-}  # appended to every reproduce.sh call, e.g. a CPU dry run: ARGS="--device cpu --width 8 --iters 20"
 
 data() {
     [ -d "$DATA/train" ] || { mkdir -p "$DATA" && tar -xzf data/cifar10-jpg.tar.gz -C "$DATA"; }  # train/, test/
@@ -27,7 +28,7 @@ data() {
 
 table2a() {  # full length, the paper's defaults, no tuning; --seeds 5: finished seeds are skipped
     ./reproduce.sh --plan table2a --dataset folder --data-dir "$DATA" --compare-to cifar10 --split 8+2 \
-        --seeds 5 --runs "$RUNS" --results results --jobs-per-gpu "$JOBS" --cuda-graph "$@"
+        --seeds 5 --runs "$RUNS" --results results --jobs-per-gpu "$JOBS" --cuda-graph $ARGS "$@"
 }
 
 case "${1:-}" in
@@ -47,7 +48,8 @@ table2a)
     data
     mkdir -p "$RUNS"
     [ -f "$LOGS" ] && tar -xzf "$LOGS" -C "$RUNS"
-    timeout 540 bash -c "$(declare -f table2a); DATA=$DATA RUNS=$RUNS JOBS=$JOBS table2a" 2>&1 | tee "$OUT/table2a.txt" | tail -40
+    timeout 540 bash -c "$(declare -f table2a); DATA=$DATA RUNS=$RUNS JOBS=$JOBS ARGS='$ARGS' table2a" 2>&1 |
+        tee "$OUT/table2a.txt" | tail -40
     # only seeds whose five runs all finished travel back (an unfinished seed's old checkpoint stays behind)
     (cd "$RUNS" && for s in 8+2/seed*; do
         [ "$(ls $s/*/log.jsonl 2>/dev/null | wc -l)" -eq 5 ] && echo "$s"
