@@ -306,7 +306,8 @@ def plan_fig6(args, runs_dir):
         for t in range(1, n_tasks):
             scratch = Run(f"{args.split}/seed{s}/task{t}/scratch", "scratch", args.split, t, s,
                           ["--task", str(t), "--init", "scratch", "--learning-speed", "off"])
-            cont = cell(args.split, s, chain_label, prev, runs_dir, task=t, prefix=f"task{t}/", is_old_of_next=True)
+            cont = cell(args.split, s, chain_label, prev, runs_dir, task=t, prefix=f"task{t}/{args.chain_stop}-",
+                        is_old_of_next=True)  # the stop mode in the path: the two chains never share a run
             if args.chain_stop == "l100":
                 cont.flags += ["--stop-at-acc-of", os.path.join(runs_dir, scratch.name)]
                 cont.deps.append(scratch.name)

@@ -117,6 +117,21 @@ def report_sections(runs, args, runs_dir, results_dir):
     write(results_dir, name, titles.get(name, sections[0].title), args, md, csv)
 
 
+def carry_forward(seeds):
+    """[(header, evals)] of runs that may have stopped early (Fig. 6's chain links stop at their own seed's
+    scratch maximum), each holding its last evaluation to the end of the longest: a stopped model does not
+    change, and the seed means then cover every iteration instead of stopping at the earliest seed's end."""
+    grid = sorted({e["iter"] for _, evals in seeds for e in evals})
+    out = []
+    for header, evals in seeds:
+        at, last, padded = {e["iter"]: e for e in evals}, None, []
+        for i in grid:
+            last = at[i] if i in at else {**last, "iter": i}
+            padded.append(last)
+        out.append((header, padded))
+    return out
+
+
 def report_fig6(runs, args, runs_dir, results_dir):
     """Per task: scratch and chain Max Acc, L100 of the chain against that task's scratch model, and what each
     cost: the iterations every chain run actually trained (the next task starts from its last checkpoint, so
@@ -134,7 +149,8 @@ def report_fig6(runs, args, runs_dir, results_dir):
     offset = 0.0
     for t in sorted({r.task for r in runs if r.task > 0}):
         rs = [r for r in runs if r.task == t]
-        groups = collect(rs, runs_dir)
+        ran_groups = collect(rs, runs_dir)
+        groups = {lab: carry_forward(seeds) for lab, seeds in ran_groups.items()}
         chain = next(r.label for r in rs if r.label != "scratch")
         st = S.row_stats(groups, chain, "scratch", target=args.target)
         sc = S.row_stats(groups, "scratch", "scratch", target=args.target)
@@ -142,7 +158,7 @@ def report_fig6(runs, args, runs_dir, results_dir):
             md.append(f"| {t} | | (not run) | | | | | |")
             continue
         header = groups["scratch"][0][0]
-        ran = lambda label: float(np.mean([ev[-1]["iter"] for _, ev in groups[label]]))  # noqa: E731
+        ran = lambda label: float(np.mean([ev[-1]["iter"] for _, ev in ran_groups[label]]))  # noqa: E731
         to_max = float(np.mean([max(ev, key=lambda e: (e["acc"], -e["iter"]))["iter"] for _, ev in groups["scratch"]]))
         costs = np.array([ran(chain), ran("scratch"), to_max])
         cum += costs

@@ -278,7 +278,7 @@ def build_parser():
     a("--seeds", type=int, default=5, help="number of seeds (0..seeds-1); each seed has its own class order")
     a("--iters", type=int, default=PAPER_ITERS, help="iterations per run; the schedule scales with it")
     a("--eval-every", type=int, help="evaluation interval (default: iters/195.5 rounded, at least 1: 200 for "
-                                     "39,100, every iteration below 293)")
+                                     "39,100, every iteration up to 293)")
     a("--quick", action="store_true", help="a scaled-down plan: at most 2 seeds, 4,000 iterations unless --iters")
     a("--dataset", help="cifar100, cifar10 or folder (default: the plan's, e.g. cifar10 for table2a)")
     a("--data-dir", default="data", help="dataset folder (CIFAR is downloaded here)")
@@ -339,8 +339,9 @@ def resolve(args):
     tag = f"{name}-{args.iters}it-w{args.width}" + (f"-b{args.batch_size}" if args.batch_size != 128 else "") + \
         (f"-{args.image_size}px" if args.image_size != 32 else "") + (f"-{args.stem}" if args.stem != auto_stem else "")
     runs_dir = args.runs or os.path.join("runs", tag)
-    paper_setting = (args.dataset, args.split, args.iters, args.width, args.batch_size, args.seeds) == \
-        (dataset, split, PAPER_ITERS, 64, 128, 5)
+    paper_setting = (args.dataset, args.split, args.iters, args.width, args.batch_size, args.seeds, args.eval_every,
+                     args.amp, args.target, args.chain_scale, args.chain_stop) == \
+        (dataset, split, PAPER_ITERS, 64, 128, 5, 200, "bf16", "max", 1.0, "l100")  # anything else is a trial
     results_dir = args.results or ("results" if paper_setting else os.path.join("results", f"{tag}-{args.seeds}seeds"))
     return runs_dir, results_dir
 

@@ -6,7 +6,8 @@ iterations, then held at lr_min:
     lr(i) = lr_min + (lr_max - lr_min) * (1 + cos(pi * i / T)) / 2     for i < T,   lr_min after
 
 scale = 1 is the paper's default; 0.25, 0.5 and 0.75 are its shortened schedules ('x0.25' in Table 1).
-Training still runs all total_iters iterations, the tail at lr_min (so Max Acc can be read over the full run).
+train.py ends a run where its schedule ends (scale * total_iters iterations: "the most aggressive scheduler used
+only 25% of the total iterations"); with --no-stop-at-schedule-end it holds lr_min until total_iters.
 'multistep' (App. A.6) divides lr_max by 10 at 50% and 75% of T.
 
 Copy this file alone into a project: it imports the standard library only.

@@ -7,8 +7,8 @@
 
 Reads like a recipe: configuration (argparse, the paper's defaults of App. A.2), data (data.py), the
 starting point (Sec. 3.1, shrink_perturb.py), the objective (Sec. 3.2, l2init.py), the batches (Sec. 3.3,
-sampler.py), the learning rate (Sec. 3.4, schedule.py), then the loop. Every run records the learning speed
-of all its training examples (Eq. 6) so that the next task can sample by it, and writes log.jsonl (header,
+sampler.py), the learning rate (Sec. 3.4, schedule.py), then the loop. A run records the learning speed of all
+its training examples (Eq. 6) so that the next task can sample by it (unless --learning-speed off), and writes log.jsonl (header,
 one line per evaluation, summary) and ckpt.pt into --out, both atomically.
 """
 import argparse
@@ -574,7 +574,8 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
     """Sec. 3.4's schedule over run_length(args) iterations; an evaluation every --eval-every (the one host sync
     of each interval), the exact learning speed (Eq. 6) at every epoch's end, an early stop at `target`, and with
     --grad-norms the per-example gradient norms of a probe at log-spaced iterations (App. A.7).
-    Returns (best (acc, iter), last acc, iterations run, wall seconds, training seconds)."""
+    Returns (best (acc, iter), last acc, iterations run, wall seconds, training seconds, learning-speed seconds);
+    training seconds leave out evaluations, the learning-speed passes and the probe."""
     amp = AMP[args.amp]
     n_iters, n_train = run_length(args), len(loader.y)
     test_x, test_y = task.d.test_x.to(loader.device), task.d.test_y.to(loader.device)
@@ -614,7 +615,7 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
     probe = grad_norm_probe(args, task, model, loader, log) if args.grad_norms else None  # App. A.7
     if probe is not None:
         probe(0)
-    best, n_since, train_seconds, t0 = (acc, 0), 0, 0.0, time.perf_counter()
+    best, n_since, train_seconds, record_seconds, t0 = (acc, 0), 0, 0.0, 0.0, time.perf_counter()
     tick = t0
     model.train()
     for it in range(n_iters):
@@ -623,9 +624,8 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
         if probe is not None:
             tick += probe(it + 1)  # between steps, never inside the (graphed) step; not training time
         if args.learning_speed == "exact" and (it + 1) * args.batch_size // n_train > it * args.batch_size // n_train:
-            model.eval()  # the end of an epoch: f^i of Eq. 6 classifies every training image, unaugmented
-            speed.record_epoch(D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y)
-            model.train()
+            ls_seconds = record_learning_speed(model, loader, speed, amp)  # the end of an epoch (Eq. 6)
+            tick, record_seconds = tick + ls_seconds, record_seconds + ls_seconds  # bookkeeping, not training
         if (it + 1) % args.eval_every and it + 1 != n_iters:
             continue
         mean_loss = (loss_sum / n_since).item()  # the one host sync per evaluation
@@ -650,7 +650,20 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
         n_since, tick = 0, time.perf_counter()
         if target is not None and acc >= target:
             break  # --stop-at-acc-of: the reference's accuracy is reached; the run ends (and is charged) here
-    return best, acc, it + 1, time.perf_counter() - t0, train_seconds
+    return best, acc, it + 1, time.perf_counter() - t0, train_seconds, record_seconds
+
+
+def record_learning_speed(model, loader, speed, amp):
+    """Eq. 6's f^i at the end of an epoch: every training image, unaugmented, classified in eval mode. Returns
+    its seconds (with a GPU sync on each side, once an epoch), which the caller keeps out of training time."""
+    sync = torch.cuda.synchronize if loader.device.type == "cuda" else (lambda device: None)
+    sync(loader.device)
+    t = time.perf_counter()
+    model.eval()
+    speed.record_epoch(D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y)
+    model.train()
+    sync(loader.device)
+    return time.perf_counter() - t
 
 
 @torch.no_grad()
@@ -747,13 +760,14 @@ def main(args):
     if not args.quiet:
         print(f"{args.label} | set-up {setup_seconds:.1f} s (data, model, statistics) on {device}", flush=True)
     try:                                                                          # Sec. 3.4 and the loop
-        best, acc, iters_run, wall, train_seconds = train_loop(args, task, step, loss_sum, batch_iter, model, loader,
-                                                               speed, reg, target, log)
+        best, acc, iters_run, wall, train_seconds, ls_seconds = train_loop(
+            args, task, step, loss_sum, batch_iter, model, loader, speed, reg, target, log)
     except BaseException:
         log.close()
         raise
     summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
-               "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds}
+               "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
+               "learning_speed_seconds": ls_seconds}
     save_results(args, task, model, anchor, speed, summary, config, log)
     return summary
 

@@ -88,14 +88,18 @@ def test_fig6_chain(root, capsys):
     cum_chain = cum_scratch = 0
     for r in rows:
         t = int(r["task"])
-        cont = [root / "runs" / "4+2x3" / f"seed{s}" / f"task{t}" / plans.OURS for s in (0, 1)]
+        cont = [root / "runs" / "4+2x3" / f"seed{s}" / f"task{t}" / f"l100-{plans.OURS}" for s in (0, 1)]
         ref = [root / "runs" / "4+2x3" / f"seed{s}" / f"task{t}" / "scratch" for s in (0, 1)]
         for c, s in zip(cont, ref):  # --chain-stop l100: a link ends at the first evaluation after training that
             # reaches its seed's scratch maximum, or runs in full
             target, accs = max(e["acc"] for e in curves(s)), [e["acc"] for e in curves(c)]
             assert all(a < target for a in accs[1:-1]) and (accs[-1] >= target or curves(c)[-1]["iter"] == 12)
-        want = independent_speedup([curves(d) for d in ref], [curves(d) for d in cont], 100)
+        # seeds that stopped early hold their last accuracy (a stopped model does not change) to the longest's end
+        held = [curves(c) for c in cont]
+        held = [h + [{**h[-1], "iter": i} for i in range(h[-1]["iter"] + 3, 13, 3)] for h in held]
+        want = independent_speedup([curves(d) for d in ref], held, 100)
         assert (r["L100"] == "") if want is None else float(r["L100"]) == pytest.approx(want)
+        assert float(r["chain_max_acc"]) == pytest.approx(independent_max_acc(held)[0], abs=1e-4)
         # the chain is charged every iteration it trained, the scratch runs theirs (means over seeds)
         chain_iters = np.mean([curves(c)[-1]["iter"] for c in cont])
         cum_chain += chain_iters
@@ -104,7 +108,7 @@ def test_fig6_chain(root, capsys):
         assert float(r["chain_cumulative"]) == pytest.approx(cum_chain) and float(r["scratch_cumulative"]) == cum_scratch
         # the chain's task t starts from task t-1's continuous model
         header = json.loads(open(cont[0] / "log.jsonl").readline())
-        prev = "old" if t == 1 else f"task{t - 1}/{plans.OURS}"
+        prev = "old" if t == 1 else f"task{t - 1}/l100-{plans.OURS}"
         assert header["config"]["old_ckpt"].endswith(f"seed0/{prev}/ckpt.pt")
     assert (root / "res" / "fig6.png").exists()
     capsys.readouterr()
@@ -113,7 +117,7 @@ def test_fig6_chain(root, capsys):
     assert len(outs) == 2 * (1 + 3 * 2)
     pos = {o: i for i, o in enumerate(outs)}
     for s in (0, 1):  # every chain link is listed after the link it continues from
-        chain = [f"seed{s}/old"] + [f"seed{s}/task{t}/{plans.OURS}" for t in (1, 2, 3)]
+        chain = [f"seed{s}/old"] + [f"seed{s}/task{t}/l100-{plans.OURS}" for t in (1, 2, 3)]
         idx = [next(i for o, i in pos.items() if o.endswith(c)) for c in chain]
         assert idx == sorted(idx)
 

@@ -243,3 +243,14 @@ def test_easy_hard_refuses_an_old_model_that_recorded_no_learning_speed(chain, c
                                "--out", str(chain["root"] / "eh_off")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "recorded no learning speed" in err and len(err.splitlines()) == 1
+
+
+def test_cuda_graph_falls_back_to_the_same_eager_step_on_a_cpu(chain):
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU fallback")
+    plain = chain["run"]("plain", "--task", "0", iters=6)
+    graphed = chain["run"]("graphed", "--task", "0", "--cuda-graph", iters=6)
+    header = read(graphed)[0]
+    assert header["config"]["cuda_graph"] is False and header["config"]["amp"] == "fp32"
+    a, b = ckpt(plain)["model"], ckpt(graphed)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit the run without the flag
