@@ -26,12 +26,12 @@ DOMAINS = ("product", "real")
 SIZE = 32
 
 
-def write_domains(root, num_classes=3, n=10, size=SIZE):
+def write_domains(root, num_classes=3, n=10, size=SIZE, names=DOMAINS):
     """root/<domain>/c<k>/<i>.png, no train/test folders (Adaptiope's layout). The second domain shows the same
     classes with inverted colours: another look, the same labels."""
     from PIL import Image
 
-    for d, dom in enumerate(DOMAINS):
+    for d, dom in enumerate(names):
         y = np.repeat(np.arange(num_classes), n)
         x = synthetic_images(y, num_classes, seed=d, size=size)
         x = 255 - x if d == 1 else x

@@ -15,11 +15,11 @@ from conftest import ROOT, curves, independent_max_acc, independent_speedup, wri
 TINY = ["--width", "8", "--iters", "12", "--eval-every", "3", "--batch-size", "16", "--quiet", "--device", "cpu"]
 
 
-def readme_commands():
-    """The commands of the section's bash block, continuation lines joined, as argument lists."""
+def readme_commands(block=0):
+    """The commands of the section's bash block number `block`, continuation lines joined, as argument lists."""
     text = open(os.path.join(ROOT, "README.md")).read()
     section = text.split("### Your own data\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    block = re.findall(r"```bash\n(.*?)```", section, re.S)[block].replace("\\\n", " ")
     return [shlex.split(line) for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -57,3 +57,29 @@ def test_readme_commands_for_your_own_data(tmp_path, monkeypatch, capsys):
     assert float(next(r for r in rows if r["label"] == "scratch")["L100"]) == 1.0
     md = (runs / "table.md").read_text()
     assert md.startswith(out.splitlines()[0]) and all(f"| {lab} |" in md for lab in labels.values())
+
+
+def test_readme_commands_for_a_new_domain(tmp_path, monkeypatch, capsys):
+    from test_domains import write_domains
+
+    cmds = readme_commands(1)
+    assert [c[:2] for c in cmds] == [["python", "train.py"]] * 4 + [["python", "speedup.py"]]
+    monkeypatch.chdir(tmp_path)
+    domains = cmds[0][cmds[0].index("--split") + 1].split("+")
+    write_domains(tmp_path / "my_domains", num_classes=3, n=10, size=32, names=domains)
+    for cmd in cmds[:4]:
+        assert train.cli(cmd[2:] + TINY) == 0, cmd
+    assert speedup.main(cmds[4][2:]) == 0
+    runs = tmp_path / "runs" / "dom"
+    headers = {n: json.loads(open(runs / n / "log.jsonl").readline()) for n in ("old", "naive", "ours", "scratch")}
+    assert {h["num_classes"] for h in headers.values()} == {3}  # the head does not grow: no class is new
+    last = curves(runs / "ours")[-1]
+    assert set(last["acc_domain"]) == set(domains)
+    # all-domain accuracy is the test-size-weighted mean of the two domains' (2 of 10 images per class each: equal sizes)
+    assert last["acc"] == pytest.approx((last["acc_domain"][domains[0]] + last["acc_domain"][domains[1]]) / 2)
+    rows = list(csv.DictReader(open(runs / "table.csv")))
+    ref = [curves(runs / "scratch")]
+    for name, label in {"naive": "continuous", "scratch": "scratch"}.items():
+        row = next(r for r in rows if r["label"] == label)
+        want = independent_speedup(ref, [curves(runs / name)], 100)
+        assert (row["L100"] == "") if want is None else float(row["L100"]) == pytest.approx(want)
