@@ -312,7 +312,8 @@ def main(argv=None):
             out[key] = {"ms_per_iter": ms, "images_per_s": args.batch_size / ms * 1000, "eval_ms": eval_ms,
                         "tflops": tflops, "pct_ceiling": 100 * tflops / ceiling, "peak_gib": peak, "full_run_s": run_s}
             print(f"{key:14s}: {ms:8.3f} ms/it | {args.batch_size / ms * 1000:9.0f} img/s | {tflops:6.3g} TFLOP/s "
-                  f"({100 * tflops / ceiling:4.1f}% of ceiling) | eval {eval_ms:7.1f} ms / 10,000 | peak {peak:.2f} GiB "
+                  f"({100 * tflops / ceiling:4.1f}% of ceiling) | eval {eval_ms:7.1f} ms / 10,000 "
+                  f"| peak {peak:.2f} GiB "
                   f"| full run {run_s:7.1f} s", flush=True)
             if method == "ours" and (best is None or ms < best[1]):
                 best = (key, ms, eval_ms, graph)

@@ -8,8 +8,8 @@
 Reads like a recipe: configuration (argparse, the paper's defaults of App. A.2), data (data.py), the
 starting point (Sec. 3.1, shrink_perturb.py), the objective (Sec. 3.2, l2init.py), the batches (Sec. 3.3,
 sampler.py), the learning rate (Sec. 3.4, schedule.py), then the loop. A run records the learning speed of all
-its training examples (Eq. 6) so that the next task can sample by it (unless --learning-speed off), and writes log.jsonl (header,
-one line per evaluation, summary) and ckpt.pt into --out, both atomically.
+its training examples (Eq. 6) so that the next task can sample by it (unless --learning-speed off), and writes
+log.jsonl (header, one line per evaluation, summary) and ckpt.pt into --out, both atomically.
 """
 import argparse
 import json

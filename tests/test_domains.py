@@ -252,7 +252,8 @@ def test_make_subset(tmp_path, capsys):
     assert (tmp_path / "s3" / "classes.txt").read_text().split() == want[:3]
     for split, source in (("train", "train"), ("test", "val")):  # ImageNet's val is the test set
         assert sorted(os.listdir(tmp_path / "s3" / split)) == sorted(want[:3])
-        assert os.path.realpath(tmp_path / "s3" / split / want[0]) == os.path.realpath(tmp_path / "in" / source / want[0])
+        got, src = tmp_path / "s3" / split / want[0], tmp_path / "in" / source / want[0]
+        assert os.path.realpath(got) == os.path.realpath(src)
     assert make("--classes", 2, "--out", tmp_path / "s2", "--copy") == 0  # the smaller subset is a prefix
     assert (tmp_path / "s2" / "classes.txt").read_text().split() == want[:2]
     assert not os.path.islink(tmp_path / "s2" / "train" / want[0])

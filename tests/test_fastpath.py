@@ -113,7 +113,8 @@ def gpu_runs(cuda_graph, steps=20):
     model = resnet18(10, width=16).to(dev, memory_format=torch.channels_last)
     anchor = {n: p.detach() + 0.05 for n, p in model.named_parameters()}
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (512,), generator=g)
+    x = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (512,), generator=g)
     loader = Loader(x, y, dev, seed=1)
     speed = LearningSpeed(512, dev)
     opt = make_optimizer(model, 1e-3, dev, cuda_graph)

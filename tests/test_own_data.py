@@ -75,7 +75,7 @@ def test_readme_commands_for_a_new_domain(tmp_path, monkeypatch, capsys):
     assert {h["num_classes"] for h in headers.values()} == {3}  # the head does not grow: no class is new
     last = curves(runs / "ours")[-1]
     assert set(last["acc_domain"]) == set(domains)
-    # all-domain accuracy is the test-size-weighted mean of the two domains' (2 of 10 images per class each: equal sizes)
+    # all-domain accuracy: the test-size-weighted mean of the two domains' (2 of 10 images per class each)
     assert last["acc"] == pytest.approx((last["acc_domain"][domains[0]] + last["acc_domain"][domains[1]]) / 2)
     rows = list(csv.DictReader(open(runs / "table.csv")))
     ref = [curves(runs / "scratch")]
