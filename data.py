@@ -458,10 +458,15 @@ class Loader:
 
 
 @torch.no_grad()
-def predict(model, x, loader, batch_size=1000, autocast_dtype=None):
-    """Predicted labels for uint8 images x [N,3,H,W] (on the loader's device), without augmentation."""
-    out = []
-    for chunk in x.split(batch_size):
+def predict(model, x, loader, batch_size=1000, autocast_dtype=None, y=None):
+    """Predicted labels int64 [N] for uint8 images x [N,3,H,W] (on the loader's device), without augmentation;
+    given labels y, also the summed cross-entropy (fp32, a device scalar) from the same pass."""
+    out, loss = [], torch.zeros((), device=x.device)
+    for i, chunk in enumerate(x.split(batch_size)):
         with torch.autocast(loader.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out.append(model(loader.normalize(chunk)).argmax(1))
-    return torch.cat(out)  # int64 [N]
+            logits = model(loader.normalize(chunk))
+        out.append(logits.argmax(1))
+        if y is not None:
+            loss += torch.nn.functional.cross_entropy(logits.float(), y[i * batch_size:(i + 1) * batch_size],
+                                                      reduction="sum")
+    return torch.cat(out) if y is None else (torch.cat(out), loss)

@@ -588,7 +588,7 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
         """Accuracy (%) on all, old and new classes (or domains) seen so far, then on each domain, and the mean
         test loss (Fig. 15); one host sync."""
         model.eval()
-        pred, loss_total = predict_and_loss(model, test_x, test_y, loader, amp)
+        pred, loss_total = D.predict(model, test_x, loader, autocast_dtype=amp, y=test_y)  # loss: Fig. 15
         hit = pred == test_y
         model.train()
         counts = torch.stack([(masks & hit).sum(1), masks.sum(1)]).flatten().double()  # exact in float64
@@ -664,19 +664,6 @@ def record_learning_speed(model, loader, speed, amp):
     model.train()
     sync(loader.device)
     return time.perf_counter() - t
-
-
-@torch.no_grad()
-def predict_and_loss(model, x, y, loader, amp=None, batch_size=1000):
-    """data.predict's predictions int64 [N] of uint8 images x [N,3,H,W], unaugmented, and in the same pass the
-    summed cross-entropy with labels y as a device scalar (App. A.8's test loss; fp32, as the training loss)."""
-    preds, total = [], torch.zeros((), device=x.device)
-    for xc, yc in zip(x.split(batch_size), y.split(batch_size)):
-        with torch.autocast(loader.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            logits = model(loader.normalize(xc))
-        preds.append(logits.argmax(1))
-        total += F.cross_entropy(logits.float(), yc, reduction="sum")
-    return torch.cat(preds), total
 
 
 def grad_norm_probe(args, task, model, loader, log):
