@@ -1,14 +1,12 @@
 """Tables and figures of a plan (plans.py), made from the finished runs' logs only, with the paper's
-published values in brackets beside ours.
-
-Max Acc is the maximum of the seed-averaged curve ± the standard error over seeds at that iteration, the same
-statistic as a_scratch; L99 / L100 (Eq. 2) are computed on the seed-averaged curves (speedup.row_stats), also
-in measured training seconds; † marks a verdict within one standard error of its target. Figures: test
-accuracy against iterations, mean over seeds with a standard-error band, where each curve first reaches 99% (o)
-and 100% (*) of the reference marked; legends use the paper's names.
+published values in brackets beside ours. How Max Acc, L99 and L100 are computed is written into every table's
+header (write); figures show test accuracy against iterations, the mean over seeds with a standard-error band.
+Figs. 11, 14 and 15 (plan analysis) are drawn by report_analysis.py.
 """
 import math
 import os
+
+import numpy as np
 
 import plans as P
 import speedup as S
@@ -17,10 +15,14 @@ STATS = ["n", "max_acc", "max_acc_se", "L99", "L100", "L99_seconds", "L100_secon
 PAPER = ["paper_max_acc", "paper_L99", "paper_L100"]
 
 
+def finished(runs, runs_dir):
+    """The folders of the finished runs among `runs`."""
+    return [d for d in (os.path.join(runs_dir, r.name) for r in runs) if S.is_finished(d)]
+
+
 def collect(runs, runs_dir):
     """{label: [(header, evals), ...]} of the finished runs among `runs`."""
-    dirs = [os.path.join(runs_dir, r.name) for r in runs]
-    return S.group_runs([d for d in dirs if S.is_finished(d)])
+    return S.group_runs(finished(runs, runs_dir))
 
 
 def cells(st, paper=None):
@@ -43,17 +45,19 @@ def csv_line(keys, st, paper):
     return csv_values(list(keys) + [st[k] if st else None for k in STATS] + list(paper or [None] * 3))
 
 
-def write(results_dir, name, title, args, md, csv):
-    """Markdown (a header saying how it was made, then md) and CSV, atomically; the Markdown is printed."""
-    md = [f"# {title}", "",
-          f"{args.dataset}, ResNet-18 (width {args.width}), batch {args.batch_size}, {args.iters} iterations, "
-          f"{args.seeds} seed(s); command: `./reproduce.sh {' '.join(args.argv)}`", "",
-          f"Ours: Max Acc is the maximum of the seed-averaged test-accuracy curve ± the standard error of the seeds "
-          f"at that iteration; L99 / L100 (Eq. 2) are computed on the seed-averaged curves with a_scratch = the "
-          f"reference's {'maximum' if args.target == 'max' else 'final accuracy'}; the paper's value is in "
-          f"brackets; '/' = the target accuracy was not reached; † = within one standard error of the target, the "
-          f"verdict could flip. 'seconds': the same ratios in measured training seconds instead of iterations.",
-          ""] + md
+def write(results_dir, name, title, args, md, csv, speedups=True):
+    """Markdown (a header saying how it was made and, with speedups, how Max Acc, L99 and L100 are computed;
+    then md) and CSV, atomically; the Markdown is printed."""
+    head = [f"# {title}", "",
+            f"{args.dataset}, ResNet-18 (width {args.width}), batch {args.batch_size}, {args.iters} iterations, "
+            f"{args.seeds} seed(s); command: `./reproduce.sh {' '.join(args.argv)}`", ""]
+    note = [f"Ours: Max Acc is the maximum of the seed-averaged test-accuracy curve ± the standard error of the seeds "
+            f"at that iteration; L99 / L100 (Eq. 2) are computed on the seed-averaged curves with a_scratch = the "
+            f"reference's {'maximum' if args.target == 'max' else 'final accuracy'}; the paper's value is in "
+            f"brackets; '/' = the target accuracy was not reached; † = within one standard error of the target, the "
+            f"verdict could flip. 'seconds': the same ratios in measured training seconds instead of iterations.",
+            ""]
+    md = head + note * speedups + md
     os.makedirs(results_dir, exist_ok=True)
     S.write_atomic(os.path.join(results_dir, f"{name}.md"), "\n".join(md) + "\n")
     S.write_atomic(os.path.join(results_dir, f"{name}.csv"), "\n".join(csv) + "\n")
@@ -137,14 +141,11 @@ def report_fig6(runs, args, runs_dir, results_dir):
     cost: the iterations every chain run actually trained (the next task starts from its last checkpoint, so
     nothing is left uncounted) against the scratch runs' full iterations, and against the scratch runs stopped
     at their own best (a lower bound no real scratch run could know in advance). Means over seeds."""
-    import numpy as np
-
-    plt = pyplot()
     md = ["| Task | Classes | Scratch Max Acc | Chain Max Acc | L100 | chain iterations (cumulative) "
           "| scratch iterations (cumulative) | scratch to its max (cumulative) |", "|" + "---|" * 8]
     csv = ["task,classes,scratch_max_acc,chain_max_acc,L100,chain_iters,chain_cumulative,scratch_iters,"
            "scratch_cumulative,scratch_to_max,scratch_to_max_cumulative"]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = pyplot().subplots(figsize=(8, 4.2))
     cum = np.zeros(3)  # chain, scratch, scratch to its max
     offset = 0.0
     for t in sorted({r.task for r in runs if r.task > 0}):
@@ -203,8 +204,6 @@ def report_fig7(runs, args, runs_dir, results_dir):
     L100 against Scratch, and the final accuracy on each domain (means over seeds); then the paper's reading
     ("naively continuing is nearly as fast as our method, our final test accuracy is considerably higher")
     checked on our numbers. The figure: accuracy against iterations on both domains, the old and the new."""
-    import numpy as np
-
     groups = collect([r for r in runs if r.task == 1], runs_dir)
     old_dom, new_dom = args.split.split("+")
     md = [f"| Row | Max Acc (both domains) | L99 | L100 | L99 (seconds) | L100 (seconds) | final acc {old_dom} "
@@ -235,8 +234,7 @@ def report_fig7(runs, args, runs_dir, results_dir):
                f"Naive's (± {margin:.2f}, one combined standard error): "
                f"**{'higher' if gap > margin else 'not higher'}** beyond one standard error."]
     write(results_dir, "fig7", f"Fig. 7: a new domain, {old_dom} -> {new_dom} ({args.dataset})", args, md, csv)
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = pyplot().subplots(1, 3, figsize=(14, 4.2))
     rows = [(row, label) for row, label in P.FIG7_ROWS if label in groups]
     for ax, field, what in zip(axes, ("acc", "acc_old", "acc_new"), ("both domains", old_dom, new_dom)):
         if "scratch" in groups and rows:
@@ -286,8 +284,6 @@ def draw_curves(ax, groups, rows, reference, args, field="acc"):
     """Onto ax: the seed-averaged `field` (acc, or acc_old / acc_new: one domain's) of each row with a
     standard-error band; for acc the reference's a_scratch dotted and where each curve first reaches 99% (o)
     and 100% (*) of it. The y-axis spans every curve and band in full: nothing is clipped."""
-    import numpy as np
-
     a_ref = S.reference_accuracy(S.mean_curve(groups[reference], field)[1], args.target)
     lo, hi = a_ref, a_ref
     for name, lab in rows:
@@ -308,163 +304,3 @@ def draw_curves(ax, groups, rows, reference, args, field="acc"):
            ylim=(lo - pad, hi + pad))
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-
-
-# ------------------------------------------------------------------ App. A.5, A.7, A.8: Figs. 11, 14, 15
-
-def events(run_dir, event):
-    """The lines of one kind ('eval', 'grad_norms', ...) of a run's log.jsonl."""
-    import json
-
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [e for e in map(json.loads, filter(str.strip, f)) if e.get("event") == event]
-
-
-def mean_over_seeds(curves, field):
-    """{iter: mean over seeds of field} on the iterations every seed logged with a value (not None)."""
-    import numpy as np
-
-    per_seed = [{e["iter"]: e[field] for e in c if e.get(field) is not None} for c in curves]
-    common = sorted(set.intersection(*map(set, per_seed))) if per_seed else []
-    return {i: float(np.mean([p[i] for p in per_seed])) for i in common}
-
-
-def learning_speed_image(ckpt_path, c=0.2, max_rows=4000):
-    """Fig. 11 from an old model's checkpoint: (image bool [m, E] of per-epoch correctness, rows sorted by
-    learning speed hardest first and subsampled evenly to at most max_rows, n examples, k = the examples
-    above / below each cut-off, learning speeds float [n] in row order), or None without per-epoch bits."""
-    import numpy as np
-    import torch
-
-    import analysis as A
-    from sampler import LearningSpeed, unpack_bits
-
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["learning_speed"]
-    n = state["seen"].numel()
-    bits = unpack_bits(state["correct_by_epoch"], n)  # [E, n]
-    if bits.shape[0] == 0:
-        return None
-    ls = LearningSpeed(n)
-    ls.load_state_dict(state)
-    speed = ls.value()  # the values, in float32, that easy_hard_weights ranks
-    order, k = A.learning_speed_rows(speed, c)
-    rows = np.unique(np.linspace(0, n - 1, min(n, max_rows)).round().astype(int))
-    return bits[:, order].T[torch.from_numpy(rows)].numpy(), n, k, speed[order].numpy()
-
-
-def report_analysis(runs, args, runs_dir, results_dir):
-    """Figs. 11 (the first seed's old model), 14 (per-example gradient norms of the naive runs) and 15 (training
-    and test loss of the naive and scratch runs, means over seeds), with analysis.md / analysis.csv."""
-    import numpy as np
-
-    plt = pyplot()
-    naive, scratch = "continuous+gradnorms", "scratch"
-    done = {lab: [os.path.join(runs_dir, r.name) for r in runs if r.label == lab
-                  and S.is_finished(os.path.join(runs_dir, r.name))] for lab in ("old", naive, scratch)}
-    md, csv = [], ["figure,label,iter,quantity,value"]
-
-    # Fig. 11 (App. A.5): the old model's correctness at every epoch, rows sorted by learning speed
-    md += ["## Fig. 11: how fast the old model learns each example (App. A.5)", ""]
-    fig11 = next((f for f in (os.path.join(d, "ckpt.pt") for d in done["old"]) if os.path.isfile(f)), None)
-    got = learning_speed_image(fig11) if fig11 else None
-    if got is None:
-        md += ["(not drawn: no finished old model with per-epoch correctness, `--learning-speed exact`)", ""]
-    else:
-        img, n, k, speed = got
-        fig, ax = plt.subplots(figsize=(6.4, 5.2))
-        from matplotlib.colors import ListedColormap
-
-        ax.imshow(img, aspect="auto", interpolation="nearest", cmap=ListedColormap(["#d62728", "#2ca02c"]),
-                  vmin=0, vmax=1, extent=(0.5, img.shape[1] + 0.5, n, 0))  # y: rank among all n examples
-        for y, what in ((k, "10% hardest (above)"), (n - k, "10% easiest (below)")):
-            ax.axhline(y, color="k", lw=1.2, ls="--")
-            ax.text(img.shape[1] + 0.5, y, f" {what}", va="center", fontsize=7)
-        ax.set(xlabel="epoch of the old model", ylabel=f"training example, by learning speed ({len(img)} of {n} rows)")
-        ax.set_title(f"Fig. 11: per-epoch correctness (green) of the old model, {args.split}", fontsize=10)
-        save(fig, os.path.join(results_dir, "fig11_learning_speed.png"))
-        md += [f"From `{os.path.relpath(fig11, runs_dir)}`: {n} old training examples x {img.shape[1]} epochs, "
-               f"rows sorted by learning speed (Eq. 6) as easy/hard sampling ranks them; the lines cut off the "
-               f"k = {k} hardest (top) and {k} easiest (bottom). Hardest cut-off: learning speed <= "
-               f"{speed[k - 1] if k else float('nan'):.3f}; easiest cut-off: >= "
-               f"{speed[n - k] if k else float('nan'):.3f}; never learned (0): {np.mean(speed == 0):.1%}; "
-               f"correct at every epoch (1): {np.mean(speed == 1):.1%}; mean {speed.mean():.3f}.", ""]
-        csv += [csv_values(["fig11", "old", "", q, v]) for q, v in (
-            ("n", n), ("epochs", img.shape[1]), ("k", k), ("hard_cutoff", speed[k - 1] if k else None),
-            ("easy_cutoff", speed[n - k] if k else None), ("mean_learning_speed", float(speed.mean())))]
-
-    # Fig. 14 (App. A.7): per-example gradient norms of old and new examples during the naive run
-    md += ["## Fig. 14: per-example gradient norms during the naive run (App. A.7)", ""]
-    probes = [events(d, "grad_norms") for d in done[naive]]
-    means = {g: mean_over_seeds(probes, g) for g in ("old", "new")}
-    its = sorted(set(means["old"]) & set(means["new"]))
-    if not its:
-        md += [f"(not drawn: no finished `{naive}` run)", ""]
-    else:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        first, k_old = probes[0], probes[0][0]["num_old_classes"]
-        for j in range(len(first[0]["per_class"])):  # the class level, first seed: faint lines
-            pts = [(e["iter"], e["per_class"][j]) for e in first if e["per_class"][j] is not None]
-            if pts:
-                ax.plot(*zip(*pts), color="C0" if j < k_old else "C3", lw=0.5, alpha=0.25)
-        for g, color in (("old", "C0"), ("new", "C3")):
-            ax.plot(its, [means[g][i] for i in its], "o-", color=color, lw=1.6, ms=3,
-                    label=f"{g} examples (mean of {first[0]['n_' + g]}, n={len(probes)} seeds)")
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set(xlabel="training iteration of the naive run", ylabel="per-example gradient norm")
-        ax.set_title("Fig. 14: gradient norms of old and new data (faint: per class, seed 0)", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        save(fig, os.path.join(results_dir, "fig14_grad_norms.png"))
-        md += [f"Mean over {len(probes)} seed(s) of the mean per-example gradient norm (all parameters, BatchNorm in "
-               f"eval mode) of a fixed probe of {first[0]['n_old']} old and {first[0]['n_new']} new training "
-               "examples.", "", "| iteration | old | new | new / old |", "|---|---|---|---|"]
-        for i in its:
-            o, w = means["old"][i], means["new"][i]
-            md.append(f"| {i} | {o:.4f} | {w:.4f} | {w / o if o else float('nan'):.2f} |")
-            csv += [csv_values(["fig14", naive, i, g, means[g][i]]) for g in ("old", "new")]
-        md.append("")
-
-    # Fig. 15 (App. A.8): training and test loss of the naive and the scratch run
-    md += ["## Fig. 15: training and test loss, naive and scratch (App. A.8)", "",
-           "| run | seeds | min test loss (iteration) | first within 5% of it | final test loss "
-           "| final training loss |",
-           "|---|---|---|---|---|---|"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    drawn = False
-    for lab, name, color in ((naive, "Naive", "C0"), (scratch, "Scratch", "C1")):
-        curves = [events(d, "eval") for d in done[lab]]
-        test, train = mean_over_seeds(curves, "test_loss"), mean_over_seeds(curves, "loss")
-        for q, curve, ls in (("test_loss", test, "-"), ("train_loss", train, "--")):
-            if curve:
-                ax.plot(list(curve), list(curve.values()), ls, color=color, lw=1.4,
-                        label=f"{name}: {q.replace('_', ' ')} (n={len(curves)})")
-                drawn = True
-            csv += [csv_values(["fig15", lab, i, q, v]) for i, v in curve.items()]
-        if not test:
-            md.append(f"| {name} | {len(curves)} | (no test loss logged) | | | |")
-            continue
-        best = min(test, key=lambda i: (test[i], i))
-        near = min(i for i, v in test.items() if v <= 1.05 * test[best])
-        last = max(test)
-        md.append(f"| {name} | {len(curves)} | {test[best]:.4f} ({best}) | {near} | {test[last]:.4f} | "
-                  f"{train[max(train)] if train else float('nan'):.4f} |")
-    if drawn:
-        ax.set(xlabel=f"training iterations (batches of {args.batch_size})", ylabel="cross-entropy loss")
-        ax.set_title("Fig. 15: training (dashed) and test (solid) loss, naive and scratch", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        save(fig, os.path.join(results_dir, "fig15_losses.png"))
-    else:
-        plt.close(fig)
-    md += ["", "Training loss: the mean over each evaluation interval; test loss: the mean cross-entropy over the "
-           "test set of all classes seen, at each evaluation; both means over seeds."]
-    md = [f"# Figs. 11, 14, 15: why the methods work, {args.dataset} {args.split}", "",
-          f"{args.dataset}, ResNet-18 (width {args.width}), batch {args.batch_size}, {args.iters} iterations, "
-          f"{args.seeds} seed(s); command: `./reproduce.sh {' '.join(args.argv)}`", ""] + md
-    os.makedirs(results_dir, exist_ok=True)  # no Max Acc / L99 here: write()'s header would not fit
-    S.write_atomic(os.path.join(results_dir, "analysis.md"), "\n".join(md) + "\n")
-    S.write_atomic(os.path.join(results_dir, "analysis.csv"), "\n".join(csv) + "\n")
-    print("\n".join(md), flush=True)
-
-
-REPORTS["analysis"] = report_analysis

@@ -22,11 +22,13 @@ import time
 import data
 import plans as P
 import report as R
+import report_analysis
 import speedup as S
 from resnet import STEMS, stem_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAPER_ITERS = 39100
+REPORTS = {**R.REPORTS, "analysis": report_analysis.report_analysis}
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -417,7 +419,7 @@ def main(argv=None):
             failed = execute(runs, args, runs_dir)
     else:
         failed = set()
-    R.REPORTS[args.plan](runs, args, runs_dir, results_dir)
+    REPORTS[args.plan](runs, args, runs_dir, results_dir)
     print(f"results in {results_dir}/", flush=True)
     return 1 if failed else 0
 

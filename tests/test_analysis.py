@@ -155,9 +155,9 @@ def test_fig11_rows_and_cutoffs_are_easy_hard_samplings():
 
 
 def test_fig11_image_from_a_real_checkpoint(runs):
-    import report
+    import report_analysis
 
-    img, n, k, speed = report.learning_speed_image(runs["old"] / "ckpt.pt", max_rows=25)
+    img, n, k, speed = report_analysis.learning_speed_image(runs["old"] / "ckpt.pt", max_rows=25)
     c = torch.load(runs["old"] / "ckpt.pt", weights_only=True)["learning_speed"]
     bits = unpack_bits(c["correct_by_epoch"], 40)  # 15 iterations of 16 over 40 examples: 6 epochs
     assert n == 40 and k == 4 and img.shape == (25, bits.shape[0]) and bits.shape[0] == 6
