@@ -5,16 +5,13 @@ reproduction would use, and the aggregate throughput of K concurrent runs on one
     python bench.py --device cpu --width 8 --steps 5 --repeats 2 --concurrency 1   # a smoke run anywhere
 
 Ours: the training set on the device as uint8, per-example crop + flip on the device, bf16 autocast,
-channels_last, cudnn.benchmark, fused Adam with the learning rate as a device tensor, no host sync inside the
-step (train.build_step, the same code train.py runs). Two steps: the plain scratch step, and the full "ours"
-step (shrink-perturbed start, L2-init as a gradient, easy/hard sampling without replacement), each eager and,
-on a GPU, as one CUDA graph (--cuda-graph). The ceiling is a bf16 matmul measured on the same device in the
-same run. Typical: torchvision's CIFAR-100 dataset with PIL transforms (RandomCrop(32, padding=4),
-RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader with worker processes, the same ResNet-18 in
-fp32, eager, with loss.item() every step for logging. No downloads: random uint8 images of CIFAR shape (written
-to disk in the CIFAR-100 format for the typical pipeline). Figures are medians over --repeats timings.
+channels_last, cudnn.benchmark, fused Adam, no host sync inside the step (train.build_step, the same code
+train.py runs), for the scratch step and the full "ours" step, each eager and graphed. Typical: torchvision's
+CIFAR-100 with PIL transforms through a DataLoader, fp32, loss.item() every step. Random data, no downloads;
+medians over --repeats timings. The README's "Speed" section says what each figure is.
 """
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -27,13 +24,14 @@ import torch
 import torch.nn.functional as F
 
 import data as D
+import plans as P
 from l2init import paired, snapshot
 from resnet import resnet18
 from sampler import batches, easy_hard_weights
 from shrink_perturb import shrink_perturb_
-from train import build_step, make_optimizer
+from train import HelpFormatter, build_step, make_optimizer
 
-PAPER_ITERS, EVAL_EVERY, TABLE1_RUNS = 39100, 200, 120
+PAPER_ITERS, EVAL_EVERY = 39100, 200
 
 
 def sync(device):
@@ -72,8 +70,7 @@ def our_pipeline(args, device, seed=0, n_train=50000, method="scratch", cuda_gra
     it = batches(n_train, args.batch_size, gen, weights)
     opt = make_optimizer(model, 1e-3, device, cuda_graph)
     amp = torch.bfloat16 if device.type == "cuda" else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     step, _ = build_step(model, opt, loader, args.batch_size, reg, 0.01, amp,
                          forward=torch.compile(model) if args.compile else None, cuda_graph=cuda_graph)
 
@@ -84,14 +81,11 @@ def our_pipeline(args, device, seed=0, n_train=50000, method="scratch", cuda_gra
     return steps, model, loader
 
 
-def matmul_tflops(device, n=8192, repeats=5):
-    """The measured ceiling: TFLOP/s of an n x n bf16 matmul on this device (fp32 on a CPU, smaller)."""
-    if device.type != "cuda":
-        n = 1024
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def matmul_tflops(device, repeats=5):
+    """The measured ceiling: TFLOP/s of an 8192 x 8192 bf16 matmul on a GPU (1024, fp32 on a CPU)."""
+    n, dtype, reps = (8192, torch.bfloat16, 20) if device.type == "cuda" else (1024, torch.float32, 2)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    reps = 20 if device.type == "cuda" else 2
     ms = median_ms(lambda: [a @ b for _ in range(reps)], reps, repeats, device)
     return 2 * n ** 3 / (ms / 1000) / 1e12
 
@@ -138,29 +132,26 @@ def time_ours(args, device, method="scratch", cuda_graph=False, n_test=10000):
     return ms, eval_ms, peak
 
 
-def plan_iterations(ms, eval_ms):
-    """Projected seconds of every plan of reproduce.sh (5 seeds, the paper's setting), one run at a time:
-    each run's iterations (shortened schedules end early; Fig. 6's chain counted in full, an upper bound),
-    its evaluations, and the exact learning-speed pass of the runs that record it (~N/10,000 evaluations per
-    epoch)."""
-    import argparse as ap
-
-    import plans as P
-
+def plan_runs():
+    """{plan: [(iterations, records the exact learning speed) of each run]} of every plan of reproduce.sh,
+    5 seeds, the paper's setting: shortened schedules end early; Fig. 6's chain is counted in full (an upper
+    bound)."""
     out = {}
     for plan, (dataset, split) in P.PLAN_DEFAULTS.items():
-        args = ap.Namespace(seeds=5, dataset=dataset, split=split, compare_to=None, chain_scale=1.0,
-                            chain_stop="schedule")
-        total = 0.0
-        for run in P.PLANS[plan](args, "runs"):
-            scale = float(run.flags[run.flags.index("--schedule-scale") + 1]) if "--schedule-scale" in run.flags else 1
-            iters = PAPER_ITERS * min(1.0, scale)
-            total += iters * ms / 1000 + (iters / EVAL_EVERY + 1) * eval_ms / 1000
-            if "off" not in run.flags:  # records the exact learning speed: an eval pass over N images per epoch
-                n = 50000 * 0.7 if run.task == 0 else 50000
-                total += iters * 128 / n * (n / 10000) * eval_ms / 1000
-        out[plan] = (len(P.PLANS[plan](args, "runs")), total)
+        args = argparse.Namespace(seeds=5, dataset=dataset, split=split, compare_to=None, chain_scale=1.0,
+                                  chain_stop="schedule")
+        out[plan] = [(PAPER_ITERS * min(1.0, float(r.flags[r.flags.index("--schedule-scale") + 1])
+                                        if "--schedule-scale" in r.flags else 1.0), "off" not in r.flags)
+                     for r in P.PLANS[plan](args, "runs")]
     return out
+
+
+def plan_seconds(runs, ms, eval_ms):
+    """Projected seconds of plan_runs' runs one at a time: their steps, their evaluations, and the exact
+    learning-speed passes (one eval pass over the N training images per epoch of N / 128 steps: 128 / 10,000
+    of an evaluation per step, whatever N)."""
+    return sum(iters * ms / 1000 + (iters / EVAL_EVERY + 1) * eval_ms / 1000
+               + records * iters * 128 / 10000 * eval_ms / 1000 for iters, records in runs)
 
 
 def write_cifar100(root, n_train=50000, n_test=10000, classes=100):
@@ -200,16 +191,10 @@ def time_typical(args, device):
                                          persistent_workers=workers > 0)
         model = resnet18(args.classes, args.width).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        batches_ = iter(())
+        forever = (b for _ in itertools.count() for b in dl)  # a fresh pass over dl per epoch
 
         def steps(n):
-            nonlocal batches_
-            for _ in range(n):
-                try:
-                    xb, yb = next(batches_)
-                except StopIteration:
-                    batches_ = iter(dl)
-                    xb, yb = next(batches_)
+            for xb, yb in itertools.islice(forever, n):
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 loss = F.cross_entropy(model(xb), yb)
                 opt.zero_grad()
@@ -230,8 +215,7 @@ def time_concurrent(args, k, cuda_graph):
         (["--compile"] if args.compile else []) + (["--graph"] if cuda_graph else [])
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    late = sum(r["late"] for r in results)
-    return sum(r["it_per_s"] for r in results), late
+    return sum(r["it_per_s"] for r in results), sum(r["late"] for r in results)
 
 
 def time_streams(args, device, k):
@@ -266,8 +250,6 @@ def worker(args, device):
 
 
 def main(argv=None):
-    from train import HelpFormatter  # help shows every default, as train.py's
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
@@ -318,10 +300,11 @@ def main(argv=None):
             if method == "ours" and (best is None or ms < best[1]):
                 best = (key, ms, eval_ms, graph)
     key, ms, eval_ms, graph = best
-    out["plans_h_one_at_a_time"] = {}
-    for plan, (n, secs) in plan_iterations(ms, eval_ms).items():
-        out["plans_h_one_at_a_time"][plan] = secs / 3600
-        print(f"projected: {plan:9s} {n:4d} runs, {secs / 3600:6.2f} h one at a time ({key})", flush=True)
+    out["plans_h_one_at_a_time"], runs = {}, plan_runs()
+    for plan, rs in runs.items():
+        hours = out["plans_h_one_at_a_time"][plan] = plan_seconds(rs, ms, eval_ms) / 3600
+        print(f"projected: {plan:9s} {len(rs):4d} runs, {hours:6.2f} h one at a time ({key})", flush=True)
+    table1_iters = sum(iters for iters, _ in runs["table1"])
     if not args.no_typical:
         tms = time_typical(args, device)
         out.update(typical_ms_per_iter=tms, speedup_over_typical=tms / ms)
@@ -333,7 +316,7 @@ def main(argv=None):
         out[f"aggregate_it_per_s_k{k}"] = agg
         print(f"K={k}      : {agg:8.1f} it/s aggregate ({agg / k:.1f} per run, {key})"
               + (f"; {late} worker(s) started late, overlap partial" if late else "") +
-              f" | Table 1 at this rate {TABLE1_RUNS * PAPER_ITERS / agg / 3600:5.2f} h (training only)", flush=True)
+              f" | Table 1 at this rate {table1_iters / agg / 3600:5.2f} h (training only)", flush=True)
         if device.type == "cuda" and not args.compile and k > 1:
             agg = time_streams(args, device, k)
             out[f"aggregate_it_per_s_k{k}_streams"] = agg
