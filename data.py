@@ -185,10 +185,9 @@ def _write_cache(paths, blob):
             continue
         if i > 0:
             print(f"note: {paths[0]} is not writable; cached the decoded images in {path}", file=sys.stderr)
-        return path
+        return
     print(f"note: no writable place for the decoded-image cache ({', '.join(paths)}); decoding on every load",
           file=sys.stderr)
-    return None
 
 
 def _load_folder(data_dir, image_size):
@@ -253,19 +252,17 @@ def load_for_split(name, data_dir, split, image_size=32, download=True):
 def num_classes_of(name, data_dir, split=None):
     """The number of classes, without loading anything (None where it cannot be known yet): checks that
     need it (a split, a task) can run before the data is downloaded or decoded."""
-    if name in ("cifar10", "cifar100"):
-        return 10 if name == "cifar10" else 100
+    if name != "folder":
+        return {"cifar10": 10, "cifar100": 100}.get(name)
     try:
-        domains = parse_domains(split) if split else None
+        domains = parse_domains(split)
     except ValueError:
         return None
     root = os.path.join(data_dir, domains[0]) if domains else data_dir
     if os.path.isdir(os.path.join(root, "train")):
         root = os.path.join(root, "train")
-    if name == "folder" and os.path.isdir(root):
-        subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-        return None if not subdirs or _holds_domains(root, subdirs) else len(subdirs)  # None: loading says why
-    return None
+    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
+    return None if not subdirs or _holds_domains(root, subdirs) else len(subdirs)  # None: loading says why
 
 
 def identity(train, test, class_names, domains=None):
@@ -391,12 +388,6 @@ def channel_stats(x, device=None):
     return mean.float().cpu(), var.clamp(min=0).sqrt().float().cpu()
 
 
-def crop_pad(size):
-    """Zero padding of the random crop: 1/8 of the side, 4 pixels at 32x32 as in the paper's CIFAR setting, 14
-    at 112x112 (the same relative shift at every resolution)."""
-    return size // 8
-
-
 def random_crops(batch_size, generator, pad=4):
     """Per-example crop offsets dy, dx int64 [B,1] uniform in 0..2*pad and flips bool [B,1] with probability 1/2."""
     dev = generator.device
@@ -433,16 +424,15 @@ class Loader:
 
     batch(idx) -> (images float [B,3,H,W] channels_last, labels int64 [B], idx int64 [B])."""
 
-    def __init__(self, x, y, device, seed=0, mean=None, std=None, augment=True):
+    def __init__(self, x, y, device, seed=0, mean=None, std=None):
         self.x = x.to(device)  # uint8 [N,3,H,W]
-        self.pad = crop_pad(x.shape[-1])
+        self.pad = x.shape[-1] // 8  # crop padding: 4 px at 32 as the paper's CIFAR, 14 at 112 (same relative shift)
         self.y = y.to(device)  # int64 [N]
         self.device = torch.device(device)
         if mean is None:
             mean, std = channel_stats(self.x)
         self.mean = mean.to(device).view(1, -1, 1, 1)
         self.std = std.to(device).view(1, -1, 1, 1)
-        self.augment = augment
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
 
     def normalize(self, x):  # uint8 [B,3,H,W] -> float [B,3,H,W] channels_last
@@ -452,8 +442,7 @@ class Loader:
     def batch(self, idx, crops=None):
         """crops: (dy, dx, flip) from random_crops, or None to draw them from the loader's generator."""
         x = self.x[idx]
-        if self.augment:
-            x = apply_crops(x, *(crops or random_crops(len(idx), self.generator, self.pad)), self.pad)
+        x = apply_crops(x, *(crops or random_crops(len(idx), self.generator, self.pad)), self.pad)
         return self.normalize(x), self.y[idx], idx
 
 

@@ -36,41 +36,30 @@ class Run:
 HYPER = {"alpha": "--sp-alpha", "beta": "--sp-beta", "lambda": "--reg-lambda", "c": "--eh-c", "r": "--eh-r"}
 
 
+TOKEN_FLAGS = {"init": [], "reg": ["--reg", "l2init"], "l2": ["--reg", "l2"], "data": ["--sampler", "easy_hard"],
+               "oldnew": ["--sampler", "old_new"], "multistep": ["--schedule", "multistep"],
+               "gradnorms": ["--grad-norms"]}  # gradnorms: App. A.7's probe, observes only
+
+
 def flags_for(label, task, old_ckpt):
     """train.py flags of a row label (see the module docstring); returns (flags, reads the old checkpoint)."""
     column, *toks = label.split("+")
     if column not in ("continuous", "scratch"):
         raise ValueError(f"label '{label}' must start with continuous or scratch")
     init = "init" in toks
-    flags = ["--task", str(task)]
-    if column == "continuous":
-        flags += ["--init", "shrink_perturb" if init else "old"]
-    else:
-        flags += ["--init", "scratch"] + (["--sp"] if init else [])
-    reads_old = column == "continuous"
+    flags = ["--task", str(task), "--init"] + (["shrink_perturb" if init else "old"] if column == "continuous"
+                                               else ["scratch"] + ["--sp"] * init)
     for t in toks:
-        if t == "reg":
-            flags += ["--reg", "l2init"]
-        elif t == "l2":
-            flags += ["--reg", "l2"]
-        elif t == "data":
-            flags += ["--sampler", "easy_hard"]
-            reads_old = True  # learning speed of the old examples comes from the old model
-        elif t == "oldnew":
-            flags += ["--sampler", "old_new"]
-        elif t == "multistep":
-            flags += ["--schedule", "multistep"]
-        elif t == "gradnorms":  # App. A.7's probe: observes only, trains as the label without it
-            flags += ["--grad-norms"]
+        if t in TOKEN_FLAGS:
+            flags += TOKEN_FLAGS[t]
         elif t.startswith("x"):
             flags += ["--schedule-scale", t[1:]]
         elif "=" in t and t.split("=")[0] in HYPER:
             flags += [HYPER[t.split("=")[0]], t.split("=")[1]]
-        elif t != "init":
+        else:
             raise ValueError(f"label '{label}': unknown token '{t}'")
-    if reads_old:
-        flags += ["--old-ckpt", old_ckpt]
-    return flags, reads_old
+    reads_old = column == "continuous" or "data" in toks  # easy/hard: the old model's learning speed
+    return flags + ["--old-ckpt", old_ckpt] * reads_old, reads_old
 
 
 def old_run(split, seed):
@@ -170,7 +159,7 @@ def row_label(column, init, reg, data, scale):
 
 
 TOKEN_NAMES = {"init": "shrink & perturb", "reg": "L2-init", "data": "easy / hard", "l2": "L2", "oldnew": "old / new",
-               "multistep": "multistep"}
+               "multistep": "multistep", "gradnorms": "gradient-norm probe"}
 
 
 def paper_name(label):
@@ -204,12 +193,10 @@ def sections_plan(sections_of):
     need (their references first); rows that do not depend on the split are shared. sections_of(args) ->
     (name, [Section])."""
     def plan(args, runs_dir):
-        labels = {}  # every label the sections need, once (dicts keep order)
-        splits = {}
-        for sec in sections_of(args)[1]:
-            splits[sec.split] = None
-            labels.update(dict.fromkeys([sec.reference] + [r[1] for r in sec.rows]))
-        return two_task_plan(list(splits), range(args.seeds), labels, runs_dir, share=True)
+        secs = sections_of(args)[1]
+        labels = dict.fromkeys(lab for sec in secs for lab in [sec.reference] + [r[1] for r in sec.rows])
+        return two_task_plan(list(dict.fromkeys(sec.split for sec in secs)), range(args.seeds), labels, runs_dir,
+                             share=True)
     return plan
 
 
@@ -224,11 +211,10 @@ def plan_table1(args, runs_dir):
 
 def sections_table2a(args):
     """Table 2a: one section; the paper's values of the dataset named by --compare-to (or --dataset)."""
-    key = args.compare_to or (args.dataset if args.dataset in TABLE2A else None)
-    title, paper = TABLE2A[key] if key else (f"{args.dataset} ({args.split})", [None] * len(TABLE2A_ROWS))
-    rows = [(name, lab, p) for (name, lab), p in zip(TABLE2A_ROWS, paper)]
-    return f"table2a_{key or args.dataset}", [Section(key or args.dataset, f"Table 2a: {title}", args.split,
-                                                      "scratch", rows)]
+    name = args.compare_to or args.dataset
+    title, paper = TABLE2A.get(name) or (f"{args.dataset} ({args.split})", [None] * len(TABLE2A_ROWS))
+    rows = [(row, lab, p) for (row, lab), p in zip(TABLE2A_ROWS, paper)]
+    return f"table2a_{name}", [Section(name, f"Table 2a: {title}", args.split, "scratch", rows)]
 
 
 def sections_table2b(args):
@@ -304,8 +290,7 @@ def plan_fig6(args, runs_dir):
         prev = old_run(args.split, s)
         runs.append(prev)
         for t in range(1, n_tasks):
-            scratch = Run(f"{args.split}/seed{s}/task{t}/scratch", "scratch", args.split, t, s,
-                          ["--task", str(t), "--init", "scratch", "--learning-speed", "off"])
+            scratch = cell(args.split, s, "scratch", prev, runs_dir, task=t, prefix=f"task{t}/")
             cont = cell(args.split, s, chain_label, prev, runs_dir, task=t, prefix=f"task{t}/{args.chain_stop}-",
                         is_old_of_next=True)  # the stop mode in the path: the two chains never share a run
             if args.chain_stop == "l100":
@@ -316,27 +301,23 @@ def plan_fig6(args, runs_dir):
     return runs
 
 
-SECTIONS = {"table2a": sections_table2a, "table2b": sections_table2b, "appendix": sections_appendix}
-PLANS = {"table1": plan_table1, "table2a": sections_plan(sections_table2a), "table2b": sections_plan(sections_table2b),
-         "fig6": plan_fig6, "fig7": plan_fig7, "appendix": sections_plan(sections_appendix)}
-# the setting each plan has in the paper (--dataset / --split default to these)
-PLAN_DEFAULTS = {"table1": ("cifar100", "70+30"), "table2a": ("cifar10", "8+2"),
-                 "table2b": ("cifar100", "90+10,70+30,50+50,30+70"), "fig6": ("cifar100", "50+5x10"),
-                 "fig7": ("folder", "product_images+real_life"), "appendix": ("cifar100", "70+30")}
-
-
 # ------------------------------------------------------------------ App. A.5, A.7, A.8: Figs. 11, 14, 15
 # The old model (Fig. 11 reads its per-epoch correctness bits), the scratch run and a naive run with the
 # gradient-norm probe (Fig. 14; Fig. 15 draws its losses and the scratch run's). The old and scratch runs have
 # Table 1's names and labels, so either plan reuses what the other trained; the naive run has a label of its
 # own because Table 1's "continuous" does not probe (the probe changes none of its training).
 ANALYSIS_LABELS = ["scratch", "continuous+gradnorms"]
-TOKEN_NAMES["gradnorms"] = "gradient-norm probe"
 
 
 def plan_analysis(args, runs_dir):
     return two_task_plan([args.split], range(args.seeds), ANALYSIS_LABELS, runs_dir)
 
 
-PLANS["analysis"] = plan_analysis
-PLAN_DEFAULTS["analysis"] = ("cifar100", "70+30")
+SECTIONS = {"table2a": sections_table2a, "table2b": sections_table2b, "appendix": sections_appendix}
+PLANS = {"table1": plan_table1, "table2a": sections_plan(sections_table2a), "table2b": sections_plan(sections_table2b),
+         "fig6": plan_fig6, "fig7": plan_fig7, "appendix": sections_plan(sections_appendix), "analysis": plan_analysis}
+# the setting each plan has in the paper (--dataset / --split default to these)
+PLAN_DEFAULTS = {"table1": ("cifar100", "70+30"), "table2a": ("cifar10", "8+2"),
+                 "table2b": ("cifar100", "90+10,70+30,50+50,30+70"), "fig6": ("cifar100", "50+5x10"),
+                 "fig7": ("folder", "product_images+real_life"), "appendix": ("cifar100", "70+30"),
+                 "analysis": ("cifar100", "70+30")}
