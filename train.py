@@ -334,13 +334,13 @@ def load_old(path, args, task, ident):
                          "that model again")
     for key, mine in (("dataset", args.dataset), ("groups", task["groups"]), ("class_order", task["order"]),
                       ("class_names", ident["class_names"]), ("width", args.width),
-                      ("image_size", args.image_size), ("stem", args.stem), ("data", ident)):
-        if key == "data" and ckpt[key] != mine:
-            raise UsageError(f"checkpoint {path} was trained on other data (the images, labels or counts differ: "
-                             f"sha256 {ckpt[key].get('sha256', '?')[:12]} vs {mine['sha256'][:12]})")
+                      ("image_size", args.image_size), ("stem", args.stem)):
         if ckpt.get(key, "cifar" if key == "stem" else None) != mine:  # checkpoints before --stem: cifar
             raise UsageError(f"checkpoint {path} is from a different {key.replace('_', ' ')} "
                              f"({str(ckpt.get(key))[:60]} vs {str(mine)[:60]})")
+    if ckpt["data"] != ident:
+        raise UsageError(f"checkpoint {path} was trained on other data (the images, labels or counts differ: "
+                         f"sha256 {ckpt['data'].get('sha256', '?')[:12]} vs {ident['sha256'][:12]})")
     if ckpt["task"] != args.task - 1:
         raise UsageError(f"checkpoint {path} is of task {ckpt['task']}, task {args.task} needs task {args.task - 1}")
     return ckpt
@@ -571,9 +571,10 @@ def open_log(args, task, config, device):
 
 
 def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg, target, log):
-    """Sec. 3.4's schedule over run_length(args) iterations; an evaluation every --eval-every (the one host sync
-    of each interval), the exact learning speed (Eq. 6) at every epoch's end, an early stop at `target`, and with
-    --grad-norms the per-example gradient norms of a probe at log-spaced iterations (App. A.7).
+    """Sec. 3.4's schedule over run_length(args) iterations; an evaluation every --eval-every (two host syncs:
+    the interval's mean training loss, which also times its steps, and the evaluation's results), the exact
+    learning speed (Eq. 6) at every epoch's end, an early stop at `target`, and with --grad-norms the
+    per-example gradient norms of a probe at log-spaced iterations (App. A.7).
     Returns (best (acc, iter), last acc, iterations run, wall seconds, training seconds, learning-speed seconds);
     training seconds leave out evaluations, the learning-speed passes and the probe."""
     amp = AMP[args.amp]
@@ -585,32 +586,29 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
 
     @torch.no_grad()
     def evaluate():
-        """Accuracy (%) on all, old and new classes (or domains) seen so far, then on each domain, and the mean
-        test loss (Fig. 15); one host sync."""
+        """Accuracy (%) on all, old and new classes (or domains) seen so far, then on each domain; the mean test
+        loss (Fig. 15); Eq. 5's penalty (None without reg). One host sync for all of them."""
         model.eval()
         pred, loss_total = D.predict(model, test_x, loader, autocast_dtype=amp, y=test_y)  # loss: Fig. 15
         hit = pred == test_y
         model.train()
         counts = torch.stack([(masks & hit).sum(1), masks.sum(1)]).flatten().double()  # exact in float64
-        *counts, loss_total = torch.cat([counts, loss_total.double().view(1)]).tolist()  # the one host sync
+        penalty = torch.zeros((), device=loader.device) if reg is None else \
+            args.reg_lambda * torch.stack(torch._foreach_norm(torch._foreach_sub(*reg))).pow(2).sum()  # Eq. 5
+        *counts, loss_total, penalty = torch.cat([counts, torch.stack([loss_total, penalty]).double()]).tolist()
         hits, counts = counts[:len(masks)], counts[len(masks):]
         # exact percentages from integer counts (float32 means print as 34.99999)
-        return tuple(100.0 * h / n if n else None for h, n in zip(hits, counts)), loss_total / len(test_y)
+        accs = tuple(100.0 * h / n if n else None for h, n in zip(hits, counts))
+        return accs, loss_total / len(test_y), None if reg is None else penalty
 
     def record(it, accs, **rest):  # an evaluation line of the log
         per_domain = {"acc_domain": dict(zip(seen, accs[3:]))} if seen else {}
         log({"event": "eval", "iter": it, "acc": accs[0], "acc_old": accs[1], "acc_new": accs[2], **per_domain,
              **rest})
 
-    @torch.no_grad()
-    def penalty():  # Eq. 5's value for the log, at the evaluation point, without autograd
-        if reg is None:
-            return None
-        return args.reg_lambda * float(torch.stack(torch._foreach_norm(torch._foreach_sub(*reg))).pow(2).sum())
-
-    accs, test_loss = evaluate()  # iteration 0: the starting point
+    accs, test_loss, reg_loss = evaluate()  # iteration 0: the starting point
     acc = accs[0]
-    record(0, accs, loss=None, test_loss=test_loss, reg_loss=penalty(), lr=lr_of(args, 0), wall=0.0,
+    record(0, accs, loss=None, test_loss=test_loss, reg_loss=reg_loss, lr=lr_of(args, 0), wall=0.0,
            train_seconds=0.0, images_per_s=None)
     probe = grad_norm_probe(args, task, model, loader, log) if args.grad_norms else None  # App. A.7
     if probe is not None:
@@ -628,17 +626,17 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
             tick, record_seconds = tick + ls_seconds, record_seconds + ls_seconds  # bookkeeping, not training
         if (it + 1) % args.eval_every and it + 1 != n_iters:
             continue
-        mean_loss = (loss_sum / n_since).item()  # the one host sync per evaluation
+        mean_loss = (loss_sum / n_since).item()  # a host sync: waits for the interval's steps, so it times them
         now = time.perf_counter()
         train_seconds += now - tick
         if not math.isfinite(mean_loss):
             log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
             raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
                                      f"the log so far is in {os.path.join(args.out, 'log.jsonl.part')}")
-        accs, test_loss = evaluate()
+        accs, test_loss, reg_loss = evaluate()
         acc = accs[0]
         ips = n_since * args.batch_size / (now - tick)
-        record(it + 1, accs, loss=mean_loss, test_loss=test_loss, reg_loss=penalty(), lr=lr_of(args, it),
+        record(it + 1, accs, loss=mean_loss, test_loss=test_loss, reg_loss=reg_loss, lr=lr_of(args, it),
                wall=time.perf_counter() - t0, train_seconds=train_seconds, images_per_s=ips)
         if acc > best[0]:
             best = (acc, it + 1)

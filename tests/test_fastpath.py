@@ -57,19 +57,22 @@ def model_flat(model):
 
 
 def reference_steps(model, loader, anchor, lam, idx_batches, lrs):
-    """The plain eager step written out: float lr, autograd penalty, loader.batch drawing its own crops."""
+    """The plain eager step written out: float lr, autograd penalty, loader.batch drawing its own crops.
+    Returns the losses and how often each example was predicted right (Eq. 6's online count)."""
     opt = torch.optim.Adam(model.parameters(), lr=lrs[0])
-    losses = []
+    losses, correct = [], torch.zeros(len(loader.y))
     for idx, lr in zip(idx_batches, lrs):
         for g in opt.param_groups:
             g["lr"] = lr
         x, y, _ = loader.batch(idx)
         opt.zero_grad()
-        loss = F.cross_entropy(model(x.double()).float(), y)
+        logits = model(x.double())
+        correct.index_add_(0, idx, (logits.argmax(1) == y).float())
+        loss = F.cross_entropy(logits.float(), y)
         (loss + l2_init_penalty(model, anchor, lam)).backward()
         opt.step()
         losses.append(loss.item())
-    return losses
+    return losses, correct
 
 
 def test_restructured_step_matches_the_plain_eager_step():
@@ -84,7 +87,7 @@ def test_restructured_step_matches_the_plain_eager_step():
     idx = [next(it) for _ in range(6)]
     lrs = [1e-3 * (0.7 ** k) for k in range(6)]
     ref_model, start = copy.deepcopy(model), model_flat(model)
-    ref_losses = reference_steps(ref_model, Loader(x, y, "cpu", seed=5), anchor, 0.02, idx, lrs)
+    ref_losses, ref_correct = reference_steps(ref_model, Loader(x, y, "cpu", seed=5), anchor, 0.02, idx, lrs)
 
     loader = Loader(x, y, "cpu", seed=5)
     speed = LearningSpeed(100)
@@ -101,6 +104,7 @@ def test_restructured_step_matches_the_plain_eager_step():
     for (n, b), rb in zip(model.named_buffers(), ref_model.buffers()):  # BatchNorm running statistics too
         assert torch.allclose(b.float(), rb.float(), atol=1e-6), n
     assert speed.seen.sum() == 6 * 16  # the online learning speed saw every example of every batch
+    assert ref_correct.sum() > 0 and torch.equal(speed.correct, ref_correct)  # ... and counted its right answers
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

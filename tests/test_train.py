@@ -92,6 +92,9 @@ def test_logs_hold_the_promised_fields(chain):
         for k in ("acc", "acc_old", "acc_new", "loss", "lr", "wall", "train_seconds", "images_per_s"):
             assert e[k] is not None, k
         assert 0 <= e["acc"] <= 100 and e["reg_loss"] > 0
+    c = ckpt(chain["ours"])  # Eq. 5's penalty of the final model, from its checkpoint
+    want = 0.01 * sum(float(((c["model"][k] - v) ** 2).sum()) for k, v in c["init"].items())
+    assert evals[-1]["reg_loss"] == pytest.approx(want, rel=1e-4)
     accs = [e["acc"] for e in evals]
     assert summary["max_acc"] == max(accs) and summary["final_acc"] == accs[-1]
     assert accs[[e["iter"] for e in evals].index(summary["max_acc_iter"])] == max(accs)
@@ -197,22 +200,33 @@ def test_nan_loss_stops_with_a_readable_log(chain, capsys):
 
 
 def test_exact_learning_speed_is_the_models_prediction_at_each_epoch_end(chain, no_checksum):
-    # 180 old-task images at batch 36: an epoch is 5 iterations, so 20 iterations end exactly on epoch 4
-    run = chain["run"]("ls_exact", "--task", "0", "--batch-size", "36", iters=20)
-    c = ckpt(run)
-    bits = unpack_bits(c["learning_speed"]["correct_by_epoch"], 180)
-    assert bits.shape == (4, 180)
-    # the last row, recomputed independently: the final model on the unaugmented training images, eval mode
+    # 180 old-task images at batch 36: an epoch is 5 iterations, so 10 and 20 iterations end on epochs 2 and 4.
+    # A constant learning rate, so that a row recorded a step early or late would differ from the right one
     import data as D
 
     train_set, _, _ = D.load_dataset("cifar10", str(chain["root"] / "data"), download=False)
-    x = train_set[0][c["index"]]
-    y = D.task_data(train_set, train_set, [6, 4], c["class_order"], 0).y
-    model = resnet18(6, width=8)
-    model.load_state_dict(c["model"])
     mean, std = D.channel_stats(train_set[0])
-    pred = model.eval()(((x.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))).argmax(1)
-    assert torch.equal(bits[-1], pred == y)
+    bits = {}
+    for iters in (10, 20):
+        run = chain["run"](f"ls_exact{iters}", "--task", "0", "--batch-size", "36", "--lr-min", "1e-3", iters=iters)
+        c = ckpt(run)
+        bits[iters] = unpack_bits(c["learning_speed"]["correct_by_epoch"], 180)
+        # the last row, recomputed independently: the final model on the unaugmented training images, eval mode
+        x = train_set[0][c["index"]]
+        y = D.task_data(train_set, train_set, [6, 4], c["class_order"], 0).y
+        model = resnet18(6, width=8)
+        model.load_state_dict(c["model"])
+        pred = model.eval()(((x.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))).argmax(1)
+        assert bits[iters].shape == (iters // 5, 180) and torch.equal(bits[iters][-1], pred == y)
+    assert torch.equal(bits[20][:2], bits[10])  # epoch 2's row of the longer run is the model at iteration 10
+
+
+def test_logged_training_loss_is_the_mean_over_each_interval(chain):
+    # evaluation draws none of the training's random numbers, so the two runs train identically
+    fine, coarse = ([e["loss"] for e in read(chain["run"](f"loss_every{k}", "--task", "0", "--learning-speed", "off",
+                                                           "--eval-every", str(k), iters=6))[2:-1]]
+                    for k in (1, 3))
+    assert len(fine) == 6 and coarse == pytest.approx([sum(fine[:3]) / 3, sum(fine[3:]) / 3], rel=1e-5)
 
 
 def test_stop_at_accuracy_of_a_reference_run(chain):
