@@ -76,6 +76,20 @@ def per_example_grad_norms(model, x, y, chunk_size=64):
     return vmap(norm_of, chunk_size=chunk_size)(x, y)
 
 
+def grad_norm_summary(model, x, y, n_old, num_classes):
+    """Fig. 14's record of one probe of x, y (the first n_old examples old, as probe_set orders them): the
+    mean per-example gradient norm of the old and of the new examples, their counts, and the mean per class
+    (None for a class without probe examples). One host sync."""
+    g = per_example_grad_norms(model, x, y)  # [B]
+    per_class = torch.zeros(num_classes, device=g.device).index_add_(0, y, g)
+    count = torch.bincount(y, minlength=num_classes).float()  # exact: far fewer than 2^24 examples
+    vals = torch.cat([g, per_class, count]).tolist()  # the one host sync
+    g, per_class, count = vals[:len(y)], vals[len(y):len(y) + num_classes], vals[len(y) + num_classes:]
+    mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
+    return {"old": mean(g[:n_old]), "new": mean(g[n_old:]), "n_old": n_old, "n_new": len(g) - n_old,
+            "per_class": [s / n if n else None for s, n in zip(per_class, count)]}
+
+
 def learning_speed_rows(learning_speed, c=0.2):
     """Fig. 11's row order and cut-offs for learning speeds float [n] (every example observed, as the exact
     form records): (order int64 [n], ascending learning speed, ties by index, hardest first; k = floor(c/2 * n),

@@ -666,15 +666,13 @@ def record_learning_speed(model, loader, speed, amp):
 
 def grad_norm_probe(args, task, model, loader, log):
     """probe(it): at the log-spaced iterations of analysis.probe_iterations, log the per-example gradient norms
-    of a fixed probe of old and new training examples (App. A.7, Fig. 14): their means, and the mean per class
-    (null for a class without probe examples). Returns the seconds it took (0 elsewhere), so that the caller
-    can keep it out of the training time. One host sync per probe, only at those iterations."""
+    of a fixed probe of old and new training examples (App. A.7, Fig. 14; analysis.grad_norm_summary). Returns
+    the seconds it took (0 elsewhere), so that the caller can keep it out of the training time."""
     d = task.d
     at = set(analysis.probe_iterations(run_length(args)))
     idx = analysis.probe_set(d.is_old).to(loader.device)
     x, y = loader.normalize(loader.x[idx]), loader.y[idx]  # unaugmented, as the evaluation sees them
-    is_old = d.is_old.to(loader.device)[idx]
-    n_old = int(is_old.sum())
+    n_old = int(d.is_old[idx.cpu()].sum())  # probe_set puts the old examples first
 
     def probe(it):
         if it not in at:
@@ -683,17 +681,10 @@ def grad_norm_probe(args, task, model, loader, log):
             torch.cuda.synchronize(loader.device)
         t = time.perf_counter()
         model.eval()  # BatchNorm's running statistics: one example's gradient is its own (analysis.py)
-        g = analysis.per_example_grad_norms(model, x, y)
+        rec = analysis.grad_norm_summary(model, x, y, n_old, d.num_classes)
         model.train()
-        per_class = torch.zeros(d.num_classes, device=g.device).index_add_(0, y, g)
-        count = torch.bincount(y, minlength=d.num_classes).float()  # exact: at most 512
-        vals = torch.cat([g, per_class, count]).tolist()  # the probe's one host sync
-        g, per_class, count = vals[:len(y)], vals[len(y):len(y) + d.num_classes], vals[len(y) + d.num_classes:]
-        mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
-        log({"event": "grad_norms", "iter": it, "old": mean(g[:n_old]), "new": mean(g[n_old:]),
-             "n_old": n_old, "n_new": len(g) - n_old,
-             "per_class": [s / n if n else None for s, n in zip(per_class, count)],
-             "num_old_classes": d.num_old_classes, "seconds": time.perf_counter() - t})
+        log({"event": "grad_norms", "iter": it, **rec, "num_old_classes": d.num_old_classes,
+             "seconds": time.perf_counter() - t})
         return time.perf_counter() - t
 
     return probe

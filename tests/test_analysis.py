@@ -118,6 +118,14 @@ def test_per_example_norms_match_plain_autograd():
     # the model is read only: its .grad, weights and BatchNorm statistics are as they were
     assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    # Fig. 14's record: the first two examples old; class 3 has no example
+    w = [float(v) for v in want]
+    rec = A.grad_norm_summary(model, x, y, 2, 5)
+    assert rec["n_old"] == 2 and rec["n_new"] == 3 and rec["per_class"][3] is None
+    assert rec["old"] == pytest.approx((w[0] + w[1]) / 2, rel=1e-4)
+    assert rec["new"] == pytest.approx((w[2] + w[3] + w[4]) / 3, rel=1e-4)
+    assert rec["per_class"][2] == pytest.approx((w[2] + w[3]) / 2, rel=1e-4)
+    assert [rec["per_class"][k] for k in (0, 1, 4)] == pytest.approx([w[0], w[4], w[1]], rel=1e-4)
     with pytest.raises(ValueError, match="eval mode"):
         A.per_example_grad_norms(model.train(), x, y)
 
