@@ -10,7 +10,6 @@ import torch
 
 import analysis as A
 import report as R
-import speedup as S
 from sampler import LearningSpeed, unpack_bits
 
 NAIVE, SCRATCH = "continuous+gradnorms", "scratch"  # plans.plan_analysis's labels

@@ -4,7 +4,7 @@ figures made from their logs only (speedup.py), with the paper's published value
     ./reproduce.sh                      # Table 1: CIFAR-100 70+30, 5 seeds x (old model + 20 runs)
     ./reproduce.sh --quick              # the same table, scaled down (2 seeds, 4,000 iterations)
     ./reproduce.sh --list --wave 0      # shell commands of the old models (then --wave 1, ...) for a cluster
-    ./reproduce.sh --plan table2b       # also: table2a, fig6, fig7, appendix (plans.py, report.py)
+    ./reproduce.sh --plan table2b       # also: table2a, fig6, fig7, appendix, analysis (plans.py, report*.py)
 
 A finished run (its log.jsonl has a summary line) is never run again; an unfinished one starts again from
 scratch; a finished run whose configuration differs from the plan stops the driver instead of being mixed in.

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from data import Loader, crop_flip
 import pytest
 
-import train
 from l2init import add_l2_init_grad_, l2_init_penalty, paired, snapshot
 from resnet import resnet18
 from sampler import LearningSpeed, batches

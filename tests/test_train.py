@@ -95,6 +95,7 @@ def test_logs_hold_the_promised_fields(chain):
     c = ckpt(chain["ours"])  # Eq. 5's penalty of the final model, from its checkpoint
     want = 0.01 * sum(float(((c["model"][k] - v) ** 2).sum()) for k, v in c["init"].items())
     assert evals[-1]["reg_loss"] == pytest.approx(want, rel=1e-4)
+    assert all(e["reg_loss"] is None for e in read(chain["naive"])[1:-1])  # no --reg: no penalty to log
     accs = [e["acc"] for e in evals]
     assert summary["max_acc"] == max(accs) and summary["final_acc"] == accs[-1]
     assert accs[[e["iter"] for e in evals].index(summary["max_acc_iter"])] == max(accs)
