@@ -28,11 +28,7 @@ def l2_init_penalty(model: nn.Module, anchor: dict, lam: float = 0.01) -> torch.
 
     Parameters without an entry in `anchor` are skipped. The sum uses torch's multi-tensor (_foreach) ops:
     a handful of kernels for the whole network instead of a few per parameter, cheap enough for every step."""
-    params, anchors = [], []
-    for name, p in model.named_parameters():
-        if name in anchor:
-            params.append(p)
-            anchors.append(anchor[name].to(device=p.device, dtype=p.dtype))
+    params, anchors = paired(model, anchor)
     if not params:
         return torch.zeros((), device=next(model.parameters()).device)
     diffs = torch._foreach_sub(params, anchors)

@@ -2,7 +2,6 @@
 logs and the old model's checkpoint (analysis.py has the measurements, train.py records them), with
 analysis.md / analysis.csv beside the figures.
 """
-import json
 import os
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 
 import analysis as A
 import report as R
+import speedup as S
 from sampler import LearningSpeed, unpack_bits
 
 NAIVE, SCRATCH = "continuous+gradnorms", "scratch"  # plans.plan_analysis's labels
@@ -17,8 +17,7 @@ NAIVE, SCRATCH = "continuous+gradnorms", "scratch"  # plans.plan_analysis's labe
 
 def events(run_dir, event):
     """The lines of one kind ('eval', 'grad_norms', ...) of a run's log.jsonl."""
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [e for e in map(json.loads, filter(str.strip, f)) if e.get("event") == event]
+    return [e for e in S.read_lines(run_dir)[1] if e.get("event") == event]
 
 
 def mean_over_seeds(curves, field):

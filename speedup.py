@@ -93,14 +93,19 @@ def fmt_speedup(x, fragile=False):
 
 # --------------------------------------------------------------------------------------- reading logs
 
-def read_log(run_dir):
-    """A run's log.jsonl -> (header, evaluations, summary or None). Raises ValueError on a bad file."""
+def read_lines(run_dir):
+    """(path, every line of a run's log.jsonl as a dict). Raises ValueError on a file it cannot parse."""
     path = os.path.join(run_dir, "log.jsonl") if os.path.isdir(run_dir) else run_dir
     try:
         with open(path) as f:
-            lines = [json.loads(line) for line in f if line.strip()]
+            return path, [json.loads(line) for line in f if line.strip()]
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read log {path}: {e}") from None
+
+
+def read_log(run_dir):
+    """A run's log.jsonl -> (header, evaluations, summary or None). Raises ValueError on a bad file."""
+    path, lines = read_lines(run_dir)
     if not lines or lines[0].get("event") != "header":
         raise ValueError(f"{path} does not start with a header line")
     evals = [x for x in lines if x.get("event") == "eval"]
