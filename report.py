@@ -262,11 +262,9 @@ def pyplot():
 
 def save(fig, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
+    S.replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     pyplot().close(fig)
-    os.replace(tmp, path)
 
 
 def plot_curves(groups, rows, reference, path, title, args):

@@ -266,13 +266,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block, as train.py
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser():
-    p = Parser(prog="reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
+    p = S.OneLineParser(prog="reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--plan", default="table1", choices=list(P.PLANS),
       help="table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7), "

@@ -246,15 +246,29 @@ def to_csv(rows, rs=(99, 100)):
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path, text):
+def replace_atomic(path, write):
+    """write(tmp) into a temporary file beside `path`, then rename it over `path`: a reader, or a killed
+    process, never sees a half-written file. The temporary file is removed if write fails."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_atomic(path, text):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    replace_atomic(path, write)
 
 
 class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block, as train.py and reproduce.sh
+    def error(self, message):  # one line, not argparse's usage block: train.py and reproduce.sh use it too
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

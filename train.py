@@ -31,7 +31,7 @@ from resnet import STEMS, grow_head, resnet18, stem_for
 from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
 from shrink_perturb import shrink_perturb_
-from speedup import is_finished, read_log
+from speedup import OneLineParser, is_finished, read_log, replace_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # config keys that are seeds (of the init, data order and class order) or paths: runs that differ only in these
@@ -47,18 +47,13 @@ class UsageError(Exception):
     """Bad input: reported as one line on stderr with exit code 2."""
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block: bad input is reported the same everywhere
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):  # no "(default: None)" on flags without a default; 0 is a default
         return action.help if action.default is None or action.default is False else super()._get_help_string(action)
 
 
 def build_parser():
-    p = Parser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     # data (Sec. 2.1)
     a("--dataset", default="cifar100",
@@ -352,12 +347,6 @@ def git_commit():
                               timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def save_atomic(obj, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- the step
@@ -696,7 +685,7 @@ def lr_of(args, it):
 
 def save_results(args, task, model, anchor, speed, summary, config, log):
     """ckpt.pt first, then the summary line and the rename that marks the run finished (both atomic)."""
-    save_atomic({
+    ckpt = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(),
         "index": task.d.index, "class_order": task.order, "class_names": task.class_names, "groups": task.groups,
@@ -704,7 +693,8 @@ def save_results(args, task, model, anchor, speed, summary, config, log):
         "width": args.width, "stem": args.stem,
         "num_classes": task.d.num_classes, "image_size": args.image_size, "data": task.ident,
         "config": config, "summary": summary,
-    }, os.path.join(args.out, "ckpt.pt"))
+    }
+    replace_atomic(os.path.join(args.out, "ckpt.pt"), lambda tmp: torch.save(ckpt, tmp))
     log(summary)
     os.replace(os.path.join(args.out, "log.jsonl.part"), os.path.join(args.out, "log.jsonl"))
     log.close()

@@ -1,9 +1,9 @@
 """speedup.py (Eq. 1, Eq. 2) on hand-made curves with known answers, and its CLI on hand-written logs."""
 import json
 import math
+import os
 
-
-from speedup import iterations_to_reach, main, row_stats, speedup, speedup_cost
+from speedup import iterations_to_reach, main, replace_atomic, row_stats, speedup, speedup_cost
 
 IT = [0, 100, 200, 300, 400]
 
@@ -106,3 +106,21 @@ def test_cli_refuses_mixed_configs_and_missing_reference(tmp_path, capsys):
     assert "reference 'scratch' not among" in capsys.readouterr().err
     assert main([str(tmp_path / "missing"), "--reference", "x"]) == 2
     assert "cannot read log" in capsys.readouterr().err
+
+
+def test_replace_atomic_keeps_the_old_file_when_the_write_fails(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_text("finished run")
+
+    def half_written(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise KeyboardInterrupt  # killed mid-write
+
+    try:
+        replace_atomic(str(path), half_written)
+    except KeyboardInterrupt:
+        pass
+    assert path.read_text() == "finished run" and sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
+    replace_atomic(str(path), lambda tmp: open(tmp, "w").close())
+    assert path.read_text() == "" and sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
