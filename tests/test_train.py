@@ -269,3 +269,81 @@ def test_cuda_graph_falls_back_to_the_same_eager_step_on_a_cpu(chain):
     assert header["config"]["cuda_graph"] is False and header["config"]["amp"] == "fp32"
     a, b = ckpt(plain)["model"], ckpt(graphed)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit the run without the flag
+
+
+def _task1(chain, *extra):
+    """args and load_task(args) of a task-1 run continuing the chain's old model (nothing trained)."""
+    root = chain["root"]
+    args = train.build_parser().parse_args(COMMON + ["--data-dir", str(root / "data"), "--task", "1", "--old-ckpt",
+                                                     str(chain["old"] / "ckpt.pt"), "--out", str(root / "x"), *extra])
+    train.settle_for_device(args, torch.device("cpu"))
+    return args, train.load_task(args)
+
+
+def test_starting_point_shrinks_and_perturbs_the_old_model(chain):
+    """--init shrink_perturb is Eq. 4 on the continued model: 0.4 * old + 0.001 * (a fresh init), BatchNorm
+    statistics reset; --init old is the old model itself."""
+    args, task = _task1(chain, "--init", "old")
+    naive, _ = train.starting_point(args, task)
+    args, task = _task1(chain, "--init", "shrink_perturb")
+    sp, _ = train.starting_point(args, task)
+    fresh = dict(resnet18(10, 8).named_parameters())
+    for name, p in sp.named_parameters():
+        noise = (p - 0.4 * dict(naive.named_parameters())[name]).detach().norm()  # = 0.001 * ||fresh draw||
+        if fresh[name].norm() > 0 and name != "fc.weight":  # fc's new rows differ between the two models
+            assert 0.3e-3 < noise / fresh[name].norm() < 3e-3, name
+    bn, bn_old = sp.bn1, naive.bn1
+    assert torch.equal(bn.running_mean, torch.zeros(8)) and torch.equal(bn.running_var, torch.ones(8))
+    assert bn_old.running_mean.abs().sum() > 0  # the old model's statistics were not zero to start with
+
+
+def test_objective_anchors_l2_at_zero_and_l2init_at_the_lineages_init(chain):
+    args, task = _task1(chain, "--init", "old", "--reg", "l2init")
+    model, anchor = train.starting_point(args, task)
+    old_init = ckpt(chain["old"])["init"]
+    params, anchors = train.objective(args, model, anchor)
+    names = [n for n, _ in model.named_parameters()]
+    assert len(params) == len(anchors) == len(names) and all(p is q for p, q in zip(params, model.parameters()))
+    assert all(torch.equal(a, old_init[n]) for n, a in zip(names, anchors) if n not in ("fc.weight", "fc.bias"))
+    args.reg = "l2"
+    assert all(torch.equal(a, torch.zeros_like(a)) for a in train.objective(args, model, anchor)[1])
+    args.reg = "none"
+    assert train.objective(args, model, anchor) is None
+
+
+def test_l2_init_pulls_the_trained_weights_towards_their_init(chain):
+    """The penalty reaches the training step (not only the log): with a large lambda the weights stay closer
+    to theta_0 than the same seed trained on the plain loss."""
+    def distance(run):
+        c = ckpt(run)
+        return sum(((c["model"][n] - a) ** 2).sum() for n, a in c["init"].items())
+
+    free = chain["run"]("l2free", "--task", "0", iters=20)
+    held = chain["run"]("l2held", "--task", "0", "--reg", "l2init", "--reg-lambda", "100", iters=20)
+    assert distance(held) < 0.5 * distance(free)
+    assert read(free)[1]["reg_loss"] is None and read(held)[1]["reg_loss"] == 0  # iteration 0: theta = theta_0
+
+
+def test_easy_hard_weights_follow_each_old_examples_own_learning_speed(chain, monkeypatch):
+    """The old checkpoint's learning speed of example i (by its training-set index) is the one easy_hard_weights
+    ranks for example i of this task: none is shifted onto another example."""
+    seen = {}
+    real = train.easy_hard_weights
+
+    def spy(ls, is_old, c, r):
+        seen["ls"], seen["is_old"] = ls.clone(), is_old.clone()
+        return real(ls, is_old, c, r)
+
+    monkeypatch.setattr(train, "easy_hard_weights", spy)
+    args, task = _task1(chain, "--sampler", "easy_hard")
+    train.batch_indices(args, task, torch.device("cpu"))
+    old = ckpt(chain["old"])
+    from sampler import LearningSpeed
+    speed = LearningSpeed(len(old["index"]))
+    speed.load_state_dict(old["learning_speed"])
+    by_index = dict(zip(old["index"].tolist(), speed.value().tolist()))
+    d = task.d
+    expected = torch.tensor([by_index.get(i, float("nan")) for i in d.index.tolist()])
+    assert torch.equal(seen["is_old"], d.is_old) and d.is_old.sum() == 180
+    assert torch.allclose(seen["ls"], expected, equal_nan=True)
+    assert len(set(expected[d.is_old].tolist())) > 1  # distinct speeds: a shifted assignment would show
