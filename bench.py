@@ -5,7 +5,7 @@ reproduction would use, and the aggregate throughput of K concurrent runs on one
     python bench.py --device cpu --width 8 --steps 5 --repeats 2 --concurrency 1   # a smoke run anywhere
 
 Ours: the training set on the device as uint8, per-example crop + flip on the device, bf16 autocast,
-channels_last, cudnn.benchmark, fused Adam, no host sync inside the step (train.build_step, the same code
+channels_last, cudnn.benchmark, fused Adam, no host sync inside the step (step.build_step, the same code
 train.py runs), for the scratch step and the full "ours" step, each eager and graphed. Typical: torchvision's
 CIFAR-100 with PIL transforms through a DataLoader, fp32, loss.item() every step. Random data, no downloads;
 medians over --repeats timings. The README's "Speed" section says what each figure is.
@@ -29,7 +29,8 @@ from l2init import paired, snapshot
 from resnet import resnet18
 from sampler import batches, easy_hard_weights
 from shrink_perturb import shrink_perturb_
-from train import HelpFormatter, build_step, make_optimizer
+from step import build_step, make_optimizer
+from train import HelpFormatter
 
 PAPER_ITERS, EVAL_EVERY = 39100, 200
 

@@ -12,7 +12,7 @@ import pytest
 from l2init import add_l2_init_grad_, l2_init_penalty, paired, snapshot
 from resnet import resnet18
 from sampler import LearningSpeed, batches
-from train import build_step, forward_backward, make_optimizer
+from step import build_step, forward_backward, make_optimizer
 
 
 def test_l2_init_as_a_gradient_gives_the_same_adam_update_as_the_penalty():

@@ -17,6 +17,7 @@ import torch
 import data as D
 import reproduce
 import speedup
+import step
 import train
 from conftest import ROOT, write_folder
 
@@ -323,7 +324,7 @@ def test_forward_backward_takes_a_compiled_module():
 
     model = resnet18(3, width=8).eval()
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
-    loss, logits = train.forward_backward(model, x, y, forward=Compiled(model))
+    loss, logits = step.forward_backward(model, x, y, forward=Compiled(model))
     with torch.no_grad():
         want = 2 * model(x)
     assert torch.allclose(logits, want) and torch.allclose(loss, torch.nn.functional.cross_entropy(want, y))

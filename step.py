@@ -1,0 +1,95 @@
+"""The training step of train.py (and bench.py): one SGD update of Eq. 5's objective, fast on a GPU.
+
+Sec. 2.1 / App. A.2: Adam (betas 0.9, 0.999, no weight decay), cross-entropy, random crop + flip. Sec. 3.2:
+L2-init's gradient 2 * lambda * (theta - theta_0) is added after backward (l2init.add_l2_init_grad_). What
+makes it fast: the batch is gathered and augmented on the GPU from the uint8 training set (data.Loader), the
+forward pass runs under bf16 autocast, Adam is fused, and nothing in the step waits for the host, so the same
+body can be recorded once as a CUDA graph and replayed (--cuda-graph).
+"""
+import torch
+import torch.nn.functional as F
+
+import data as D
+from l2init import add_l2_init_grad_
+
+
+def forward_backward(model, x, y, reg=None, lam=0.0, amp=None, forward=None):
+    """Loss of one batch (Eq. 3's L) and the gradients of Eq. 5's objective in .grad: backward through the
+    cross-entropy, then L2-init's gradient 2 * lambda * (theta - theta_0) added directly (reg = l2init.paired
+    lists (params, anchors), or None). The forward pass runs under autocast(amp) (bf16 on a GPU), the loss in
+    fp32. `forward` is the (maybe compiled) callable of `model`. Returns detached (loss, logits): no host sync."""
+    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None, cache_enabled=False):
+        logits = (model if forward is None else forward)(x)  # not `forward or model`: a compiled module
+        # proxies len(), and truth-testing it raises "ResNet does not support len()"
+    loss = F.cross_entropy(logits.float(), y)
+    loss.backward()
+    if reg is not None:
+        add_l2_init_grad_(*reg, lam)  # Eq. 5
+    return loss.detach(), logits.detach()
+
+
+def build_step(model, opt, loader, batch_size, reg=None, lam=0.0, amp=None, speed=None, forward=None,
+               cuda_graph=False, warmup=3):
+    """step(idx, lr): one training step on the batch of training-set indices idx int64 [B] at learning rate lr,
+    adding its loss to the returned device scalar loss_sum (and, with `speed`, its predictions to the online
+    learning speed). Returns (step, loss_sum).
+
+    Everything a step reads lives in fixed buffers (indices, crop offsets, the learning rate as a device
+    tensor), so the same body runs eagerly or, with cuda_graph, is recorded once as a CUDA graph after
+    `warmup` eager steps and replayed with one launch per step. Random crops are drawn outside the body from
+    the loader's generator, so eager and graphed steps see the same augmentation."""
+    if cuda_graph and warmup < 1:  # Adam's state must exist before the capture, or every replay would reset it
+        raise ValueError("a graphed step needs at least one eager warm-up step")
+    device = loader.device
+    lr_t = opt.param_groups[0]["lr"]  # a device tensor (see make_optimizer)
+    loss_sum = torch.zeros((), device=device)
+    idx_s = torch.zeros(batch_size, dtype=torch.int64, device=device)
+    crops_s = (torch.zeros(batch_size, 1, dtype=torch.int64, device=device),  # dy, dx, flip of D.random_crops
+               torch.zeros(batch_size, 1, dtype=torch.int64, device=device),
+               torch.zeros(batch_size, 1, dtype=torch.bool, device=device))
+
+    def body():
+        x, y, _ = loader.batch(idx_s, crops_s)
+        opt.zero_grad(set_to_none=True)
+        loss, logits = forward_backward(model, x, y, reg, lam, amp, forward)
+        opt.step()
+        loss_sum.add_(loss)
+        if speed is not None:
+            speed.update(idx_s, logits.argmax(1) == y)  # Eq. 6, online form
+
+    graph, n = None, 0
+
+    def step(idx, lr):
+        nonlocal graph, n
+        lr_t.fill_(lr)
+        idx_s.copy_(idx)
+        for buf, new in zip(crops_s, D.random_crops(len(idx), loader.generator, loader.pad)):
+            buf.copy_(new)
+        if not cuda_graph:
+            body()
+            return
+        with torch.cuda.device(device):  # capture on the tensors' GPU (torch.cuda.graph's stream is the current one's)
+            if n < warmup:  # real steps, on a side stream as torch.cuda.graph wants before a capture
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    body()
+                torch.cuda.current_stream(device).wait_stream(side)
+            else:
+                if graph is None:
+                    graph = torch.cuda.CUDAGraph()
+                    opt.zero_grad(set_to_none=True)  # .grad is then allocated inside the graph, at fixed addresses
+                    with torch.cuda.graph(graph):
+                        body()
+                graph.replay()
+        n += 1
+
+    return step, loss_sum
+
+
+def make_optimizer(model, lr, device, cuda_graph):
+    """Adam (App. A.2: betas 0.9, 0.999, no weight decay) with the learning rate as a device tensor that the
+    step writes in place: no host value is baked into a CUDA graph. Fused on a GPU."""
+    lr_t = torch.tensor(float(lr), device=device)
+    kw = {"fused": True, "capturable": cuda_graph} if device.type == "cuda" else {"foreach": False}
+    return torch.optim.Adam(model.parameters(), lr=lr_t, betas=(0.9, 0.999), weight_decay=0, **kw)
