@@ -16,22 +16,16 @@ randomly cropped (zero padding of 1/8 of the side: 4 pixels at 32x32) and flippe
 normalised and returned in channels_last. Nothing in a training step reads a value back to the host.
 """
 import hashlib
-import math
 import os
-import random
 import re
-import sys
 from collections import namedtuple
 
 import numpy as np
 import torch
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
-DATASETS = ("cifar10", "cifar100", "folder")
+from folder import holds_domains, load_folder
 
-# the train/test split of a folder without train/ and test/ folders (Adaptiope's own layout): per class, 20% of
-# the images are test images, chosen with this seed (seeded_split)
-TEST_FRACTION, TEST_SEED = 0.2, 0
+DATASETS = ("cifar10", "cifar100", "folder")
 
 TaskData = namedtuple("TaskData", "x y is_old index test_x test_y num_classes num_old_classes test_group")
 TaskData.__doc__ = """The data of one task. x uint8 [N,3,H,W], y int64 [N] (remapped labels), is_old bool [N]
@@ -49,9 +43,9 @@ def load_dataset(name, data_dir, image_size=32, download=True):
 
     cifar10 / cifar100 go through torchvision's dataset classes, so downloading and checksums are the
     library's. folder reads data_dir/train/<class>/* and data_dir/test/<class>/*, or data_dir/<class>/* cut
-    per class into train and test (seeded_split), resized to image_size x image_size (the whole image,
+    per class into train and test (folder.seeded_split), resized to image_size x image_size (the whole image,
     squashed, as Downsampled ImageNet does), and caches the decoded tensors in one file next to the data (or,
-    if that folder is read-only, in ~/.cache/same-accuracy/; see cache_paths)."""
+    if that folder is read-only, in ~/.cache/same-accuracy/; see folder.cache_paths)."""
     if name in ("cifar10", "cifar100"):
         import torchvision  # only here: the method modules and tests of other parts do not need it
 
@@ -63,169 +57,13 @@ def load_dataset(name, data_dir, image_size=32, download=True):
             splits.append((x, torch.as_tensor(ds.targets, dtype=torch.int64)))
         return splits[0], splits[1], list(ds.classes)
     if name == "folder":
-        return _load_folder(data_dir, image_size)
+        return load_folder(data_dir, image_size)
     raise ValueError(f"unknown dataset '{name}' (choose from {', '.join(DATASETS)})")
-
-
-def _list_folder(root):
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    files = []
-    for k, c in enumerate(classes):
-        images = [f for f in sorted(os.listdir(os.path.join(root, c))) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        if not images:  # a class the model could never learn (or never be tested on) is a mistake, not data
-            raise ValueError(f"class folder {os.path.join(root, c)} holds no images")
-        files += [(os.path.join(c, f), k) for f in images]
-    return classes, files
-
-
-def seeded_split(files, fraction=TEST_FRACTION, seed=TEST_SEED):
-    """A dataset without its own train/test split (Adaptiope): per class, the files sorted by name and shuffled
-    with random.Random(f"{seed}/{class folder}"), the first floor(fraction * n + 0.5) (at least 1 if n >= 2)
-    are test images, the rest train. Seeded by the class's name, not its index, so adding a class changes no
-    other class's split. files: [(class/file, label)] -> (train files, test files), each sorted."""
-    by_class = {}
-    for rel, k in files:
-        by_class.setdefault(k, []).append(rel)
-    train, test = [], []
-    for k, rels in sorted(by_class.items()):
-        rels = sorted(rels)
-        random.Random(f"{seed}/{os.path.dirname(rels[0])}").shuffle(rels)
-        n_test = max(1, math.floor(fraction * len(rels) + 0.5)) if len(rels) >= 2 else 0
-        test += [(r, k) for r in sorted(rels[:n_test])]
-        train += [(r, k) for r in sorted(rels[n_test:])]
-    return train, test
-
-
-def _holds_domains(data_dir, subdirs):
-    """Whether data_dir's first subfolder holds folders and no images: a domain root, not a class folder."""
-    first = os.path.join(data_dir, subdirs[0])
-    return not any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(first)) and \
-        any(os.path.isdir(os.path.join(first, f)) for f in os.listdir(first))
-
-
-def _listing(data_dir):
-    """{split: (root, classes, files)} of a folder dataset: its train/ and test/ folders, or its class folders
-    cut by seeded_split."""
-    if os.path.isdir(os.path.join(data_dir, "train")):
-        listing = {}
-        for split in ("train", "test"):
-            root = os.path.join(data_dir, split)
-            if not os.path.isdir(root):
-                raise ValueError(f"folder dataset needs {root}/<class>/<image> (not found)")
-            classes, files = _list_folder(root)
-            if not files:
-                raise ValueError(f"no images found under {root}/<class>/")
-            listing[split] = (root, classes, files)
-        return listing
-    subdirs = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d))) \
-        if os.path.isdir(data_dir) else []
-    if not subdirs:
-        raise ValueError(f"folder dataset needs {data_dir}/train/<class>/<image> and test/, or "
-                         f"{data_dir}/<class>/<image> (none found)")
-    if _holds_domains(data_dir, subdirs):
-        raise ValueError(f"{data_dir} holds folders of folders (domains?): give a domain split such as "
-                         f"{'+'.join(subdirs[:2])}, or --data-dir {os.path.join(data_dir, subdirs[0])}")
-    classes, files = _list_folder(data_dir)
-    train, test = seeded_split(files)
-    return {"train": (data_dir, classes, train), "test": (data_dir, classes, test)}
-
-
-def _decode(args):
-    path, size = args
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001 - truncated, corrupt or unreadable: the user needs the file's name
-        raise ValueError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
-
-
-def cache_paths(data_dir, image_size):
-    """Where the decoded folder dataset is cached: next to the data, else (a read-only or shared data folder)
-    in the user's cache folder, under a name made from the data folder's absolute path."""
-    name = f".decoded-{image_size}px.pt"
-    key = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:16]
-    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return [os.path.join(data_dir, name), os.path.join(home, "same-accuracy", f"{key}-{image_size}px.pt")]
-
-
-def _read_cache(path, fingerprint):
-    """The cached tensors if `path` holds this fingerprint's; a corrupt file is reported and ignored."""
-    if not os.path.exists(path):
-        return None
-    try:  # memory-mapped: ImageNet-200's cache (9.6 GB at 112x112) is read from disk as needed, not copied
-        blob = torch.load(path, weights_only=True, mmap=True)
-        if blob.get("fingerprint") != fingerprint:
-            return None  # the folder changed since: decode again
-        return (blob["train_x"], blob["train_y"]), (blob["test_x"], blob["test_y"]), blob["classes"]
-    except Exception as e:  # noqa: BLE001 - truncated or garbage: rebuilding it is always right
-        print(f"note: the decoded-data cache {path} is unreadable ({type(e).__name__}); rebuilding it",
-              file=sys.stderr)
-        return None
-
-
-def _write_cache(paths, blob):
-    """Atomically into the first writable place (a killed first load never leaves a half-written cache)."""
-    for i, path in enumerate(paths):
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-        except (OSError, RuntimeError):  # torch.save reports a read-only folder as RuntimeError
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
-            continue
-        if i > 0:
-            print(f"note: {paths[0]} is not writable; cached the decoded images in {path}", file=sys.stderr)
-        return
-    print(f"note: no writable place for the decoded-image cache ({', '.join(paths)}); decoding on every load",
-          file=sys.stderr)
-
-
-def _load_folder(data_dir, image_size):
-    listing, fingerprint = _listing(data_dir), hashlib.sha256(str(image_size).encode())
-    for split in ("train", "test"):
-        root, _, files = listing[split]
-        for rel, _ in files:  # names, sizes and times: a changed folder invalidates the cache
-            st = os.stat(os.path.join(root, rel))
-            fingerprint.update(f"{split}/{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
-    if listing["train"][1] != listing["test"][1]:
-        raise ValueError(f"train and test class folders differ under {data_dir}")
-    fingerprint = fingerprint.hexdigest()
-    caches = cache_paths(data_dir, image_size)
-    for cache in caches:
-        found = _read_cache(cache, fingerprint)
-        if found is not None:
-            return found
-    out = {"fingerprint": fingerprint, "classes": listing["train"][1]}
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for split in ("train", "test"):
-            root, _, files = listing[split]
-            jobs = [(os.path.join(root, rel), image_size) for rel, _ in files]
-            # written image by image into one array: the decoded set is in memory once, not twice (a list of
-            # images and their stack), and the cache is written from it (memory: README "Other datasets")
-            x = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
-            for i, img in enumerate(pool.map(_decode, jobs, chunksize=256)):
-                x[i] = img.transpose(2, 0, 1)  # HWC -> CHW
-            out[f"{split}_x"] = torch.from_numpy(x)  # [N,3,S,S]
-            out[f"{split}_y"] = torch.tensor([k for _, k in files], dtype=torch.int64)
-    _write_cache(caches, out)
-    return (out["train_x"], out["train_y"]), (out["test_x"], out["test_y"]), out["classes"]
 
 
 def load_for_split(name, data_dir, split, image_size=32, download=True):
     """The data a split trains on: load_dataset's for a class split. For a domain split (Sec. 4.3) each
-    data_dir/<domain> is a folder dataset (train/ and test/, or class folders cut by seeded_split), all with
+    data_dir/<domain> is a folder dataset (train/ and test/, or class folders cut by folder.seeded_split), all with
     the same classes, concatenated in the split's order, with a third tensor: the domain of each example.
     Returns ((x, y[, domain]), (test_x, test_y[, test_domain]), class_names)."""
     domains = parse_domains(split)
@@ -238,7 +76,7 @@ def load_for_split(name, data_dir, split, image_size=32, download=True):
             raise ValueError(f"domain folder {os.path.join(data_dir, dom)} not found")
     parts = []
     for dom in domains:
-        parts.append(_load_folder(os.path.join(data_dir, dom), image_size))
+        parts.append(load_folder(os.path.join(data_dir, dom), image_size))
         if parts[-1][2] != parts[0][2]:
             raise ValueError(f"domains {domains[0]} and {dom} have different class folders")
 
@@ -262,7 +100,7 @@ def num_classes_of(name, data_dir, split=None):
     if os.path.isdir(os.path.join(root, "train")):
         root = os.path.join(root, "train")
     subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
-    return None if not subdirs or _holds_domains(root, subdirs) else len(subdirs)  # None: loading says why
+    return None if not subdirs or holds_domains(root, subdirs) else len(subdirs)  # None: loading says why
 
 
 def identity(train, test, class_names, domains=None):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import data as D
+import folder
 import plans
 import reproduce
 import speedup
@@ -52,13 +53,13 @@ def test_domain_split_notation():
 
 def test_seeded_split_is_per_class_fixed_and_independent_of_other_classes():
     files = [(f"c{k}/{i:03d}.jpg", k) for k in range(3) for i in range(10)]
-    train_f, test_f = D.seeded_split(files)
+    train_f, test_f = folder.seeded_split(files)
     assert len(test_f) == 3 * 2 and len(train_f) == 3 * 8  # 20% of each class
     assert not {r for r, _ in train_f} & {r for r, _ in test_f}
-    assert (train_f, test_f) == D.seeded_split(list(reversed(files)))  # the listing's order does not matter
+    assert (train_f, test_f) == folder.seeded_split(list(reversed(files)))  # the listing's order does not matter
     # a class removed: every other class keeps its test images (seeded by the class's name)
-    assert [t for t in test_f if t[1] != 1] == D.seeded_split([f for f in files if f[1] != 1])[1]
-    assert D.seeded_split([("c0/a.jpg", 0)]) == ([("c0/a.jpg", 0)], [])  # a lone image trains
+    assert [t for t in test_f if t[1] != 1] == folder.seeded_split([f for f in files if f[1] != 1])[1]
+    assert folder.seeded_split([("c0/a.jpg", 0)]) == ([("c0/a.jpg", 0)], [])  # a lone image trains
 
 
 @pytest.fixture(scope="module")
