@@ -174,6 +174,32 @@ def test_fig11_image_from_a_real_checkpoint(runs):
     assert np.array_equal(img, bits[:, order].T.numpy()[rows])
 
 
+
+def test_fig11_summary_cut_offs_by_hand(tmp_path):
+    """Fig. 11's numbers on 40 examples with distinct learning speeds: the example perm[j] is correct in the first
+    j of 40 epochs, so the speeds in ascending order are 0/40, 1/40, ..., 39/40, k = floor(0.1 * 40) = 4, the
+    hardest cut-off is the 4th lowest (3/40), the easiest the 4th highest (36/40), the mean 19.5/40."""
+    import types
+
+    import report_analysis
+
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    ls = LearningSpeed(40)
+    for epoch in range(40):
+        correct = torch.zeros(40, dtype=torch.bool)
+        correct[perm[epoch + 1:]] = True  # perm[j] is correct in epochs 0..j-1
+        ls.record_epoch(correct)
+    (tmp_path / "old").mkdir()
+    torch.save({"learning_speed": ls.state_dict()}, tmp_path / "old" / "ckpt.pt")
+    md, rows = report_analysis.fig11([str(tmp_path / "old")], types.SimpleNamespace(split="4+2"), str(tmp_path),
+                                     str(tmp_path))
+    val = {r.split(",")[3]: float(r.split(",")[4]) for r in rows}
+    assert val == {"n": 40, "epochs": 40, "k": 4, "hard_cutoff": 3 / 40, "easy_cutoff": 36 / 40,
+                   "mean_learning_speed": pytest.approx(19.5 / 40)}
+    assert "learning speed <= 0.075; easiest cut-off: >= 0.900; never learned (0): 2.5%; correct at every epoch " \
+           "(1): 0.0%;" in " ".join(md)
+
+
 ARGS = TINY[:-3] + ["--seeds", "2", "--iters", "10", "--eval-every", "2", "--device", "cpu"]
 
 
@@ -199,13 +225,30 @@ def test_analysis_plan_end_to_end(tmp_path, capsys):
     for lab, name in (("continuous+gradnorms", "Naive"), ("scratch", "Scratch")):
         ev = [lines(runs / f"seed{s}" / lab, "eval") for s in (0, 1)]
         test = {a["iter"]: (a["test_loss"] + b["test_loss"]) / 2 for a, b in zip(*ev)}
+        train_loss = {a["iter"]: (a["loss"] + b["loss"]) / 2 for a, b in zip(*ev) if a["iter"] > 0}
+        assert list(test) == [0, 2, 4, 6, 8, 10] and list(train_loss) == [2, 4, 6, 8, 10]
         for i, v in test.items():
             assert val["fig15", lab, str(i), "test_loss"] == pytest.approx(v, rel=1e-5)
             assert (("fig15", lab, str(i), "train_loss") in val) == (i > 0)
+        for i, v in train_loss.items():
+            assert val["fig15", lab, str(i), "train_loss"] == pytest.approx(v, rel=1e-5)
+        # the row: min test loss (its iteration), the first evaluation within 5% of it, final test and train loss
         best = min(test, key=lambda i: (test[i], i))
-        assert f"| {name} | 2 | {test[best]:.4f} ({best}) |" in md
-    # Fig. 11: the first seed's old model, its 40 old examples, 10% cut-offs
-    assert val["fig11", "old", "", "n"] == 40 and val["fig11", "old", "", "k"] == 4
+        near = next(i for i in sorted(test) if test[i] <= 1.05 * test[best])
+        assert f"| {name} | 2 | {test[best]:.4f} ({best}) | {near} | {test[10]:.4f} | {train_loss[10]:.4f} |" in md
+    # Fig. 11: the first seed's old model, its 40 old examples over 4 epochs (10 iterations of 16), 10% cut-offs;
+    # learning speeds recomputed from the checkpoint's per-epoch bits, sorted ascending (hardest first)
+    state = torch.load(runs / "seed0" / "old" / "ckpt.pt", weights_only=True)["learning_speed"]
+    bits = unpack_bits(state["correct_by_epoch"], 40).float()  # [E, 40]
+    speed = bits.mean(0)
+    ranked = speed.sort().values
+    assert bits.shape[0] == 4 and val["fig11", "old", "", "n"] == 40 and val["fig11", "old", "", "k"] == 4
+    assert val["fig11", "old", "", "epochs"] == 4
+    assert val["fig11", "old", "", "hard_cutoff"] == pytest.approx(float(ranked[3]))  # the 4th hardest
+    assert val["fig11", "old", "", "easy_cutoff"] == pytest.approx(float(ranked[36]))  # the 4th easiest
+    assert val["fig11", "old", "", "mean_learning_speed"] == pytest.approx(float(speed.mean()), rel=1e-6)
+    assert f"hardest (top) and 4 easiest (bottom). Hardest cut-off: learning speed <= {float(ranked[3]):.3f}; " \
+           f"easiest cut-off: >= {float(ranked[36]):.3f}; never learned (0): {float((speed == 0).float().mean()):.1%}" in md
     # resumable: nothing runs again; the old and scratch runs are Table 1's (same name, same command)
     capsys.readouterr()
     assert reproduce.main(argv) == 0
