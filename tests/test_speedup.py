@@ -97,6 +97,22 @@ def test_target_final_uses_the_last_accuracy():
     assert speedup(IT, ref, IT, fast, 100, target="final") == 300 / 100  # final: 58, at 300 and 100
 
 
+
+def test_cli_target_final(tmp_path, capsys):
+    """--target final on the command line: a_scratch is the reference's last accuracy (58), not its maximum (60)."""
+    runs = [write_run(tmp_path / f"s{k}", "scratch", k, [10, 40, 55, 60, 58]) for k in (0, 1)]
+    runs += [write_run(tmp_path / f"o{k}", "ours", k, [30, 59.5, 61, 62, 62]) for k in (0, 1)]
+
+    def ours_row(*flags):
+        assert main(runs + ["--reference", "scratch", *flags]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| ours |"))
+        return [c.strip() for c in row.split("|")[2:-1]]
+
+    # max: 60 at 300 (scratch) and 200 (ours); 59.4 at 300 and 100; seconds are iterations / 100 here
+    assert ours_row()[2:] == ["x3.00", "x1.50", "x3.00", "x1.50"]
+    # final: 58 (57.42) at 300 (scratch) and at 100 (ours, 59.5)
+    assert ours_row("--target", "final")[2:] == ["x3.00", "x3.00", "x3.00", "x3.00"]
+
 def test_cli_refuses_mixed_configs_and_missing_reference(tmp_path, capsys):
     a = write_run(tmp_path / "a", "ours", 0, [1, 2, 3, 4, 5], group={"lr": 1})
     b = write_run(tmp_path / "b", "ours", 1, [1, 2, 3, 4, 5], group={"lr": 2})
