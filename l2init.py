@@ -31,8 +31,12 @@ def l2_init_penalty(model: nn.Module, anchor: dict, lam: float = 0.01) -> torch.
     params, anchors = paired(model, anchor)
     if not params:
         return torch.zeros((), device=next(model.parameters()).device)
-    diffs = torch._foreach_sub(params, anchors)
-    norms = torch._foreach_norm(diffs)  # one fused reduction per tensor list
+    return paired_penalty(params, anchors, lam)
+
+
+def paired_penalty(params: list, anchors: list, lam: float = 0.01) -> torch.Tensor:
+    """lambda * sum_i ||params[i] - anchors[i]||^2 (Eq. 5) of non-empty lists as paired() makes them."""
+    norms = torch._foreach_norm(torch._foreach_sub(params, anchors))  # one fused reduction per tensor list
     return lam * torch.stack(norms).pow(2).sum()  # Eq. 5
 
 

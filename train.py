@@ -26,7 +26,7 @@ import torch
 
 import analysis
 import data as D
-from l2init import paired, snapshot
+from l2init import paired, paired_penalty, snapshot
 from resnet import STEMS, grow_head, resnet18, stem_for
 from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
@@ -497,8 +497,7 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
         hit = pred == test_y
         model.train()
         counts = torch.stack([(masks & hit).sum(1), masks.sum(1)]).flatten().double()  # exact in float64
-        penalty = torch.zeros((), device=loader.device) if reg is None else \
-            args.reg_lambda * torch.stack(torch._foreach_norm(torch._foreach_sub(*reg))).pow(2).sum()  # Eq. 5
+        penalty = torch.zeros((), device=loader.device) if reg is None else paired_penalty(*reg, args.reg_lambda)
         *counts, loss_total, penalty = torch.cat([counts, torch.stack([loss_total, penalty]).double()]).tolist()
         hits, counts = counts[:len(masks)], counts[len(masks):]
         # exact percentages from integer counts (float32 means print as 34.99999)
