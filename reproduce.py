@@ -50,14 +50,15 @@ def train_argv(run, args, runs_dir):
 
 
 def check_runs(runs, args, runs_dir, num_classes):
-    """train.py's own checks (train.check_config) over every planned run, once, before the first: bad input
+    """train.py's own checks (checks.check_config) over every planned run, once, before the first: bad input
     is one line here, not N failed runs. num_classes may be None (not known before the data is there)."""
+    import checks
     import train
 
     for r in runs:
         try:
-            train.check_config(train.parse_or_raise(train_argv(r, args, runs_dir)), num_classes)
-        except train.UsageError as e:
+            checks.check_config(train.parse_or_raise(train_argv(r, args, runs_dir)), num_classes)
+        except checks.UsageError as e:
             die(f"{r.name}: {e}")
 
 
@@ -362,12 +363,12 @@ def print_lines(lines):
 
 
 def check_writable(*folders):
-    import train
+    import checks
 
     for flag, path in folders:
         try:
-            train.check_out_writable(path, flag)
-        except train.UsageError as e:
+            checks.check_out_writable(path, flag)
+        except checks.UsageError as e:
             die(str(e))
 
 
@@ -420,12 +421,12 @@ def main(argv=None):
 
 
 def check_devices(args):
-    import train
+    import checks
 
     for slot in sorted(set(slot_device(s, args) for s in args.slots)):
         try:
-            train.resolve_device(slot)
-        except train.UsageError as e:
+            checks.resolve_device(slot)
+        except checks.UsageError as e:
             die(str(e))
 
 

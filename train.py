@@ -5,12 +5,12 @@
         --reg l2init --sampler easy_hard --schedule-scale 0.25 --out runs/ours   # all four methods (Table 1)
     python train.py --task 1 --out runs/scratch                               # the scratch reference
 
-Reads like a recipe: configuration (argparse, the paper's defaults of App. A.2), data (data.py), the
-starting point (Sec. 3.1, shrink_perturb.py), the objective (Sec. 3.2, l2init.py), the batches (Sec. 3.3,
-sampler.py), the learning rate (Sec. 3.4, schedule.py), then the loop over the training step (step.py). A run
-records the learning speed of all its training examples (Eq. 6) so that the next task can sample by it (unless
---learning-speed off), and writes log.jsonl (header, one line per evaluation, summary) and ckpt.pt into --out,
-both atomically.
+Reads like a recipe: configuration (argparse, the paper's defaults of App. A.2; checks.py refuses bad input in
+one line), data (data.py), the starting point (Sec. 3.1, shrink_perturb.py), the objective (Sec. 3.2, l2init.py),
+the batches (Sec. 3.3, sampler.py), the learning rate (Sec. 3.4, schedule.py), then the loop over the training
+step (step.py). A run records the learning speed of all its training examples (Eq. 6) so that the next task can
+sample by it (unless --learning-speed off), and writes log.jsonl (header, one line per evaluation, summary) and
+ckpt.pt into --out, both atomically.
 """
 import argparse
 import json
@@ -25,6 +25,7 @@ import types
 import torch
 
 import analysis
+from checks import UsageError, check_task, load_old, lock_run, resolve_device, unlock_run, validate
 import data as D
 from l2init import paired, paired_penalty, snapshot
 from resnet import STEMS, grow_head, resnet18, stem_for
@@ -42,10 +43,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "cuda_graph", "label", "data_dir",
               "old_ckpt", "stop_at_acc_of", "download", "quiet", "grad_norms")
 AMP = {"bf16": torch.bfloat16, "fp32": None}  # autocast dtype of the forward pass (None: plain fp32)
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr with exit code 2."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -158,146 +155,6 @@ def default_label(args):
     return " + ".join(parts)
 
 
-FLOATS = {"sp_alpha": (0, 1), "sp_beta": (0, None), "reg_lambda": (0, None), "eh_c": (0, 1), "eh_r": (0, None),
-          "lr": (0, None), "lr_min": (0, None)}  # closed ranges [lo, hi]; schedule_scale is checked as > 0
-
-
-def check_config(args, num_classes=None):
-    """train.py's checks of a configuration that touch no file: the one source of truth that reproduce.sh
-    also runs over every planned run before the first. num_classes (if known) checks the split and task."""
-    for name, (lo, hi) in FLOATS.items():  # inf and nan pass every comparison-free path: refuse them first
-        v, flag = getattr(args, name), "--" + name.replace("_", "-")
-        if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
-            raise UsageError(f"{flag} must be a finite number in [{lo}, {'inf)' if hi is None else f'{hi}]'}, "
-                             f"got {v}")
-    checks = [
-        (args.dataset in D.DATASETS, f"unknown dataset '{args.dataset}' (choose from {', '.join(D.DATASETS)})"),
-        (math.isfinite(args.schedule_scale) and args.schedule_scale > 0,
-         f"--schedule-scale must be a finite number > 0, got {args.schedule_scale}"),
-        (args.iters > 0, f"--iters must be > 0, got {args.iters}"),
-        (args.batch_size > 0, f"--batch-size must be > 0, got {args.batch_size}"),
-        (args.lr > 0 and args.lr_min <= args.lr,
-         f"need 0 <= --lr-min <= --lr and --lr > 0, got {args.lr_min}, {args.lr}"),
-        (args.eval_every > 0, f"--eval-every must be > 0, got {args.eval_every}"),
-        (args.width > 0 and args.image_size > 0, "--width and --image-size must be > 0"),
-        (args.dataset == "folder" or args.image_size == 32,
-         f"--image-size {args.image_size}: {args.dataset} images are 32x32 (the size is for folder datasets)"),
-        (args.task >= 0, f"--task must be >= 0, got {args.task}"),
-        (not (args.sp and args.init != "scratch"),
-         "--sp is for --init scratch (use --init shrink_perturb to continue)"),
-        (args.init == "scratch" or args.old_ckpt, f"--init {args.init} needs --old-ckpt (the task-1 checkpoint)"),
-        (args.init == "scratch" or args.task > 0, f"--init {args.init} needs --task >= 1 (task 0 has no old model)"),
-        (args.sampler == "uniform" or args.task > 0,
-         f"--sampler {args.sampler} needs --task >= 1 (no old examples at task 0)"),
-        (args.sampler != "easy_hard" or args.old_ckpt,
-         "--sampler easy_hard needs --old-ckpt (learning speed of the old examples)"),
-        (args.sampler != "old_new" or args.batch_size >= 2, "--sampler old_new needs --batch-size >= 2"),
-        (not (args.compile and args.cuda_graph), "--compile and --cuda-graph: choose one"),
-        (args.out.strip() != "", "--out is empty"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise UsageError(msg)
-    try:  # the split's syntax always; its size and the task's range once the class count is known
-        n_tasks = D.num_tasks(args.split, num_classes if num_classes is not None else 10 ** 9)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if D.parse_domains(args.split) and args.dataset != "folder":
-        raise UsageError(f"the domain split {args.split} needs --dataset folder (data-dir/<domain>/<class>/*)")
-    if args.task >= n_tasks:
-        raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{n_tasks - 1}")
-
-
-def check_out_writable(path, flag="--out"):
-    """That `path` is, or can be made, a folder we can write into, without creating anything (bad input must
-    leave no trace): the nearest existing ancestor decides."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{flag} {path} exists and is not a folder")
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise UsageError(f"cannot create {flag} {path}: {probe} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):  # also false on a read-only mount (EROFS)
-        raise UsageError(f"cannot write into {flag} {path}: {probe} is not writable")
-
-
-def validate(args):
-    """Everything that can be checked before the data is loaded: the configuration, --out, a finished run."""
-    check_config(args, D.num_classes_of(args.dataset, args.data_dir, args.split))
-    check_out_writable(args.out)
-    if is_finished(args.out) and not args.overwrite:
-        raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
-
-
-def lock_run(out, overwrite=False):
-    """Make --out and lock it for this process (out/.lock, flock: the kernel drops it when the process dies,
-    however it dies, so a stale lock file is simply taken over). Returns the handle for unlock_run.
-
-    Two processes training into one folder would both write log.jsonl.part and corrupt it; the second
-    gets a one-line error instead. The finished-run check is repeated under the lock: another process may
-    have finished this run since validate()."""
-    import fcntl
-
-    try:
-        os.makedirs(out, exist_ok=True)
-        path = os.path.join(out, ".lock")
-        while True:
-            f = open(path, "a+")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "?"
-                f.close()
-                raise UsageError(f"{out} is in use by another training process (pid {holder})") from None
-            if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
-                break
-            f.close()  # the holder removed the file as we opened it: lock the new one
-    except OSError as e:
-        raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    if is_finished(out) and not overwrite:
-        unlock_run(f)
-        raise UsageError(f"{out} already holds a finished run (use --overwrite to replace it)")
-    return f
-
-
-def unlock_run(handle):
-    """Remove the lock file while holding it (a process waiting on the old file re-checks: see lock_run)."""
-    try:
-        os.remove(handle.name)
-    except OSError:
-        pass
-    handle.close()
-
-
-def check_task(args, d):
-    """Checks that need the task's data: a batch must fit in it (uniform sampling draws each batch without
-    replacement from one stream of epochs, so a larger batch would repeat examples within the batch)."""
-    if args.batch_size > len(d.y):
-        raise UsageError(f"--batch-size {args.batch_size} is larger than task {args.task}'s training data "
-                         f"({len(d.y)} examples)")
-
-
-def resolve_device(name):
-    """The torch.device of --device (auto: a GPU if there is one)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device '{name}'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA device is available")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
-    return dev
-
-
 def settle_for_device(args, dev):
     """--amp auto and --cuda-graph for the device, --stem auto for the image size, and the default label,
     written into args so that the log records what ran."""
@@ -310,36 +167,6 @@ def settle_for_device(args, dev):
             print("train.py: --cuda-graph needs a GPU; running the same step eagerly", flush=True)
         args.cuda_graph = False
     args.label = args.label or default_label(args)
-
-
-def load_old(path, args, task, ident):
-    """The task-1 checkpoint, after checking that it belongs to this run's lineage and data (ident: the
-    dataset's identity, data.identity)."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        need = ("model", "init", "learning_speed", "index", "class_order", "groups", "dataset", "task", "width")
-        missing = [k for k in need if k not in ckpt]
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-    if missing:
-        raise UsageError(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
-    if "data" not in ckpt:
-        raise UsageError(f"checkpoint {path} records no dataset identity (made by an older train.py); train "
-                         "that model again")
-    for key, mine in (("dataset", args.dataset), ("groups", task["groups"]), ("class_order", task["order"]),
-                      ("class_names", ident["class_names"]), ("width", args.width),
-                      ("image_size", args.image_size), ("stem", args.stem)):
-        if ckpt.get(key, "cifar" if key == "stem" else None) != mine:  # checkpoints before --stem: cifar
-            raise UsageError(f"checkpoint {path} is from a different {key.replace('_', ' ')} "
-                             f"({str(ckpt.get(key))[:60]} vs {str(mine)[:60]})")
-    if ckpt["data"] != ident:
-        raise UsageError(f"checkpoint {path} was trained on other data (the images, labels or counts differ: "
-                         f"sha256 {ckpt['data'].get('sha256', '?')[:12]} vs {ident['sha256'][:12]})")
-    if ckpt["task"] != args.task - 1:
-        raise UsageError(f"checkpoint {path} is of task {ckpt['task']}, task {args.task} needs task {args.task - 1}")
-    return ckpt
 
 
 def git_commit():
@@ -367,11 +194,7 @@ def load_task(args):
         order = D.class_order(len(class_names), args.split_seed)
         d = D.task_data(train, test, groups, order, args.task)
     check_task(args, d)
-    old = load_old(args.old_ckpt, args, {"groups": groups, "order": order}, ident) if args.old_ckpt else None
-    if old is not None and not torch.equal(old["index"], d.index[d.is_old]):
-        raise UsageError(f"checkpoint {args.old_ckpt} was trained on other examples than this task's old data")
-    if args.sampler == "easy_hard" and old["config"].get("learning_speed") == "off":
-        raise UsageError(f"checkpoint {args.old_ckpt} recorded no learning speed (it ran --learning-speed off)")
+    old = load_old(args, groups, order, ident, d.index[d.is_old]) if args.old_ckpt else None
     if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any() and not args.quiet:
         print(f"train.py: note: {args.old_ckpt} trained less than one epoch, so no example has a learning speed "
               "and easy/hard sampling leaves every weight at 1", flush=True)
@@ -554,17 +377,24 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
     return best, acc, it + 1, time.perf_counter() - t0, train_seconds, record_seconds
 
 
-def record_learning_speed(model, loader, speed, amp):
-    """Eq. 6's f^i at the end of an epoch: every training image, unaugmented, classified in eval mode. Returns
-    its seconds (with a GPU sync on each side, once an epoch), which the caller keeps out of training time."""
-    sync = torch.cuda.synchronize if loader.device.type == "cuda" else (lambda device: None)
-    sync(loader.device)
+def timed_eval(model, device, fn):
+    """fn() with the model in eval mode; returns (its result, its seconds). A GPU sync on each side: the steps
+    queued before it are training time, not its own (the caller keeps these seconds out of training time)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda device: None)
+    sync(device)
     t = time.perf_counter()
     model.eval()
-    speed.record_epoch(D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y)
+    out = fn()
     model.train()
-    sync(loader.device)
-    return time.perf_counter() - t
+    sync(device)
+    return out, time.perf_counter() - t
+
+
+def record_learning_speed(model, loader, speed, amp):
+    """Eq. 6's f^i at the end of an epoch: every training image, unaugmented, classified in eval mode. Returns
+    its seconds."""
+    predict = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp)  # noqa: E731
+    return timed_eval(model, loader.device, lambda: speed.record_epoch(predict() == loader.y))[1]
 
 
 def grad_norm_probe(args, task, model, loader, log):
@@ -580,15 +410,11 @@ def grad_norm_probe(args, task, model, loader, log):
     def probe(it):
         if it not in at:
             return 0.0
-        if loader.device.type == "cuda":  # the steps queued before it are training time, not the probe's
-            torch.cuda.synchronize(loader.device)
-        t = time.perf_counter()
-        model.eval()  # BatchNorm's running statistics: one example's gradient is its own (analysis.py)
-        rec = analysis.grad_norm_summary(model, x, y, n_old, d.num_classes)
-        model.train()
-        log({"event": "grad_norms", "iter": it, **rec, "num_old_classes": d.num_old_classes,
-             "seconds": time.perf_counter() - t})
-        return time.perf_counter() - t
+        # eval mode: BatchNorm's running statistics, so one example's gradient is its own (analysis.py)
+        rec, seconds = timed_eval(model, loader.device,
+                                  lambda: analysis.grad_norm_summary(model, x, y, n_old, d.num_classes))
+        log({"event": "grad_norms", "iter": it, **rec, "num_old_classes": d.num_old_classes, "seconds": seconds})
+        return seconds
 
     return probe
 
