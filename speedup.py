@@ -46,15 +46,18 @@ def reference_accuracy(accs, target="max"):
     return max(accs) if target == "max" else accs[-1]
 
 
+def reach(ref_iters, ref_accs, iters, accs, r=100, target="max"):
+    """Eq. 2's two iteration counts: (s(f_scratch, a_scratch), s(f, r/100 * a_scratch)); None where not reached."""
+    a_ref = reference_accuracy(ref_accs, target)
+    return iterations_to_reach(ref_iters, ref_accs, a_ref), iterations_to_reach(iters, accs, r / 100 * a_ref)
+
+
 def speedup(ref_iters, ref_accs, iters, accs, r=100, target="max"):
     """Eq. 2: L_r of a run (iters, accs) against the reference run; None where the target is not reached.
 
     A run at the target before any training (iteration 0) has an infinite speed-up (1 if the reference's best
     is its starting point too)."""
-    a_ref = reference_accuracy(ref_accs, target)
-    num = iterations_to_reach(ref_iters, ref_accs, a_ref)
-    den = iterations_to_reach(iters, accs, r / 100 * a_ref)
-    return ratio(num, den)
+    return ratio(*reach(ref_iters, ref_accs, iters, accs, r, target))
 
 
 def ratio(num, den):
@@ -65,19 +68,13 @@ def ratio(num, den):
     return num / den
 
 
-def cost_at(iters, costs, it):
-    """The cost (e.g. cumulative training seconds) logged at iteration `it`."""
-    return costs[list(iters).index(it)]
-
-
 def speedup_cost(ref_iters, ref_accs, ref_costs, iters, accs, costs, r=100, target="max"):
-    """Eq. 2 with each side's iteration count replaced by its logged cost (seconds) at that iteration."""
-    a_ref = reference_accuracy(ref_accs, target)
-    num_it = iterations_to_reach(ref_iters, ref_accs, a_ref)
-    den_it = iterations_to_reach(iters, accs, r / 100 * a_ref)
-    if den_it is None:
+    """Eq. 2 with each side's iteration count replaced by its logged cost (e.g. cumulative training seconds) at
+    that iteration."""
+    num, den = reach(ref_iters, ref_accs, iters, accs, r, target)
+    if den is None:
         return None
-    return ratio(cost_at(ref_iters, ref_costs, num_it), cost_at(iters, costs, den_it))
+    return ratio(ref_costs[list(ref_iters).index(num)], costs[list(iters).index(den)])
 
 
 def mean_se(values):
@@ -235,15 +232,11 @@ def to_markdown(rows, rs=(99, 100)):
 
 
 def to_csv(rows, rs=(99, 100)):
-    cols = ["label", "n", "max_acc", "max_acc_se"] + [f"L{r}" for r in rs] + [f"L{r}_seconds" for r in rs] + \
-        [f"L{r}_fragile" for r in rs]
-    lines = [",".join(cols)]
-    for row in rows:
-        vals = [row[c] for c in cols]
-        lines.append(",".join('"%s"' % v.replace('"', '""') if isinstance(v, str) else ("" if v is None else
-                                                                                             f"{v:.6g}")
-                              for v in vals))
-    return "\n".join(lines) + "\n"
+    cols = ["label", "n", "max_acc", "max_acc_se"] + [f"L{r}{kind}" for kind in ("", "_seconds", "_fragile")
+                                                      for r in rs]
+    cell = lambda v: ('"%s"' % v.replace('"', '""') if isinstance(v, str)  # noqa: E731
+                      else "" if v is None else f"{v:.6g}")
+    return "\n".join([",".join(cols)] + [",".join(cell(row[c]) for c in cols) for row in rows]) + "\n"
 
 
 def replace_atomic(path, write):
