@@ -25,15 +25,17 @@ def collect(runs, runs_dir):
     return S.group_runs(finished(runs, runs_dir))
 
 
-def cells(st, paper=None):
-    """Markdown cells Max Acc, L99, L100 (with the paper's value in brackets when given)."""
+def cells(st, paper=None, seconds=False):
+    """Markdown cells Max Acc, L99, L100 (with the paper's value in brackets when given); with seconds, then L99
+    and L100 in training seconds."""
     if st is None:
-        return ["(not run)"] * 3
+        return ["(not run)"] * 3 + ["-"] * 2 * seconds
     ours = [f"{st['max_acc']:.2f} ± {st['max_acc_se']:.2f}", S.fmt_speedup(st["L99"], st["L99_fragile"]),
             S.fmt_speedup(st["L100"], st["L100_fragile"])]
-    if paper is None:
-        return ours
-    return [f"{ours[0]} ({paper[0]:.2f})"] + [f"{o} ({S.fmt_speedup(p)})" for o, p in zip(ours[1:], paper[1:])]
+    secs = [S.fmt_speedup(st[f"L{r}_seconds"], st[f"L{r}_fragile"]) for r in (99, 100)] * seconds
+    if paper is not None:
+        ours = [f"{ours[0]} ({paper[0]:.2f})"] + [f"{o} ({S.fmt_speedup(p)})" for o, p in zip(ours[1:], paper[1:])]
+    return ours + secs
 
 
 def csv_values(xs):
@@ -105,8 +107,7 @@ def report_sections(runs, args, runs_dir, results_dir):
                "|" + "---|" * 6]
         for row, label, paper in sec.rows:
             st = S.row_stats(groups, label, sec.reference, target=args.target)
-            secs = [S.fmt_speedup(st[f"L{r}_seconds"], st[f"L{r}_fragile"]) if st else "-" for r in (99, 100)]
-            md.append("| " + " | ".join([row] + cells(st, paper) + secs) + " |")
+            md.append("| " + " | ".join([row] + cells(st, paper, seconds=True)) + " |")
             csv.append(csv_line([sec.key, row, label], st, paper))
         md.append("")
         fig = f"{name}_{sec.key.replace('+', '-')}.png" if len(sections) > 1 else f"{name}.png"
@@ -216,8 +217,7 @@ def report_fig7(runs, args, runs_dir, results_dir):
             md.append(f"| {row} | (not run) |" + " |" * 6)
             continue
         final = [float(np.mean([ev[-1][k] for _, ev in groups[label]])) for k in ("acc_old", "acc_new")]
-        secs = [S.fmt_speedup(st[f"L{r}_seconds"], st[f"L{r}_fragile"]) for r in (99, 100)]
-        md.append("| " + " | ".join([row] + cells(st) + secs + [f"{a:.2f}" for a in final]) + " |")
+        md.append("| " + " | ".join([row] + cells(st, seconds=True) + [f"{a:.2f}" for a in final]) + " |")
         csv.append(csv_values([row, label] + [st[k] for k in STATS] + final))
     naive, ours = stats["continuous"], stats[P.OURS]
     if naive and ours:
