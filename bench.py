@@ -95,9 +95,13 @@ def matmul_tflops(device, repeats=5):
 def setup_seconds(device, n_train=50000):
     """What train.py does before its first step that scales with the data: channel statistics of the whole
     training set and the move of the uint8 images to the device."""
-    x = torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8)
-    return median_ms(lambda: D.Loader(x, torch.zeros(n_train, dtype=torch.int64), device,
-                                      **dict(zip(("mean", "std"), D.channel_stats(x, device)))), 1, 1, device) / 1000
+    x, y = torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8), torch.zeros(n_train, dtype=torch.int64)
+
+    def setup():
+        mean, std = D.channel_stats(x, device)
+        D.Loader(x, y, device, mean=mean, std=std)
+
+    return median_ms(setup, 1, 1, device) / 1000
 
 
 def median_ms(fn, n, repeats, device):
@@ -176,8 +180,8 @@ def time_typical(args, device):
     rng = np.random.default_rng(0)  # random images: no download; the per-image cost is the same
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))])
-    ds = ArrayCIFAR(rng.integers(0, 256, (50000, 32, 32, 3), dtype=np.uint8),
-                    rng.integers(0, args.classes, 50000).tolist(), tf)
+    n = 50000  # CIFAR-100's training set
+    ds = ArrayCIFAR(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, args.classes, n).tolist(), tf)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     dl = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=workers,
                                      pin_memory=device.type == "cuda", drop_last=True,

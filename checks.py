@@ -1,7 +1,7 @@
-"""What train.py refuses before it trains, each as a one-line UsageError (exit code 2, no traceback, nothing
-written): the configuration (check_config, which reproduce.sh also runs over every planned run before the first),
---out (writable, not a finished run, locked for one process), the device, the task's data and the old checkpoint
-(load_old: the same lineage, classes, data and examples).
+"""Checks of train.py's input, each failing as a one-line UsageError (exit code 2, no traceback): the
+configuration (check_config, which reproduce.sh also runs over every planned run before the first), --out
+(writable, not a finished run; lock_run then holds it for one process), the device, the task's data and the old
+checkpoint (load_old: the same lineage, classes, data and examples). All but the lock write nothing.
 """
 import math
 import os
@@ -10,6 +10,7 @@ import torch
 
 import data as D
 from speedup import is_finished
+
 
 class UsageError(Exception):
     """Bad input: reported as one line on stderr with exit code 2."""

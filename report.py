@@ -29,10 +29,10 @@ def cells(st, paper=None, seconds=False):
     """Markdown cells Max Acc, L99, L100 (with the paper's value in brackets when given); with seconds, then L99
     and L100 in training seconds."""
     if st is None:
-        return ["(not run)"] * 3 + ["-"] * 2 * seconds
+        return ["(not run)"] * 3 + (["-", "-"] if seconds else [])
     ours = [f"{st['max_acc']:.2f} ± {st['max_acc_se']:.2f}", S.fmt_speedup(st["L99"], st["L99_fragile"]),
             S.fmt_speedup(st["L100"], st["L100_fragile"])]
-    secs = [S.fmt_speedup(st[f"L{r}_seconds"], st[f"L{r}_fragile"]) for r in (99, 100)] * seconds
+    secs = [S.fmt_speedup(st[f"L{r}_seconds"], st[f"L{r}_fragile"]) for r in (99, 100)] if seconds else []
     if paper is not None:
         ours = [f"{ours[0]} ({paper[0]:.2f})"] + [f"{o} ({S.fmt_speedup(p)})" for o, p in zip(ours[1:], paper[1:])]
     return ours + secs
@@ -78,7 +78,7 @@ def report_table1(runs, args, runs_dir, results_dir):
             label = P.row_label(column, *key)
             st = S.row_stats(groups, label, "scratch", target=args.target)
             row += cells(st, paper[3 * c: 3 * c + 3])
-            secs.append(S.fmt_speedup(st["L100_seconds"]) if st else "-")
+            secs.append(cells(st, seconds=True)[-1])  # L100 in training seconds
             csv.append(csv_line([*key[:3], key[3], column, label], st, paper[3 * c: 3 * c + 3]))
         md.append("| " + " | ".join(row + [" / ".join(secs)]) + " |")
     md += ["", "The paper's Table 1 repeats the Data row's Scratch cells (66.61, x1.54, x1.31) in the Init + Data "

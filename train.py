@@ -393,8 +393,8 @@ def timed_eval(model, device, fn):
 def record_learning_speed(model, loader, speed, amp):
     """Eq. 6's f^i at the end of an epoch: every training image, unaugmented, classified in eval mode. Returns
     its seconds."""
-    predict = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp)  # noqa: E731
-    return timed_eval(model, loader.device, lambda: speed.record_epoch(predict() == loader.y))[1]
+    correct = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y  # noqa: E731
+    return timed_eval(model, loader.device, lambda: speed.record_epoch(correct()))[1]
 
 
 def grad_norm_probe(args, task, model, loader, log):

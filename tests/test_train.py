@@ -219,6 +219,7 @@ def test_exact_learning_speed_is_the_models_prediction_at_each_epoch_end(chain, 
         model.load_state_dict(c["model"])
         pred = model.eval()(((x.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))).argmax(1)
         assert bits[iters].shape == (iters // 5, 180) and torch.equal(bits[iters][-1], pred == y)
+        assert read(run)[-1]["learning_speed_seconds"] > 0  # the passes are timed, apart from training
     assert torch.equal(bits[20][:2], bits[10])  # epoch 2's row of the longer run is the model at iteration 10
 
 
@@ -241,6 +242,19 @@ def test_stop_at_accuracy_of_a_reference_run(chain):
     assert ckpt(run)["summary"]["iters"] == summary["iters"]
 
 
+def test_timed_eval_runs_in_eval_mode_and_returns_its_seconds():
+    import time
+
+    model = torch.nn.BatchNorm1d(2).train()
+
+    def work():
+        time.sleep(0.05)
+        return model.training
+
+    was_training, seconds = train.timed_eval(model, torch.device("cpu"), work)
+    assert was_training is False and model.training and 0.05 <= seconds < 5
+
+
 def test_run_length_follows_the_schedule_switch():
     p = train.build_parser()
     assert train.run_length(p.parse_args(["--iters", "1000", "--schedule-scale", "0.25"])) == 250
@@ -252,7 +266,7 @@ def test_run_length_follows_the_schedule_switch():
 
 def test_easy_hard_refuses_an_old_model_that_recorded_no_learning_speed(chain, capsys):
     off = chain["run"]("old_off", "--task", "0", "--learning-speed", "off", iters=10)
-    assert ckpt(off)["learning_speed"]["seen"].sum() == 0
+    assert ckpt(off)["learning_speed"]["seen"].sum() == 0 and read(off)[-1]["learning_speed_seconds"] == 0
     code = train.cli(COMMON + ["--data-dir", str(chain["root"] / "data"), "--iters", "10", "--task", "1",
                                "--sampler", "easy_hard", "--old-ckpt", str(off / "ckpt.pt"),
                                "--out", str(chain["root"] / "eh_off")])
