@@ -14,6 +14,7 @@ medians over --repeats timings. The README's "Speed" section says what each figu
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -149,10 +150,10 @@ def plan_runs():
 
 
 def plan_seconds(runs, ms, eval_ms):
-    """Projected seconds of plan_runs' runs one at a time: their steps, their evaluations, and the exact
-    learning-speed passes (one eval pass over the N training images per epoch of N / 128 steps: 128 / 10,000
-    of an evaluation per step, whatever N)."""
-    return sum(iters * ms / 1000 + (iters / EVAL_EVERY + 1) * eval_ms / 1000
+    """Projected seconds of plan_runs' runs one at a time: their steps, their evaluations (train.py's: at
+    iteration 0, every EVAL_EVERY and at the end), and the exact learning-speed passes (one eval pass over the
+    N training images per epoch of N / 128 steps: 128 / 10,000 of an evaluation per step, whatever N)."""
+    return sum(iters * ms / 1000 + (math.ceil(iters / EVAL_EVERY) + 1) * eval_ms / 1000
                + records * iters * 128 / 10000 * eval_ms / 1000 for iters, records in runs)
 
 
@@ -285,13 +286,12 @@ def main(argv=None):
             key = f"{method}_{'graph' if graph else 'eager'}"
             ms, eval_ms, peak = time_ours(args, device, method, graph)
             tflops = flops * args.batch_size / (ms / 1000) / 1e12
-            run_s = PAPER_ITERS * ms / 1000 + (PAPER_ITERS // EVAL_EVERY + 1) * eval_ms / 1000
+            run_s = plan_seconds([(PAPER_ITERS, False)], ms, eval_ms)  # one x1 run, no learning-speed pass
             out[key] = {"ms_per_iter": ms, "images_per_s": args.batch_size / ms * 1000, "eval_ms": eval_ms,
                         "tflops": tflops, "pct_ceiling": 100 * tflops / ceiling, "peak_gib": peak, "full_run_s": run_s}
             print(f"{key:14s}: {ms:8.3f} ms/it | {args.batch_size / ms * 1000:9.0f} img/s | {tflops:6.3g} TFLOP/s "
                   f"({100 * tflops / ceiling:4.1f}% of ceiling) | eval {eval_ms:7.1f} ms / 10,000 "
-                  f"| peak {peak:.2f} GiB "
-                  f"| full run {run_s:7.1f} s", flush=True)
+                  f"| peak {peak:.2f} GiB | full run {run_s:7.1f} s", flush=True)
             if method == "ours" and (best is None or ms < best[1]):
                 best = (key, ms, eval_ms, graph)
     key, ms, eval_ms, graph = best

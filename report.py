@@ -38,13 +38,9 @@ def cells(st, paper=None, seconds=False):
     return ours + secs
 
 
-def csv_values(xs):
-    return ",".join("" if x is None else str(x) if isinstance(x, (str, int)) else f"{x:.6g}" for x in xs)
-
-
-def csv_line(keys, st, paper):
+def csv_row(keys, st, paper):
     """CSV row: the row's keys, our STATS, the paper's (Max Acc, L99, L100)."""
-    return csv_values(list(keys) + [st[k] if st else None for k in STATS] + list(paper or [None] * 3))
+    return S.csv_line(list(keys) + [st[k] if st else None for k in STATS] + list(paper or [None] * 3))
 
 
 def write(results_dir, name, title, args, md, csv, speedups=True):
@@ -79,7 +75,7 @@ def report_table1(runs, args, runs_dir, results_dir):
             st = S.row_stats(groups, label, "scratch", target=args.target)
             row += cells(st, paper[3 * c: 3 * c + 3])
             secs.append(cells(st, seconds=True)[-1])  # L100 in training seconds
-            csv.append(csv_line([*key[:3], key[3], column, label], st, paper[3 * c: 3 * c + 3]))
+            csv.append(csv_row([*key[:3], key[3], column, label], st, paper[3 * c: 3 * c + 3]))
         md.append("| " + " | ".join(row + [" / ".join(secs)]) + " |")
     md += ["", "The paper's Table 1 repeats the Data row's Scratch cells (66.61, x1.54, x1.31) in the Init + Data "
            "row, most likely a copy error; we print them as published."]
@@ -108,7 +104,7 @@ def report_sections(runs, args, runs_dir, results_dir):
         for row, label, paper in sec.rows:
             st = S.row_stats(groups, label, sec.reference, target=args.target)
             md.append("| " + " | ".join([row] + cells(st, paper, seconds=True)) + " |")
-            csv.append(csv_line([sec.key, row, label], st, paper))
+            csv.append(csv_row([sec.key, row, label], st, paper))
         md.append("")
         fig = f"{name}_{sec.key.replace('+', '-')}.png" if len(sections) > 1 else f"{name}.png"
         legend = [(row, lab) for row, lab, _ in sec.rows]
@@ -167,7 +163,7 @@ def report_fig6(runs, args, runs_dir, results_dir):
         md.append(f"| {t} | {header['num_classes']} | {cells(sc)[0]} | {cells(st)[0]} | "
                   f"{S.fmt_speedup(st['L100'], st['L100_fragile'])} | "
                   + " | ".join(f"{c:.0f} ({k:.0f})" for c, k in zip(costs, cum)) + " |")
-        csv.append(csv_values([t, header["num_classes"], sc["max_acc"], st["max_acc"], st["L100"],
+        csv.append(S.csv_line([t, header["num_classes"], sc["max_acc"], st["max_acc"], st["L100"],
                                costs[0], cum[0], costs[1], cum[1], costs[2], cum[2]]))
         frac = header["num_test"] / header["num_test_all"]  # on the full test set unseen classes are errors
         it, acc = S.mean_curve(groups[chain])
@@ -218,7 +214,7 @@ def report_fig7(runs, args, runs_dir, results_dir):
             continue
         final = [float(np.mean([ev[-1][k] for _, ev in groups[label]])) for k in ("acc_old", "acc_new")]
         md.append("| " + " | ".join([row] + cells(st, seconds=True) + [f"{a:.2f}" for a in final]) + " |")
-        csv.append(csv_values([row, label] + [st[k] for k in STATS] + final))
+        csv.append(S.csv_line([row, label] + [st[k] for k in STATS] + final))
     naive, ours = stats["continuous"], stats[P.OURS]
     if naive and ours:
         n99, o99 = naive["L99"], ours["L99"]  # our rule for "nearly as fast": at least 2/3 of Ours' L99

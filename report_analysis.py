@@ -71,7 +71,7 @@ def fig11(old_dirs, args, runs_dir, results_dir):
            f"{hard if k else float('nan'):.3f}; easiest cut-off: >= {easy if k else float('nan'):.3f}; never "
            f"learned (0): {np.mean(speed == 0):.1%}; correct at every epoch (1): {np.mean(speed == 1):.1%}; "
            f"mean {speed.mean():.3f}.", ""]
-    csv = [R.csv_values(["fig11", "old", "", q, v]) for q, v in (
+    csv = [S.csv_line(["fig11", "old", "", q, v]) for q, v in (
         ("n", n), ("epochs", img.shape[1]), ("k", k), ("hard_cutoff", hard), ("easy_cutoff", easy),
         ("mean_learning_speed", float(speed.mean())))]
     return md, csv
@@ -107,7 +107,7 @@ def fig14(naive_dirs, results_dir):
     for i in its:
         o, w = means["old"][i], means["new"][i]
         md.append(f"| {i} | {o:.4f} | {w:.4f} | {w / o if o else float('nan'):.2f} |")
-        csv += [R.csv_values(["fig14", NAIVE, i, g, means[g][i]]) for g in ("old", "new")]
+        csv += [S.csv_line(["fig14", NAIVE, i, g, means[g][i]]) for g in ("old", "new")]
     return md + [""], csv
 
 
@@ -127,7 +127,7 @@ def fig15(done, args, results_dir):
                 ax.plot(list(curve), list(curve.values()), ls, color=color, lw=1.4,
                         label=f"{name}: {q.replace('_', ' ')} (n={len(curves)})")
                 drawn = True
-            csv += [R.csv_values(["fig15", lab, i, q, v]) for i, v in curve.items()]
+            csv += [S.csv_line(["fig15", lab, i, q, v]) for i, v in curve.items()]
         if not test:
             md.append(f"| {name} | {len(curves)} | (no test loss logged) | | | |")
             continue

@@ -231,12 +231,18 @@ def to_markdown(rows, rs=(99, 100)):
     return "\n".join(out) + "\n"
 
 
+def csv_line(values):
+    """One CSV line: strings quoted, '' for None, integers and booleans (1/0) in full, other numbers to 6
+    significant digits."""
+    cell = lambda v: ('"%s"' % v.replace('"', '""') if isinstance(v, str) else "" if v is None  # noqa: E731
+                      else str(int(v)) if isinstance(v, int) else f"{v:.6g}")
+    return ",".join(map(cell, values))
+
+
 def to_csv(rows, rs=(99, 100)):
     cols = ["label", "n", "max_acc", "max_acc_se"] + [f"L{r}{kind}" for kind in ("", "_seconds", "_fragile")
                                                       for r in rs]
-    cell = lambda v: ('"%s"' % v.replace('"', '""') if isinstance(v, str)  # noqa: E731
-                      else "" if v is None else f"{v:.6g}")
-    return "\n".join([",".join(cols)] + [",".join(cell(row[c]) for c in cols) for row in rows]) + "\n"
+    return "\n".join([",".join(cols)] + [csv_line(row[c] for c in cols) for row in rows]) + "\n"
 
 
 def replace_atomic(path, write):

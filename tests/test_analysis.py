@@ -194,7 +194,7 @@ def test_fig11_summary_cut_offs_by_hand(tmp_path):
     torch.save({"learning_speed": ls.state_dict()}, tmp_path / "old" / "ckpt.pt")
     md, rows = report_analysis.fig11([str(tmp_path / "old")], types.SimpleNamespace(split="4+2"), str(tmp_path),
                                      str(tmp_path))
-    val = {r.split(",")[3]: float(r.split(",")[4]) for r in rows}
+    val = {r[3]: float(r[4]) for r in csv.reader(rows)}  # the rows are CSV lines (strings quoted)
     assert val == {"n": 40, "epochs": 40, "k": 4, "hard_cutoff": 3 / 40, "easy_cutoff": 36 / 40,
                    "mean_learning_speed": pytest.approx(19.5 / 40)}
     assert "learning speed <= 0.075; easiest cut-off: >= 0.900; never learned (0): 2.5%; correct at every epoch " \

@@ -254,3 +254,19 @@ def test_bench_flop_count_matches_a_hand_count():
 
     assert flops_per_image(8, 10) == hand_count_flops(8, 10)
     assert flops_per_image(64, 100) == hand_count_flops(64, 100) == 3_329_273_856  # the issue's ~3.33 GFLOP
+
+
+def test_bench_projects_train_pys_evaluations_and_each_plans_run_lengths():
+    from bench import plan_runs, plan_seconds
+
+    # by hand, 2 ms a step, 100 ms an evaluation: 400 steps = 0.8 s and evaluations at 0, 200, 400 = 0.3 s;
+    # 1000 steps = 2 s, evaluations at 0, 200, ..., 1000 = 0.6 s, learning-speed passes 1000 * 128 / 10,000
+    # evaluations = 1.28 s; 300 steps = 0.6 s, evaluations at 0, 200, 300 = 0.3 s
+    assert plan_seconds([(400, False), (1000, True), (300, False)], 2, 100) == pytest.approx(0.8 + 0.3 + 2 + 0.6
+                                                                                            + 1.28 + 0.6 + 0.3)
+    runs = plan_runs()["table1"]
+    # per seed: the old model (full length, records the learning speed for easy/hard), Table 1's x0.25 rows
+    # (Naive and all four methods, each continuous and scratch: 4 runs at 39,100 / 4 = 9,775), the figures' x0.5
+    # and x0.75 rows, and the other 16 rows at full length, none recording
+    assert sorted(runs) == sorted(5 * ([(39100.0, True)] + [(9775.0, False)] * 4 + [(19550.0, False)] * 2
+                                       + [(29325.0, False)] + [(39100.0, False)] * 16))

@@ -3,7 +3,7 @@ import json
 import math
 import os
 
-from speedup import iterations_to_reach, main, replace_atomic, row_stats, speedup, speedup_cost
+from speedup import csv_line, iterations_to_reach, main, replace_atomic, row_stats, speedup, speedup_cost
 
 IT = [0, 100, 200, 300, 400]
 
@@ -140,3 +140,14 @@ def test_replace_atomic_keeps_the_old_file_when_the_write_fails(tmp_path):
     assert path.read_text() == "finished run" and sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
     replace_atomic(str(path), lambda tmp: open(tmp, "w").close())
     assert path.read_text() == "" and sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
+
+
+def test_csv_line_round_trips_through_the_csv_module():
+    import csv
+
+    values = ['Ours (x0.5), "held"', None, True, 3910000, 1 / 3, 2.0]
+    line = csv_line(values)
+    # by hand: the string quoted with its quotes doubled, None empty, True as 1, the integer in full (not
+    # 3.91e+06), floats to 6 significant digits
+    assert line == '"Ours (x0.5), ""held""",,1,3910000,0.333333,2'
+    assert next(csv.reader([line])) == ['Ours (x0.5), "held"', "", "1", "3910000", "0.333333", "2"]
