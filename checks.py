@@ -163,23 +163,20 @@ def load_old(args, groups, order, ident, old_index):
     path = args.old_ckpt
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path} not found")
+    mine = {"dataset": args.dataset, "groups": groups, "class_order": order, "class_names": ident["class_names"],
+            "width": args.width, "image_size": args.image_size, "stem": args.stem}
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        need = ("model", "init", "learning_speed", "index", "class_order", "groups", "dataset", "task", "width")
-        missing = [k for k in need if k not in ckpt]
+        missing = [k for k in ("model", "init", "learning_speed", "index", "task", "data", "config", *mine)
+                   if k not in ckpt]
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     if missing:
         raise UsageError(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
-    if "data" not in ckpt:
-        raise UsageError(f"checkpoint {path} records no dataset identity (made by an older train.py); train "
-                         "that model again")
-    for key, mine in (("dataset", args.dataset), ("groups", groups), ("class_order", order),
-                      ("class_names", ident["class_names"]), ("width", args.width),
-                      ("image_size", args.image_size), ("stem", args.stem)):
-        if ckpt.get(key, "cifar" if key == "stem" else None) != mine:  # checkpoints before --stem: cifar
+    for key, value in mine.items():
+        if ckpt[key] != value:
             raise UsageError(f"checkpoint {path} is from a different {key.replace('_', ' ')} "
-                             f"({str(ckpt.get(key))[:60]} vs {str(mine)[:60]})")
+                             f"({str(ckpt[key])[:60]} vs {str(value)[:60]})")
     if ckpt["data"] != ident:
         raise UsageError(f"checkpoint {path} was trained on other data (the images, labels or counts differ: "
                          f"sha256 {ckpt['data'].get('sha256', '?')[:12]} vs {ident['sha256'][:12]})")

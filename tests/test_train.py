@@ -143,6 +143,8 @@ def _bad_inputs(root):
     data, old = str(root / "data"), str(root / "old" / "ckpt.pt")
     garbage = root / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
+    partial = root / "partial.pt"
+    torch.save({"model": {}, "init": {}}, partial)  # a checkpoint, but not train.py's
     other = str(root / "other_split_old")
     base = COMMON + ["--data-dir", data, "--iters", "20"]
     return [
@@ -153,6 +155,8 @@ def _bad_inputs(root):
         (["--task", "1", "--init", "old"], "needs --old-ckpt"),
         (["--task", "1", "--init", "old", "--old-ckpt", str(root / "nope.pt")], "not found"),
         (["--task", "1", "--init", "old", "--old-ckpt", str(garbage)], "cannot read checkpoint"),
+        (["--task", "1", "--init", "old", "--old-ckpt", str(partial)],
+         "is not a train.py checkpoint (missing learning_speed, index, task, data, config, dataset, groups"),
         (["--task", "1", "--init", "old", "--old-ckpt", old, "--split-seed", "3"], "different class order"),
         (["--task", "1", "--init", "old", "--old-ckpt", old, "--split", "6+2+2"], "different groups"),
         (["--task", "2", "--split", "6+2+2", "--init", "old", "--old-ckpt", old], "different groups"),
