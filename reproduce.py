@@ -74,10 +74,7 @@ def check_data(run, header, runs_dir, ident):
     """A finished run may only be reused for the same data (data.identity: class names, counts, a hash of
     every image and label)."""
     where = os.path.join(runs_dir, run.name)
-    got = header.get("data")
-    if got is None:
-        die(f"{where} holds a finished run that records no dataset identity (made by an older train.py); "
-            "use another --runs folder or remove it")
+    got = header.get("data") or {}  # a log without it is not comparable: other data
     if got != ident:
         what = next((k for k in ("class_names", "num_train", "num_test", "image_size", "sha256")
                      if got.get(k) != ident.get(k)), "sha256")
@@ -93,7 +90,7 @@ def check_matches(run, argv, runs_dir, ident):
     header = S.read_log(os.path.join(runs_dir, run.name))[0]
     check_data(run, header, runs_dir, ident)
     want = {k: v for k, v in planned.items() if k not in train.NOT_METHOD}
-    got = {"stem": "cifar", **header["group"]}  # runs from before --stem had the CIFAR stem
+    got = header["group"]
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     if planned.get("grad_norms") and not header["config"].get("grad_norms"):  # not a method flag: not in diff
         die(f"{os.path.join(runs_dir, run.name)} holds a finished run without the --grad-norms probe the plan "
