@@ -482,12 +482,9 @@ def cli(argv=None):
     args = build_parser().parse_args(argv)
     try:
         main(args)
-    except UsageError as e:
+    except (UsageError, FloatingPointError) as e:  # bad input: 2; a diverged run (its log kept): 1
         print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     return 0
 
 
