@@ -163,8 +163,8 @@ def load_old(args, groups, order, ident, old_index):
     path = args.old_ckpt
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path} not found")
-    mine = {"dataset": args.dataset, "groups": groups, "class_order": order, "class_names": ident["class_names"],
-            "width": args.width, "image_size": args.image_size, "stem": args.stem}
+    mine = {"dataset": args.dataset, "groups": groups, "class_order": order, "width": args.width,
+            "image_size": args.image_size, "stem": args.stem}  # the class names are in the data identity
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         missing = [k for k in ("model", "init", "learning_speed", "index", "task", "data", "config", *mine)
@@ -177,9 +177,9 @@ def load_old(args, groups, order, ident, old_index):
         if ckpt[key] != value:
             raise UsageError(f"checkpoint {path} is from a different {key.replace('_', ' ')} "
                              f"({str(ckpt[key])[:60]} vs {str(value)[:60]})")
-    if ckpt["data"] != ident:
-        raise UsageError(f"checkpoint {path} was trained on other data (the images, labels or counts differ: "
-                         f"sha256 {ckpt['data'].get('sha256', '?')[:12]} vs {ident['sha256'][:12]})")
+    what = D.identity_diff(ckpt["data"], ident)
+    if what:
+        raise UsageError(f"checkpoint {path} was trained on other data ({what} not the same)")
     if ckpt["task"] != args.task - 1:
         raise UsageError(f"checkpoint {path} is of task {ckpt['task']}, task {args.task} needs task {args.task - 1}")
     if not torch.equal(ckpt["index"], old_index):

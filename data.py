@@ -119,6 +119,16 @@ def identity(train, test, class_names, domains=None):
     return out if domains is None else {**out, "domains": list(domains)}
 
 
+def identity_diff(got, want):
+    """The first field (in words: 'class names', 'sha256') in which two identities differ, or None if they are
+    the same. A missing identity (None) differs from any."""
+    got = got or {}
+    if got == want:
+        return None
+    keys = [*want, *(k for k in got if k not in want)]
+    return next(k for k in keys if got.get(k) != want.get(k)).replace("_", " ")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # class splits
 

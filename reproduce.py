@@ -74,12 +74,10 @@ def check_data(run, header, runs_dir, ident):
     """A finished run may only be reused for the same data (data.identity: class names, counts, a hash of
     every image and label)."""
     where = os.path.join(runs_dir, run.name)
-    got = header.get("data") or {}  # a log without it is not comparable: other data
-    if got != ident:
-        what = next((k for k in ("class_names", "num_train", "num_test", "image_size", "sha256")
-                     if got.get(k) != ident.get(k)), "sha256")
-        die(f"{where} holds a finished run on other data ({what.replace('_', ' ')} differ from {run.name}'s "
-            f"dataset); use another --runs folder or remove it")
+    what = data.identity_diff(header.get("data"), ident)  # a log without it is not comparable: other data
+    if what:
+        die(f"{where} holds a finished run on other data ({what} not the same as {run.name}'s dataset); use "
+            "another --runs folder or remove it")
 
 
 def check_matches(run, argv, runs_dir, ident):

@@ -76,7 +76,7 @@ def bad_train_inputs(root):
         (["--data-dir", str(root / "trunc")], "0009.png"),
         (["--data-dir", str(root / "trunc"), "--split", "9+9"], "needs 18 classes"),  # before any decoding
         (cont + ["--image-size", "16"], "different image size"),
-        (cont + ["--data-dir", b], "trained on other data"),
+        (cont + ["--data-dir", b], "trained on other data (sha256 not the same)"),
         (["--device", "cuda:7"], "--device cuda:7"),
         (["--out", str(root / "old")], "already holds a finished run"),
     ]
@@ -127,6 +127,12 @@ def test_log_and_checkpoint_record_the_data(world):
     assert torch.load(world / "old" / "ckpt.pt", weights_only=True)["data"] == ident
     other = D.load_dataset("folder", str(world / "b" / "syn"))
     assert D.identity(*other) != ident  # same names and counts, other images
+    assert D.identity_diff(D.identity(*other), ident) == "sha256" and D.identity_diff(dict(ident), ident) is None
+    # by hand: the first field that differs, in words; a log or checkpoint without an identity is other data
+    assert D.identity_diff({**ident, "class_names": ["c0"], "num_test": 1}, ident) == "class names"
+    assert D.identity_diff({**ident, "num_test": 1}, ident) == "num test"
+    assert D.identity_diff({**ident, "domains": ["a"]}, ident) == "domains"
+    assert D.identity_diff(None, ident) == "class names"
 
 
 def test_data_cache_corrupt_or_read_only(world, tmp_path, monkeypatch, capsys):
@@ -267,7 +273,8 @@ def test_two_datasets_of_one_folder_name_never_share_runs(world, uninterrupted, 
     with pytest.raises(SystemExit) as e:
         reproduce.main(driver_argv(world, "b", "runs_ref", "res_other"))
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and "holds a finished run on other data" in err and len(err.splitlines()) == 1
+    assert e.value.code == 2 and "holds a finished run on other data (sha256 not the same" in err
+    assert len(err.splitlines()) == 1
     assert tree_hash(world / "runs_ref") == before and not (world / "res_other").exists()
 
 
