@@ -204,22 +204,19 @@ def load_task(args):
 
 def starting_point(args, task):
     """The model to train (Sec. 3.1) and the L2-init anchor theta_0 of its lineage (Sec. 3.2), on the CPU."""
-    d, old = task.d, task.old
+    d, k = task.d, task.d.num_old_classes
     torch.manual_seed(args.seed)
     if args.init == "scratch":
         model = resnet18(d.num_classes, args.width, args.stem)
         anchor = snapshot(model)  # the lineage's random init is this model's own
-        if args.sp:
-            shrink_perturb_(model, args.sp_alpha, args.sp_beta, keep_bn_stats=args.sp_keep_bn_stats)  # Eq. 4
-        return model, anchor
-    model = resnet18(d.num_old_classes, args.width, args.stem)
-    model.load_state_dict(old["model"])
-    grow_head(model, d.num_classes)  # old rows copied, new rows freshly initialised (none for a new domain)
-    anchor = dict(old["init"])  # the old model's own random init ...
-    k = d.num_old_classes
-    anchor["fc.weight"] = torch.cat([anchor["fc.weight"][:k], model.fc.weight.detach()[k:]])
-    anchor["fc.bias"] = torch.cat([anchor["fc.bias"][:k], model.fc.bias.detach()[k:]])  # ... new rows: theirs
-    if args.init == "shrink_perturb":
+    else:
+        model = resnet18(k, args.width, args.stem)
+        model.load_state_dict(task.old["model"])
+        grow_head(model, d.num_classes)  # old rows copied, new rows freshly initialised (none for a new domain)
+        anchor = dict(task.old["init"])  # the old model's own random init ...
+        anchor["fc.weight"] = torch.cat([anchor["fc.weight"][:k], model.fc.weight.detach()[k:]])
+        anchor["fc.bias"] = torch.cat([anchor["fc.bias"][:k], model.fc.bias.detach()[k:]])  # ... new rows: theirs
+    if args.init == "shrink_perturb" or args.sp:  # --sp: shrink-perturb a scratch init too (Table 1)
         shrink_perturb_(model, args.sp_alpha, args.sp_beta, keep_bn_stats=args.sp_keep_bn_stats)  # Eq. 4
     return model, anchor
 
@@ -460,7 +457,7 @@ def main(args):
     step, loss_sum = build_step(model, opt, loader, args.batch_size, reg, args.reg_lambda, AMP[args.amp],
                                 speed if args.learning_speed == "online" else None,
                                 torch.compile(model) if args.compile else None, args.cuda_graph)
-    config = {k.replace("-", "_"): v for k, v in vars(args).items()}
+    config = dict(vars(args))  # what ran, settled for the device
     log = open_log(args, task, config, device)
     setup_seconds = time.perf_counter() - t_start
     if not args.quiet:

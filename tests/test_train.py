@@ -315,6 +315,20 @@ def test_starting_point_shrinks_and_perturbs_the_old_model(chain):
     assert bn_old.running_mean.abs().sum() > 0  # the old model's statistics were not zero to start with
 
 
+def test_scratch_with_sp_shrinks_and_perturbs_its_own_random_init(chain):
+    """--init scratch --sp (Table 1's Scratch column): Eq. 4 on the seed's random init, which stays the anchor."""
+    from shrink_perturb import fresh_copy
+
+    args, task = _task1(chain, "--sp")
+    model, anchor = train.starting_point(args, task)
+    torch.manual_seed(args.seed)
+    init = resnet18(task.d.num_classes, args.width, args.stem)
+    noise = dict(fresh_copy(init).named_parameters())  # the draw that follows the init from the same seed
+    for name, p in init.named_parameters():
+        assert torch.equal(anchor[name], p), name
+        assert torch.allclose(dict(model.named_parameters())[name], 0.4 * p + 0.001 * noise[name]), name
+
+
 def test_objective_anchors_l2_at_zero_and_l2init_at_the_lineages_init(chain):
     args, task = _task1(chain, "--init", "old", "--reg", "l2init")
     model, anchor = train.starting_point(args, task)
