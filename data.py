@@ -247,7 +247,8 @@ def random_crops(batch_size, generator, pad=4):
 
 def apply_crops(x, dy, dx, flip, pad=4):
     """Crop each image of x uint8 [B,C,H,W], zero-padded by `pad`, at (dy, dx) and flip it where `flip`: one
-    gather does both. Returns uint8 [B,C,H,W]."""
+    gather does both. Returns uint8 [B,C,H,W]. With random_crops' draws: torchvision's RandomCrop(H,
+    padding=pad) + RandomHorizontalFlip(0.5) applied to each image."""
     B, C, H, W = x.shape
     dev = x.device
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # [B,C,H+2p,W+2p], zeros like torchvision
@@ -257,14 +258,6 @@ def apply_crops(x, dy, dx, flip, pad=4):
     b = torch.arange(B, device=dev)[:, None, None, None]
     c = torch.arange(C, device=dev)[None, :, None, None]
     return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def crop_flip(x, generator, pad=4):
-    """Per-example random crop with `pad` zero pixels and per-example horizontal flip, on x's device.
-
-    Equivalent to torchvision's RandomCrop(H, padding=pad) + RandomHorizontalFlip(0.5) applied to each
-    image. x: uint8 [B,C,H,W] -> uint8 [B,C,H,W]."""
-    return apply_crops(x, *random_crops(x.shape[0], generator, pad), pad)
 
 
 class Loader:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import write_cifar, write_folder
-from data import Loader, channel_stats, class_order, crop_flip, load_dataset, parse_split, predict, task_data
+from data import (Loader, apply_crops, channel_stats, class_order, load_dataset, parse_split, predict, random_crops,
+                  task_data)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -96,12 +97,12 @@ def test_task_data_remaps_and_accumulates():
         task_data(train, test, groups, order, 3)
 
 
-def test_crop_flip_matches_padded_windows():
+def test_crops_match_padded_windows():
     torch.manual_seed(0)
     B, H = 400, 8
     x = torch.randint(1, 256, (B, 3, H, H), dtype=torch.uint8)  # no zeros: padding pixels are recognisable
     g = torch.Generator().manual_seed(0)
-    out = crop_flip(x, g, pad=4)
+    out = apply_crops(x, *random_crops(B, g, pad=4), pad=4)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     flips, offsets = 0, set()
     for i in range(B):  # every output is one of the 9x9 windows of the padded image, maybe mirrored

@@ -6,7 +6,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from data import Loader, crop_flip
+from data import Loader, apply_crops, random_crops
 import pytest
 
 from l2init import add_l2_init_grad_, l2_init_penalty, paired, snapshot
@@ -214,7 +214,7 @@ def test_augmentation_matches_torchvision_statistically():
     ii, jj = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     img = torch.stack([ii * 8, jj * 8, torch.full_like(ii, 255)]).to(torch.uint8)  # [3,32,32] position code
     n = 4000
-    ours = crop_flip(img.expand(n, -1, -1, -1).contiguous(), torch.Generator().manual_seed(0))
+    ours = apply_crops(img.expand(n, -1, -1, -1).contiguous(), *random_crops(n, torch.Generator().manual_seed(0)))
     torch.manual_seed(0)
     tv = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
     theirs = torch.stack([tv(img) for _ in range(n)])
