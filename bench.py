@@ -6,10 +6,9 @@ reproduction would use, and the aggregate throughput of K concurrent runs on one
 
 Ours: the training set on the device as uint8, per-example crop + flip on the device, bf16 autocast,
 channels_last, cudnn.benchmark, fused Adam, no host sync inside the step (step.build_step, the same code
-train.py runs), for the scratch step and the full "ours" step, each eager and graphed. Typical: CIFAR-100 items
-as torchvision's CIFAR100 makes them (a PIL image each, then the transforms) through a DataLoader, fp32,
-loss.item() every step. Random data, no downloads;
-medians over --repeats timings. The README's "Speed" section says what each figure is.
+train.py runs), for the scratch step and the full "ours" step, each eager and graphed. Typical: torchvision's
+CIFAR100 dataset class (a PIL image per item, then the transforms) through a DataLoader, fp32, loss.item() every
+step. Random data, no downloads; medians over --repeats timings. The README's "Speed" section says what each figure is.
 """
 import argparse
 import itertools
@@ -157,32 +156,20 @@ def plan_seconds(runs, ms, eval_ms):
                + records * iters * 128 / 10000 * eval_ms / 1000 for iters, records in runs)
 
 
-class ArrayCIFAR(torch.utils.data.Dataset):
-    """What torchvision's CIFAR100 does per item, on uint8 HWC images in memory: a PIL image, then the
-    transforms."""
-
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
-
-
 def time_typical(args, device):
     """Median ms per training step of the usual torchvision + DataLoader + fp32 eager pipeline."""
     import numpy as np
     import torchvision.transforms as T
+    from torchvision.datasets import CIFAR100
 
     rng = np.random.default_rng(0)  # random images: no download; the per-image cost is the same
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))])
     n = 50000  # CIFAR-100's training set
-    ds = ArrayCIFAR(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, args.classes, n).tolist(), tf)
+    ds = CIFAR100.__new__(CIFAR100)  # its own __getitem__ (a PIL image, then the transforms), without its files
+    ds.data = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    ds.targets = rng.integers(0, args.classes, n).tolist()
+    ds.transform, ds.target_transform = tf, None
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     dl = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=workers,
                                      pin_memory=device.type == "cuda", drop_last=True,
