@@ -133,11 +133,7 @@ def check_log(path, header, evals):
                 raise ValueError(f"{path}: evaluation at iteration {e.get('iter')} has {key} = {v}")
 
 
-def warn_stderr(msg):
-    print(f"warning: {msg}", file=sys.stderr)
-
-
-def group_runs(run_dirs, finished_only=True, warn=warn_stderr):
+def group_runs(run_dirs, finished_only=True, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)):
     """{label: [(header, evals), ...]} over seeds. Runs sharing a label must share their method config; all
     runs must be on the same data (where their logs record it). A run given twice (the same file, or a copy:
     same label, configuration and seeds) is counted once or refused, never as two seeds; an unfinished run
@@ -210,13 +206,6 @@ def row_stats(groups, label, reference, rs=(99, 100), target="max"):
     return row
 
 
-def summarize(groups, reference, rs=(99, 100), target="max"):
-    """One row_stats per label."""
-    if reference not in groups:
-        raise ValueError(f"reference '{reference}' not among the runs ({', '.join(sorted(groups))})")
-    return [row_stats(groups, label, reference, rs, target) for label in groups]
-
-
 FRAGILE_NOTE = "\n† within one standard error of the target: the verdict (reached or '/') could flip.\n"
 
 
@@ -285,8 +274,10 @@ def main(argv=None):
             folder = os.path.dirname(os.path.abspath(path)) if path else None
             if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
                 raise ValueError(f"{flag} {path}: folder {folder} does not exist or is not writable")
-        rows = summarize(group_runs(args.runs, warn=lambda m: print(f"speedup.py: warning: {m}", file=sys.stderr)),
-                         args.reference, target=args.target)
+        groups = group_runs(args.runs, warn=lambda m: print(f"speedup.py: warning: {m}", file=sys.stderr))
+        if args.reference not in groups:
+            raise ValueError(f"reference '{args.reference}' not among the runs ({', '.join(sorted(groups))})")
+        rows = [row_stats(groups, label, args.reference, target=args.target) for label in groups]
         md = to_markdown(rows) + FRAGILE_NOTE
         for path, text in ((args.md, md), (args.csv, to_csv(rows) if args.csv else None)):
             if path:
