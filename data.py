@@ -239,8 +239,7 @@ def channel_stats(x, device=None):
 def random_crops(batch_size, generator, pad=4):
     """Per-example crop offsets dy, dx int64 [B,1] uniform in 0..2*pad and flips bool [B,1] with probability 1/2."""
     dev = generator.device
-    dy = torch.randint(0, 2 * pad + 1, (batch_size, 1), device=dev, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (batch_size, 1), device=dev, generator=generator)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, batch_size, 1), device=dev, generator=generator)
     flip = torch.rand((batch_size, 1), device=dev, generator=generator) < 0.5
     return dy, dx, flip
 
