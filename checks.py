@@ -156,10 +156,11 @@ def resolve_device(name):
     return dev
 
 
-def load_old(args, groups, order, ident, old_index):
+def load_old(args, groups, order, ident):
     """--old-ckpt, the task-1 checkpoint, after checking that it belongs to this run's lineage and data (ident:
-    the dataset's identity, data.identity), was trained on exactly this task's old examples (old_index: their
-    dataset indices) and, for easy/hard sampling, recorded their learning speed."""
+    the dataset's identity, data.identity) and task, so that it was trained on exactly this task's old examples
+    in their order (data.task_data selects them from these alone), and, for easy/hard sampling, recorded their
+    learning speed."""
     path = args.old_ckpt
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path} not found")
@@ -167,7 +168,7 @@ def load_old(args, groups, order, ident, old_index):
             "image_size": args.image_size, "stem": args.stem}  # the class names are in the data identity
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        missing = [k for k in ("model", "init", "learning_speed", "index", "task", "data", "config", *mine)
+        missing = [k for k in ("model", "init", "learning_speed", "task", "data", "config", *mine)
                    if k not in ckpt]
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
@@ -182,8 +183,6 @@ def load_old(args, groups, order, ident, old_index):
         raise UsageError(f"checkpoint {path} was trained on other data ({what} not the same)")
     if ckpt["task"] != args.task - 1:
         raise UsageError(f"checkpoint {path} is of task {ckpt['task']}, task {args.task} needs task {args.task - 1}")
-    if not torch.equal(ckpt["index"], old_index):
-        raise UsageError(f"checkpoint {path} was trained on other examples than this task's old data")
     if args.sampler == "easy_hard" and ckpt["config"].get("learning_speed") == "off":
         raise UsageError(f"checkpoint {path} recorded no learning speed (it ran --learning-speed off)")
     return ckpt

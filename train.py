@@ -194,7 +194,7 @@ def load_task(args):
         order = D.class_order(len(class_names), args.split_seed)
         d = D.task_data(train, test, groups, order, args.task)
     check_task(args, d)
-    old = load_old(args, groups, order, ident, d.index[d.is_old]) if args.old_ckpt else None
+    old = load_old(args, groups, order, ident) if args.old_ckpt else None
     if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any() and not args.quiet:
         print(f"train.py: note: {args.old_ckpt} trained less than one epoch, so no example has a learning speed "
               "and easy/hard sampling leaves every weight at 1", flush=True)

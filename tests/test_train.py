@@ -156,7 +156,7 @@ def _bad_inputs(root):
         (["--task", "1", "--init", "old", "--old-ckpt", str(root / "nope.pt")], "not found"),
         (["--task", "1", "--init", "old", "--old-ckpt", str(garbage)], "cannot read checkpoint"),
         (["--task", "1", "--init", "old", "--old-ckpt", str(partial)],
-         "is not a train.py checkpoint (missing learning_speed, index, task, data, config, dataset, groups"),
+         "is not a train.py checkpoint (missing learning_speed, task, data, config, dataset, groups"),
         (["--task", "1", "--init", "old", "--old-ckpt", old, "--split-seed", "3"], "different class order"),
         (["--task", "1", "--init", "old", "--old-ckpt", old, "--split", "6+2+2"], "different groups"),
         (["--task", "2", "--split", "6+2+2", "--init", "old", "--old-ckpt", old], "different groups"),
