@@ -205,9 +205,12 @@ def sections_plan(sections_of):
 FIGURE_ROWS = [OURS + "+x0.5", "continuous+x0.5", "continuous+x0.75"]
 
 
-def plan_table1(args, runs_dir):
-    labels = [row_label(col, *key) for key, _ in TABLE1 for col in ("continuous", "scratch")] + FIGURE_ROWS
-    return two_task_plan([args.split], range(args.seeds), labels, runs_dir)
+def rows_plan(labels):
+    """The plan of fixed rows: an old model per seed on --split, then the rows `labels` at task 1."""
+    return lambda args, runs_dir: two_task_plan([args.split], range(args.seeds), labels, runs_dir)
+
+
+TABLE1_LABELS = [row_label(col, *key) for key, _ in TABLE1 for col in ("continuous", "scratch")] + FIGURE_ROWS
 
 
 def sections_table2a(args):
@@ -273,7 +276,7 @@ def plan_fig7(args, runs_dir):
     if not domains or len(domains) != 2:
         raise ValueError(f"fig7 needs a split of two domains, old+new (e.g. product_images+real_life), "
                          f"got '{args.split}'")
-    return two_task_plan([args.split], range(args.seeds), [lab for _, lab in FIG7_ROWS], runs_dir)
+    return rows_plan([lab for _, lab in FIG7_ROWS])(args, runs_dir)
 
 
 def plan_fig6(args, runs_dir):
@@ -310,13 +313,10 @@ def plan_fig6(args, runs_dir):
 ANALYSIS_LABELS = ["scratch", "continuous+gradnorms"]
 
 
-def plan_analysis(args, runs_dir):
-    return two_task_plan([args.split], range(args.seeds), ANALYSIS_LABELS, runs_dir)
-
-
 SECTIONS = {"table2a": sections_table2a, "table2b": sections_table2b, "appendix": sections_appendix}
-PLANS = {"table1": plan_table1, "table2a": sections_plan(sections_table2a), "table2b": sections_plan(sections_table2b),
-         "fig6": plan_fig6, "fig7": plan_fig7, "appendix": sections_plan(sections_appendix), "analysis": plan_analysis}
+PLANS = {"table1": rows_plan(TABLE1_LABELS), "table2a": sections_plan(sections_table2a),
+         "table2b": sections_plan(sections_table2b), "fig6": plan_fig6, "fig7": plan_fig7,
+         "appendix": sections_plan(sections_appendix), "analysis": rows_plan(ANALYSIS_LABELS)}
 # the setting each plan has in the paper (--dataset / --split default to these)
 PLAN_DEFAULTS = {"table1": ("cifar100", "70+30"), "table2a": ("cifar10", "8+2"),
                  "table2b": ("cifar100", "90+10,70+30,50+50,30+70"), "fig6": ("cifar100", "50+5x10"),

@@ -8,11 +8,12 @@ import numpy as np
 import torch
 
 import analysis as A
+import plans as P
 import report as R
 import speedup as S
 from sampler import LearningSpeed, unpack_bits
 
-NAIVE, SCRATCH = "continuous+gradnorms", "scratch"  # plans.plan_analysis's labels
+SCRATCH, NAIVE = P.ANALYSIS_LABELS
 
 
 def events(run_dir, event):
