@@ -309,9 +309,10 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
     masks = torch.stack([group >= 0, group < t, group == t] + [group == k for k in range(len(seen))])  # [3+D, N]
 
     @torch.no_grad()
-    def evaluate():
-        """Accuracy (%) on all, old and new classes (or domains) seen so far, then on each domain; the mean test
-        loss (Fig. 15); Eq. 5's penalty (None without reg). One host sync for all of them."""
+    def evaluate(it, **rest):
+        """Log iteration `it`'s evaluation line: accuracy (%) on all, old and new classes (or domains) seen so far,
+        then on each domain; the mean test loss (Fig. 15); Eq. 5's penalty (None without reg); `rest`. One host
+        sync for all of them. Returns the accuracy on all."""
         model.eval()
         pred, loss_total = D.predict(model, test_x, loader, autocast_dtype=amp, y=test_y)  # loss: Fig. 15
         hit = pred == test_y
@@ -321,18 +322,13 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
         *counts, loss_total, penalty = torch.cat([counts, torch.stack([loss_total, penalty]).double()]).tolist()
         hits, counts = counts[:len(masks)], counts[len(masks):]
         # exact percentages from integer counts (float32 means print as 34.99999)
-        accs = tuple(100.0 * h / n if n else None for h, n in zip(hits, counts))
-        return accs, loss_total / len(test_y), None if reg is None else penalty
-
-    def record(it, accs, **rest):  # an evaluation line of the log
+        accs = [100.0 * h / n if n else None for h, n in zip(hits, counts)]
         per_domain = {"acc_domain": dict(zip(seen, accs[3:]))} if seen else {}
         log({"event": "eval", "iter": it, "acc": accs[0], "acc_old": accs[1], "acc_new": accs[2], **per_domain,
-             **rest})
+             "test_loss": loss_total / len(test_y), "reg_loss": None if reg is None else penalty, **rest})
+        return accs[0]
 
-    accs, test_loss, reg_loss = evaluate()  # iteration 0: the starting point
-    acc = accs[0]
-    record(0, accs, loss=None, test_loss=test_loss, reg_loss=reg_loss, lr=lr_of(args, 0), wall=0.0,
-           train_seconds=0.0, images_per_s=None)
+    acc = evaluate(0, loss=None, lr=lr_of(args, 0), wall=0.0, train_seconds=0.0, images_per_s=None)  # the start
     probe = grad_norm_probe(args, task, model, loader, log) if args.grad_norms else None  # App. A.7
     if probe is not None:
         probe(0)
@@ -356,11 +352,9 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
             log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
             raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
                                      f"the log so far is in {os.path.join(args.out, 'log.jsonl.part')}")
-        accs, test_loss, reg_loss = evaluate()
-        acc = accs[0]
         ips = n_since * args.batch_size / (now - tick)
-        record(it + 1, accs, loss=mean_loss, test_loss=test_loss, reg_loss=reg_loss, lr=lr_of(args, it),
-               wall=time.perf_counter() - t0, train_seconds=train_seconds, images_per_s=ips)
+        acc = evaluate(it + 1, loss=mean_loss, lr=lr_of(args, it), wall=now - t0, train_seconds=train_seconds,
+                       images_per_s=ips)
         if acc > best[0]:
             best = (acc, it + 1)
         if not args.quiet:
