@@ -25,11 +25,12 @@ import torch.nn.functional as F
 
 import data as D
 import plans as P
+from checks import UsageError, resolve_device
 from l2init import paired, snapshot
 from resnet import resnet18
 from sampler import batches, easy_hard_weights
 from shrink_perturb import shrink_perturb_
-from speedup import write_atomic
+from speedup import OneLineParser, write_atomic
 from step import build_step, make_optimizer
 from train import HelpFormatter
 
@@ -233,7 +234,7 @@ def worker(args, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
     p.add_argument("--batch-size", type=int, default=128, help="examples per training step")
@@ -250,7 +251,10 @@ def main(argv=None):
     p.add_argument("--graph", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = resolve_device(args.device)  # train.py's: a bad --device is a one-line error
+    except UsageError as e:
+        p.error(str(e))
     args.device = device.type
     if args.worker:
         return worker(args, device)

@@ -270,3 +270,13 @@ def test_bench_projects_train_pys_evaluations_and_each_plans_run_lengths():
     # and x0.75 rows, and the other 16 rows at full length, none recording
     assert sorted(runs) == sorted(5 * ([(39100.0, True)] + [(9775.0, False)] * 4 + [(19550.0, False)] * 2
                                        + [(29325.0, False)] + [(39100.0, False)] * 16))
+
+
+@pytest.mark.parametrize("device, msg", [("foo", "unknown device 'foo'"), ("cuda:99", "--device cuda:99")])
+def test_bench_refuses_a_bad_device_in_one_line(device, msg, capsys):
+    from bench import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--device", device])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1
