@@ -32,7 +32,7 @@ from sampler import batches, easy_hard_weights
 from shrink_perturb import shrink_perturb_
 from speedup import OneLineParser, write_atomic
 from step import build_step, make_optimizer
-from train import HelpFormatter
+from train import HelpFormatter, parse_or_raise, run_length
 
 PAPER_ITERS, EVAL_EVERY = 39100, 200
 
@@ -137,15 +137,14 @@ def time_ours(args, device, method="scratch", cuda_graph=False, n_test=10000):
 
 def plan_runs():
     """{plan: [(iterations, records the exact learning speed) of each run]} of every plan of reproduce.sh,
-    5 seeds, the paper's setting: shortened schedules end early; Fig. 6's chain is counted in full (an upper
-    bound)."""
+    5 seeds, the paper's setting, as train.py reads each run's flags (train.run_length: shortened schedules end
+    early); Fig. 6's chain is counted in full (an upper bound)."""
     out = {}
     for plan, (dataset, split) in P.PLAN_DEFAULTS.items():
         args = argparse.Namespace(seeds=5, dataset=dataset, split=split, compare_to=None, chain_scale=1.0,
                                   chain_stop="schedule")
-        out[plan] = [(PAPER_ITERS * min(1.0, float(r.flags[r.flags.index("--schedule-scale") + 1])
-                                        if "--schedule-scale" in r.flags else 1.0), "off" not in r.flags)
-                     for r in P.PLANS[plan](args, "runs")]
+        runs = [parse_or_raise(r.flags) for r in P.PLANS[plan](args, "runs")]
+        out[plan] = [(run_length(a), a.learning_speed == "exact") for a in runs]
     return out
 
 
