@@ -20,6 +20,8 @@ runs and the report follow.
 import os
 from dataclasses import dataclass, field
 
+import data
+
 
 @dataclass
 class Run:
@@ -80,8 +82,6 @@ def two_task_plan(splits, seeds, labels, runs_dir, share=False):
     """An old model per split and seed, then the given rows at task 1. share: rows that do not read the old
     model (scratch rows without easy/hard) are trained once per seed, under the first split, when every split
     covers the same classes: their data, labels and seed are then the same in every split."""
-    import data
-
     covers = lambda sp: tuple(data.parse_domains(sp) or [sum(data.parse_split(sp, 10 ** 6))])  # noqa: E731
     same_classes = len({covers(sp) for sp in splits}) == 1  # the same classes, or the same domains
     runs, shared = [], {}
@@ -270,8 +270,6 @@ FIG7_ROWS = [("Scratch", "scratch"), ("Naive", "continuous"), ("Ours", OURS)]
 
 def plan_fig7(args, runs_dir):
     """Fig. 7: an old model on the first domain, then Scratch, Naive and Ours on both domains."""
-    import data
-
     domains = data.parse_domains(args.split)
     if not domains or len(domains) != 2:
         raise ValueError(f"fig7 needs a split of two domains, old+new (e.g. product_images+real_life), "
@@ -285,8 +283,6 @@ def plan_fig6(args, runs_dir):
     evaluation reaching its seed's scratch model's maximum (the yellow dots of Fig. 6), so the next task
     continues from there and the chain is charged exactly what it ran; 'schedule': each task runs its
     (chain_scale) schedule to the end."""
-    import data
-
     n_tasks = len(data.parse_split(args.split, 10 ** 6))
     chain_label = OURS + (f"+x{args.chain_scale:g}" if args.chain_scale != 1 else "")
     runs = []

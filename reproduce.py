@@ -19,12 +19,16 @@ import subprocess
 import sys
 import time
 
+import torch
+
+import checks
 import data
 import plans as P
 import report as R
 import report_analysis
 import speedup as S
 from resnet import STEMS, stem_for
+import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAPER_ITERS = 39100
@@ -52,9 +56,6 @@ def train_argv(run, args, runs_dir):
 def check_runs(runs, args, runs_dir, num_classes):
     """train.py's own checks (checks.check_config) over every planned run, once, before the first: bad input
     is one line here, not N failed runs. num_classes may be None (not known before the data is there)."""
-    import checks
-    import train
-
     for r in runs:
         try:
             checks.check_config(train.parse_or_raise(train_argv(r, args, runs_dir)), num_classes)
@@ -82,8 +83,6 @@ def check_data(run, header, runs_dir, ident):
 
 def check_matches(run, argv, runs_dir, ident):
     """A finished run must be the planned one: same method configuration, seed, label and data."""
-    import train
-
     planned = vars(train.build_parser().parse_args(argv))
     header = S.read_log(os.path.join(runs_dir, run.name))[0]
     check_data(run, header, runs_dir, ident)
@@ -174,10 +173,6 @@ def slot_device(slot, args):
 
 
 def run_inprocess(argv, out_path):
-    import contextlib
-
-    import train
-
     with open(out_path, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         try:
             return train.cli(argv) == 0
@@ -255,11 +250,8 @@ def stop_on_signals():
 
 # ------------------------------------------------------------------------------------------------- main
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # show a default only where there is one worth showing
-        if action.default in (None, False) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, train.HelpFormatter):
+    """train.py's defaults in the help, and this module's docstring as written."""
 
 
 def build_parser():
@@ -358,8 +350,6 @@ def print_lines(lines):
 
 
 def check_writable(*folders):
-    import checks
-
     for flag, path in folders:
         try:
             checks.check_out_writable(path, flag)
@@ -390,8 +380,6 @@ def main(argv=None):
     if args.device == "auto" and args.report_only:
         args.device = "cpu"  # tables and figures need no GPU
     if args.device == "auto":
-        import torch
-
         if not torch.cuda.is_available():
             die(f"no GPU found. This plan is {len(runs)} runs of {args.iters} iterations: days to weeks on a "
                 "CPU. Pass --device cpu to run on the CPU anyway (try --quick --width 8).")
@@ -416,8 +404,6 @@ def main(argv=None):
 
 
 def check_devices(args):
-    import checks
-
     for slot in sorted(set(slot_device(s, args) for s in args.slots)):
         try:
             checks.resolve_device(slot)
