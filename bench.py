@@ -62,14 +62,12 @@ def our_pipeline(args, device, seed=0, n_train=50000, method="scratch", cuda_gra
     loader = D.Loader(x, y, device, seed=seed)
     model = resnet18(args.classes, args.width)
     gen = torch.Generator(device=device).manual_seed(seed)
-    reg, weights = None, None
+    anchor, weights = snapshot(model), None
     if method == "ours":
-        anchor = snapshot(model)
         shrink_perturb_(model)
         weights = easy_hard_weights(torch.rand(n_train, generator=g), y < 0.7 * args.classes).to(device)
     model = model.to(device, memory_format=torch.channels_last)
-    if method == "ours":
-        reg = paired(model, {n: t.to(device) for n, t in anchor.items()})
+    reg = paired(model, anchor) if method == "ours" else None  # the anchor moved to the model's device
     it = batches(n_train, args.batch_size, gen, weights)
     opt = make_optimizer(model, 1e-3, device, cuda_graph)
     amp = torch.bfloat16 if device.type == "cuda" else None

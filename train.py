@@ -222,7 +222,7 @@ def starting_point(args, task):
 
 
 def objective(args, model, anchor):
-    """Eq. 5's (params, anchors) lists for add_l2_init_grad_, or None for the plain loss."""
+    """Eq. 5's (params, anchors on the model's device) for add_l2_init_grad_, or None for the plain loss."""
     if args.reg == "none":
         return None
     if args.reg == "l2":  # plain L2: the anchor is the origin
@@ -442,7 +442,7 @@ def main(args):
     task = load_task(args)                                                        # data (Sec. 2.1)
     model, anchor = starting_point(args, task)                                    # Sec. 3.1, Eq. 4
     model = model.to(device, memory_format=torch.channels_last)
-    reg = objective(args, model, {n: t.to(device) for n, t in anchor.items()})    # Sec. 3.2, Eq. 5
+    reg = objective(args, model, anchor)                                          # Sec. 3.2, Eq. 5
     batch_iter = batch_indices(args, task, device)                                # Sec. 3.3
     mean, std = D.channel_stats(task.train[0], device)  # of the whole training set: one normalisation for all tasks
     loader = D.Loader(task.d.x, task.d.y, device, seed=args.seed + 1, mean=mean, std=std)

@@ -131,6 +131,20 @@ def test_l2_init_zero_anchor_is_plain_l2_and_missing_entries_are_skipped():
     assert pen.item() == 0 and m.weight.grad.abs().max() == 0
 
 
+def test_paired_moves_the_anchor_to_each_parameters_device_and_dtype():
+    """train.py and bench.py hand paired() the anchor as starting_point made it (CPU, float32) after the model
+    moved to the device: paired alone puts it there (the meta device stands in for a GPU on a CPU machine)."""
+    from l2init import paired
+
+    m = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    anchor = {n: t.double() for n, t in snapshot(m).items()}
+    anchor.pop("1.bias")  # no entry: not paired
+    m = m.to("meta")
+    params, anchors = paired(m, anchor)
+    assert [p.shape for p in params] == [(4, 3), (4,), (2, 4)] and all(p.device.type == "meta" for p in params)
+    assert [(a.shape, a.device.type, a.dtype) for a in anchors] == [(p.shape, "meta", torch.float32) for p in params]
+
+
 # ---------------------------------------------------------------- learning speed (Eq. 6) and samplers
 
 def test_learning_speed_scripted_updates():
