@@ -189,13 +189,12 @@ def time_typical(args, device):
     return median_ms(lambda: steps(args.steps), args.steps, args.repeats, device)
 
 
-def time_concurrent(args, k, cuda_graph):
-    """Aggregate iterations/s of k processes training side by side on one device (the full "ours" step)."""
+def time_concurrent(args, argv, k, cuda_graph):
+    """Aggregate iterations/s of k processes training side by side on one device (the full "ours" step), each
+    a worker of this command line (argv)."""
     start_at = time.time() + 20 + 10 * k + (60 if args.compile else 0)  # after every worker's warm-up
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--start-at", str(start_at), "--device",
-           args.device, "--width", str(args.width), "--batch-size", str(args.batch_size), "--steps",
-           str(args.steps), "--warmup", str(args.warmup), "--classes", str(args.classes)] + \
-        (["--compile"] if args.compile else []) + (["--graph"] if cuda_graph else [])
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", "--start-at", str(start_at)] + \
+        ["--graph"] * cuda_graph
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     return sum(r["it_per_s"] for r in results), sum(r["late"] for r in results)
@@ -247,18 +246,18 @@ def main(argv=None):
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--graph", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     try:
         device = resolve_device(args.device)  # train.py's: a bad --device is a one-line error
     except UsageError as e:
         p.error(str(e))
-    args.device = device.type
     if args.worker:
         return worker(args, device)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     out = {"device": name, "torch": torch.__version__, "width": args.width, "batch_size": args.batch_size,
-           "date": time.strftime("%Y-%m-%d"), "command": "python bench.py " + " ".join(argv or sys.argv[1:])}
+           "date": time.strftime("%Y-%m-%d"), "command": "python bench.py " + " ".join(argv)}
     print(f"bench: {name}, torch {torch.__version__}, ResNet-18 width {args.width}, batch {args.batch_size}, "
           f"median of {args.repeats} x {args.steps} steps, {out['date']}", flush=True)
     ceiling = matmul_tflops(device)
@@ -274,12 +273,12 @@ def main(argv=None):
             key = f"{method}_{'graph' if graph else 'eager'}"
             ms, eval_ms, peak = time_ours(args, device, method, graph)
             tflops = flops * args.batch_size / (ms / 1000) / 1e12
-            run_s = plan_seconds([(PAPER_ITERS, False)], ms, eval_ms)  # one x1 run, no learning-speed pass
-            out[key] = {"ms_per_iter": ms, "images_per_s": args.batch_size / ms * 1000, "eval_ms": eval_ms,
-                        "tflops": tflops, "pct_ceiling": 100 * tflops / ceiling, "peak_gib": peak, "full_run_s": run_s}
-            print(f"{key:14s}: {ms:8.3f} ms/it | {args.batch_size / ms * 1000:9.0f} img/s | {tflops:6.3g} TFLOP/s "
-                  f"({100 * tflops / ceiling:4.1f}% of ceiling) | eval {eval_ms:7.1f} ms / 10,000 "
-                  f"| peak {peak:.2f} GiB | full run {run_s:7.1f} s", flush=True)
+            r = out[key] = {"ms_per_iter": ms, "images_per_s": args.batch_size / ms * 1000, "eval_ms": eval_ms,
+                            "tflops": tflops, "pct_ceiling": 100 * tflops / ceiling, "peak_gib": peak,
+                            "full_run_s": plan_seconds([(PAPER_ITERS, False)], ms, eval_ms)}  # one x1 run
+            print(f"{key:14s}: {ms:8.3f} ms/it | {r['images_per_s']:9.0f} img/s | {tflops:6.3g} TFLOP/s "
+                  f"({r['pct_ceiling']:4.1f}% of ceiling) | eval {eval_ms:7.1f} ms / 10,000 "
+                  f"| peak {peak:.2f} GiB | full run {r['full_run_s']:7.1f} s", flush=True)
             if method == "ours" and (best is None or ms < best[1]):
                 best = (key, ms, eval_ms, graph)
     key, ms, eval_ms, graph = best
@@ -295,7 +294,7 @@ def main(argv=None):
               f"{tms / ms:.2f}x faster", flush=True)
     ks = args.concurrency or ("1,2,4,8" if device.type == "cuda" else "")
     for k in [int(v) for v in ks.split(",") if v.strip()]:
-        agg, late = time_concurrent(args, k, graph)
+        agg, late = time_concurrent(args, argv, k, graph)
         out[f"aggregate_it_per_s_k{k}"] = agg
         print(f"K={k}      : {agg:8.1f} it/s aggregate ({agg / k:.1f} per run, {key})"
               + (f"; {late} worker(s) started late, overlap partial" if late else "") +

@@ -280,3 +280,24 @@ def test_bench_refuses_a_bad_device_in_one_line(device, msg, capsys):
         main(["--device", device])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1
+
+
+def test_bench_workers_run_the_same_command_line_and_their_rates_add_up(monkeypatch):
+    import bench
+
+    cmds, out = [], iter(['{"it_per_s": 3.0, "late": true}', 'warming up\n{"it_per_s": 4.5, "late": false}'])
+
+    class FakeWorker:  # a worker process: prints its JSON line last
+        def __init__(self, cmd, **kw):
+            cmds.append(cmd)
+
+        def communicate(self):
+            return next(out) + "\n", None
+
+    monkeypatch.setattr(bench.subprocess, "Popen", FakeWorker)
+    argv = ["--device", "cuda:1", "--width", "16", "--compile", "--steps", "7"]
+    args = bench.argparse.Namespace(compile=True)
+    assert bench.time_concurrent(args, argv, 2, cuda_graph=True) == (7.5, 1)
+    assert len(cmds) == 2 and cmds[0] == cmds[1]
+    assert cmds[0][2:2 + len(argv)] == argv and cmds[0][2 + len(argv)] == "--worker"  # every flag, device index too
+    assert cmds[0][-1] == "--graph"
