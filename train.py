@@ -36,10 +36,9 @@ from speedup import OneLineParser, is_finished, read_log, replace_atomic
 from step import build_step, make_optimizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# config keys that are seeds (of the init, data order and class order) or paths: runs that differ only in these
-# are seeds of one row of a table
-# (--grad-norms only observes: App. A.7's probe runs between steps with its own generator, so a run with it trains
-# exactly as one without; reproduce.check_matches checks it separately)
+# config keys of seeds (init, data order, class order), paths and how a run executes: runs that differ only in these
+# are seeds of one row of a table (--grad-norms only observes: App. A.7's probe runs between steps with its own
+# generator, so a run with it trains exactly as one without; reproduce.check_matches checks it separately)
 NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "cuda_graph", "label", "data_dir",
               "old_ckpt", "stop_at_acc_of", "download", "quiet", "grad_norms")
 AMP = {"bf16": torch.bfloat16, "fp32": None}  # autocast dtype of the forward pass (None: plain fp32)
@@ -317,12 +316,11 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
         pred, loss_total = D.predict(model, test_x, loader, autocast_dtype=amp, y=test_y)  # loss: Fig. 15
         hit = pred == test_y
         model.train()
-        counts = torch.stack([(masks & hit).sum(1), masks.sum(1)]).flatten().double()  # exact in float64
         penalty = torch.zeros((), device=loader.device) if reg is None else paired_penalty(*reg, args.reg_lambda)
+        counts = torch.cat([(masks & hit).sum(1), masks.sum(1)]).double()  # integer counts, exact in float64
         *counts, loss_total, penalty = torch.cat([counts, torch.stack([loss_total, penalty]).double()]).tolist()
-        hits, counts = counts[:len(masks)], counts[len(masks):]
-        # exact percentages from integer counts (float32 means print as 34.99999)
-        accs = [100.0 * h / n if n else None for h, n in zip(hits, counts)]
+        # percentages from the integer counts (float32 means print as 34.99999)
+        accs = [100.0 * h / n if n else None for h, n in zip(counts[:len(masks)], counts[len(masks):])]
         per_domain = {"acc_domain": dict(zip(seen, accs[3:]))} if seen else {}
         log({"event": "eval", "iter": it, "acc": accs[0], "acc_old": accs[1], "acc_new": accs[2], **per_domain,
              "test_loss": loss_total / len(test_y), "reg_loss": None if reg is None else penalty, **rest})
