@@ -330,9 +330,8 @@ def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg
     probe = grad_norm_probe(args, task, model, loader, log) if args.grad_norms else None  # App. A.7
     if probe is not None:
         probe(0)
-    best, n_since, train_seconds, record_seconds, t0 = (acc, 0), 0, 0.0, 0.0, time.perf_counter()
-    tick = t0
-    model.train()
+    best, n_since, train_seconds, record_seconds = (acc, 0), 0, 0.0, 0.0
+    t0 = tick = time.perf_counter()  # evaluate and the probe leave the model in train mode
     for it in range(n_iters):
         step(next(batch_iter), lr_of(args, it))
         n_since += 1
