@@ -37,40 +37,57 @@ from train import HelpFormatter, parse_or_raise, run_length
 PAPER_ITERS, EVAL_EVERY = 39100, 200
 
 
+def cpu_name():
+    """The CPU's model name, its cores and torch's threads, and whether it has native bf16 (AVX512-BF16 / AMX)."""
+    model, flags = "CPU", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        model = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), model)
+        flags = next((x for x in info.splitlines() if x.startswith("flags")), "")
+    except OSError:
+        pass
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
+    return f"{model} ({os.cpu_count()} cores, {torch.get_num_threads()} threads, bf16: {'+'.join(bf16) or 'no'})"
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def flops_per_image(width, num_classes):
-    """Forward + backward FLOPs of one 32x32 image, counted by torch's FlopCounterMode."""
+def flops_per_image(width, num_classes, image_size=32):
+    """Forward + backward FLOPs of one image, counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = resnet18(num_classes, width)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, image_size, image_size)
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
     return counter.get_total_flops() / 2
 
 
-def our_pipeline(args, device, seed=0, n_train=50000, method="scratch", cuda_graph=False):
+def our_pipeline(args, device, seed=0, n_train=50000, method="scratch", cuda_graph=False, amp="auto",
+                 memory_format=torch.channels_last):
     """Our training loop on random data: returns (steps(n) -> None, model, loader). method 'ours' adds
-    shrink-perturb, L2-init and easy/hard sampling (random learning speeds, 70% of the examples old)."""
+    shrink-perturb, L2-init and easy/hard sampling (random learning speeds, 70% of the examples old). amp: the
+    autocast dtype or None; "auto" is train.py's default (bf16 on a GPU, fp32 on a CPU)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g)
+    s = args.image_size
+    x = torch.randint(0, 256, (n_train, 3, s, s), dtype=torch.uint8, generator=g)
     y = torch.randint(0, args.classes, (n_train,), generator=g)
-    loader = D.Loader(x, y, device, seed=seed)
+    loader = D.Loader(x, y, device, seed=seed, memory_format=memory_format)
     model = resnet18(args.classes, args.width)
     gen = torch.Generator(device=device).manual_seed(seed)
     anchor, weights = snapshot(model), None
     if method == "ours":
         shrink_perturb_(model)
         weights = easy_hard_weights(torch.rand(n_train, generator=g), y < 0.7 * args.classes).to(device)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=memory_format)
     reg = paired(model, anchor) if method == "ours" else None  # the anchor moved to the model's device
     it = batches(n_train, args.batch_size, gen, weights)
     opt = make_optimizer(model, 1e-3, device, cuda_graph)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = (torch.bfloat16 if device.type == "cuda" else None) if amp == "auto" else amp
     torch.backends.cudnn.benchmark = device.type == "cuda"
     step, _ = build_step(model, opt, loader, args.batch_size, reg, 0.01, amp,
                          forward=torch.compile(model) if args.compile else None, cuda_graph=cuda_graph)
@@ -82,9 +99,11 @@ def our_pipeline(args, device, seed=0, n_train=50000, method="scratch", cuda_gra
     return steps, model, loader
 
 
-def matmul_tflops(device, repeats=5):
-    """The measured ceiling: TFLOP/s of an 8192 x 8192 bf16 matmul on a GPU (1024, fp32 on a CPU)."""
-    n, dtype, reps = (8192, torch.bfloat16, 20) if device.type == "cuda" else (1024, torch.float32, 2)
+def matmul_tflops(device, repeats=5, dtype=None):
+    """The measured ceiling: TFLOP/s of an 8192 x 8192 bf16 matmul on a GPU (1024 x 1024, fp32 unless dtype
+    says otherwise, on a CPU)."""
+    n, reps = (8192, 20) if device.type == "cuda" else (1024, 2)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     ms = median_ms(lambda: [a @ b for _ in range(reps)], reps, repeats, device)
@@ -115,17 +134,19 @@ def median_ms(fn, n, repeats, device):
     return statistics.median(ms)
 
 
-def time_ours(args, device, method="scratch", cuda_graph=False, n_test=10000):
+def time_ours(args, device, method="scratch", cuda_graph=False, n_test=10000, amp="auto",
+              memory_format=torch.channels_last, eval_batch=None):
     """Median ms per training step and per full evaluation of our pipeline, and peak memory (GiB)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    steps, model, loader = our_pipeline(args, device, method=method, cuda_graph=cuda_graph)
-    test_x = torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8).to(device)
+    steps, model, loader = our_pipeline(args, device, n_train=args.n_train, method=method, cuda_graph=cuda_graph,
+                                        amp=amp, memory_format=memory_format)
+    test_x = torch.randint(0, 256, (n_test, 3, args.image_size, args.image_size), dtype=torch.uint8).to(device)
     steps(args.warmup)  # real steps, the graph's warm-up and capture among them
     ms = median_ms(lambda: steps(args.steps), args.steps, args.repeats, device)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = (torch.bfloat16 if device.type == "cuda" else None) if amp == "auto" else amp
     model.eval()
-    evaluate = lambda: D.predict(model, test_x, loader, autocast_dtype=amp).sum().item()  # noqa: E731
+    evaluate = lambda: D.predict(model, test_x, loader, eval_batch, amp).sum().item()  # noqa: E731
     evaluate()  # warm-up (cudnn.benchmark picks its algorithms for the eval batch shape)
     eval_ms = median_ms(evaluate, 1, max(2, args.repeats), device)
     model.train()
@@ -133,25 +154,28 @@ def time_ours(args, device, method="scratch", cuda_graph=False, n_test=10000):
     return ms, eval_ms, peak
 
 
-def plan_runs():
-    """{plan: [(iterations, records the exact learning speed) of each run]} of every plan of reproduce.sh,
-    5 seeds, the paper's setting, as train.py reads each run's flags (train.run_length: shortened schedules end
-    early); Fig. 6's chain is counted in full (an upper bound)."""
+def plan_runs(plans=None):
+    """{plan: [(iterations, records the exact learning speed) of each run]} of every plan of reproduce.sh (or
+    those named), at each plan's own size (plans.PAPER_SCALE / SCALES), as train.py reads each run's flags
+    (train.run_length: shortened schedules end early); Fig. 6's chain is counted in full (an upper bound)."""
     out = {}
-    for plan, (dataset, split) in P.PLAN_DEFAULTS.items():
-        args = argparse.Namespace(seeds=5, dataset=dataset, split=split, compare_to=None, chain_scale=1.0,
-                                  chain_stop="schedule")
+    for plan in plans or P.PLAN_DEFAULTS:
+        dataset, split = P.PLAN_DEFAULTS[plan]
+        scale = P.SCALES.get(plan, P.PAPER_SCALE)
+        args = argparse.Namespace(dataset=dataset, split=split, compare_to=None, chain_scale=1.0,
+                                  chain_stop="schedule", **{k: scale[k] for k in ("seeds", "iters", "width",
+                                                                                  "per_class", "image_size")})
         runs = [parse_or_raise(r.flags) for r in P.PLANS[plan](args, "runs")]
         out[plan] = [(run_length(a), a.learning_speed == "exact") for a in runs]
     return out
 
 
-def plan_seconds(runs, ms, eval_ms):
+def plan_seconds(runs, ms, eval_ms, eval_every=EVAL_EVERY, n_test=10000):
     """Projected seconds of plan_runs' runs one at a time: their steps, their evaluations (train.py's: at
-    iteration 0, every EVAL_EVERY and at the end), and the exact learning-speed passes (one eval pass over the
-    N training images per epoch of N / 128 steps: 128 / 10,000 of an evaluation per step, whatever N)."""
-    return sum(iters * ms / 1000 + (math.ceil(iters / EVAL_EVERY) + 1) * eval_ms / 1000
-               + records * iters * 128 / 10000 * eval_ms / 1000 for iters, records in runs)
+    iteration 0, every eval_every and at the end), and the exact learning-speed passes (one eval pass over the
+    N training images per epoch of N / 128 steps: 128 / n_test of an evaluation per step, whatever N)."""
+    return sum(iters * ms / 1000 + (math.ceil(iters / eval_every) + 1) * eval_ms / 1000
+               + records * iters * 128 / n_test * eval_ms / 1000 for iters, records in runs)
 
 
 def time_typical(args, device):
@@ -161,11 +185,12 @@ def time_typical(args, device):
     from torchvision.datasets import CIFAR100
 
     rng = np.random.default_rng(0)  # random images: no download; the per-image cost is the same
-    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+    s = args.image_size
+    tf = T.Compose([T.RandomCrop(s, padding=s // 8), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))])
-    n = 50000  # CIFAR-100's training set
+    n = args.n_train  # CIFAR-100's training set by default
     ds = CIFAR100.__new__(CIFAR100)  # its own __getitem__ (a PIL image, then the transforms), without its files
-    ds.data = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    ds.data = rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)
     ds.targets = rng.integers(0, args.classes, n).tolist()
     ds.transform, ds.target_transform = tf, None
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
@@ -219,8 +244,59 @@ def time_streams(args, device, k):
     return k * 1000 / median_ms(all_steps, args.steps, args.repeats, device)
 
 
+def cpu_figures(args, argv, device, out, flops):
+    """On a CPU, what the choice of the laptop plan's defaults rests on: the fp32 and bf16 matmul ceilings; the
+    "ours" step in fp32 channels_last (train.py's CPU default), fp32 contiguous, bf16 autocast (changes the
+    numbers) and torch.compile, each as ms per step and % of its precision's ceiling; one evaluation at the CPU's
+    evaluation batch (data.EVAL_BATCH) and at the GPU's; the evaluations' and learning-speed passes' share of the
+    laptop plan; and K processes of cores/K threads side by side."""
+    cores = torch.get_num_threads()
+    ceil = {"fp32": out["matmul_tflops"], "bf16": matmul_tflops(device, dtype=torch.bfloat16)}
+    out["matmul_tflops_bf16"] = ceil["bf16"]
+    print(f"ceilings : fp32 {ceil['fp32'] * 1000:6.1f} GFLOP/s | bf16 {ceil['bf16'] * 1000:6.1f} GFLOP/s "
+          f"({cores} threads, 1024 x 1024 matmul, measured)", flush=True)
+    configs = [("fp32 channels_last", None, torch.channels_last, False),
+               ("fp32 contiguous", None, torch.contiguous_format, False),
+               ("bf16 channels_last", torch.bfloat16, torch.channels_last, False),
+               ("fp32 compiled", None, torch.channels_last, True)]
+    for name, amp, fmt, comp in configs:
+        args.compile = comp
+        try:
+            ms, eval_ms, _ = time_ours(args, device, "ours", amp=amp, memory_format=fmt)
+        except Exception as e:  # noqa: BLE001 - torch.compile needs a C++ compiler; report, go on
+            print(f"{name:19s}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})", flush=True)
+            continue
+        finally:
+            args.compile = False
+        pct = 100 * flops * args.batch_size / (ms / 1000) / 1e12 / ceil["bf16" if amp else "fp32"]
+        out[f"cpu_{name.replace(' ', '_')}"] = {"ms_per_iter": ms, "eval_ms": eval_ms, "pct_ceiling": pct}
+        print(f"{name:19s}: {ms:8.2f} ms/it | {args.batch_size / ms * 1000:7.0f} img/s | {pct:4.1f}% of the "
+              f"{'bf16' if amp else 'fp32'} ceiling | eval {eval_ms:7.1f} ms / 10,000", flush=True)
+    for batch in (D.EVAL_BATCH["cpu"], D.EVAL_BATCH["cuda"]):
+        eval_ms = time_ours(args, device, "ours", eval_batch=batch)[1]
+        out[f"cpu_eval_ms_batch{batch}"] = eval_ms
+        print(f"eval batch {batch:4d}: {eval_ms:7.1f} ms / 10,000 test images (fp32 channels_last)", flush=True)
+    ms, eval_ms = out["cpu_fp32_channels_last"]["ms_per_iter"], out[f"cpu_eval_ms_batch{D.EVAL_BATCH['cpu']}"]
+    runs = plan_runs(["laptop"])["laptop"]
+    every = P.SCALES["laptop"]["eval_every"]
+    total = plan_seconds(runs, ms, eval_ms, every)
+    steps = plan_seconds(runs, ms, 0, every)
+    evals = plan_seconds([(i, False) for i, _ in runs], 0, eval_ms, every)
+    out["laptop"] = {"one_at_a_time_h": total / 3600, "eval_share": evals / total,
+                     "learning_speed_share": (total - steps - evals) / total}
+    print(f"laptop   : {len(runs)} runs, {total / 3600:.2f} h one at a time at this size ({args.width} wide, "
+          f"{args.image_size} px); evaluations {100 * evals / total:.0f}%, learning-speed passes "
+          f"{100 * (total - steps - evals) / total:.0f}% of it", flush=True)
+    for k in [k for k in (1, 2, 4, 8) if k <= cores]:
+        agg, late = time_concurrent(args, argv + ["--threads", str(cores // k)], k, False)
+        out[f"cpu_aggregate_it_per_s_k{k}"] = agg
+        print(f"{k} x {cores // k} threads: {agg:6.2f} it/s aggregate ({agg / k:.2f} per process)"
+              + (f"; {late} worker(s) started late" if late else ""), flush=True)
+
+
 def worker(args, device):
-    steps, _, _ = our_pipeline(args, device, seed=os.getpid(), method="ours", cuda_graph=args.graph)
+    steps, _, _ = our_pipeline(args, device, seed=os.getpid(), n_train=args.n_train, method="ours",
+                               cuda_graph=args.graph)
     steps(args.warmup)
     sync(device)
     late = time.time() > args.start_at
@@ -235,6 +311,9 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
     p.add_argument("--batch-size", type=int, default=128, help="examples per training step")
     p.add_argument("--classes", type=int, default=100, help="outputs of the model's head")
+    p.add_argument("--image-size", type=int, default=32, help="side of the (random) square images")
+    p.add_argument("--n-train", type=int, default=50000, help="training images (random)")
+    p.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     p.add_argument("--steps", type=int, default=200, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=30, help="untimed steps first (the graph is captured in them)")
     p.add_argument("--repeats", type=int, default=5, help="timings per figure; the median is reported")
@@ -252,16 +331,21 @@ def main(argv=None):
         device = resolve_device(args.device)  # train.py's: a bad --device is a one-line error
     except UsageError as e:
         p.error(str(e))
+    if min(args.width, args.batch_size, args.classes, args.image_size, args.n_train, args.steps, args.repeats) < 1:
+        p.error("--width, --batch-size, --classes, --image-size, --n-train, --steps and --repeats must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         return worker(args, device)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     out = {"device": name, "torch": torch.__version__, "width": args.width, "batch_size": args.batch_size,
            "date": time.strftime("%Y-%m-%d"), "command": "python bench.py " + " ".join(argv)}
-    print(f"bench: {name}, torch {torch.__version__}, ResNet-18 width {args.width}, batch {args.batch_size}, "
+    print(f"bench: {name}, torch {torch.__version__}, ResNet-18 width {args.width}, {args.image_size} px, "
+          f"batch {args.batch_size}, "
           f"median of {args.repeats} x {args.steps} steps, {out['date']}", flush=True)
     ceiling = matmul_tflops(device)
-    flops = flops_per_image(args.width, args.classes)
+    flops = flops_per_image(args.width, args.classes, args.image_size)
     out.update(matmul_tflops=ceiling, gflop_per_image=flops / 1e9, setup_s=setup_seconds(device))
     print(f"ceiling  : {ceiling:8.3g} TFLOP/s ({'bf16' if device.type == 'cuda' else 'fp32'} matmul, measured) | "
           f"{flops / 1e9:.2f} GFLOP per image and step | set-up (stats + data to device) {out['setup_s']:.2f} s",
@@ -292,6 +376,8 @@ def main(argv=None):
         out.update(typical_ms_per_iter=tms, speedup_over_typical=tms / ms)
         print(f"typical  : {tms:8.3f} ms/it | {args.batch_size / tms * 1000:9.0f} img/s | {key} is "
               f"{tms / ms:.2f}x faster", flush=True)
+    if device.type == "cpu" and not args.compile:
+        cpu_figures(args, argv, device, out, flops)
     ks = args.concurrency or ("1,2,4,8" if device.type == "cuda" else "")
     for k in [int(v) for v in ks.split(",") if v.strip()]:
         agg, late = time_concurrent(args, argv, k, graph)

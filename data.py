@@ -42,7 +42,7 @@ def load_dataset(name, data_dir, image_size=32, download=True):
     """Returns ((train_x uint8 [N,3,H,W], train_y int64 [N]), (test_x, test_y), class_names).
 
     cifar10 / cifar100 go through torchvision's dataset classes, so downloading and checksums are the
-    library's. folder reads data_dir/train/<class>/* and data_dir/test/<class>/*, or data_dir/<class>/* cut
+    library's; an image_size other than 32 resizes them once here (resize_uint8). folder reads data_dir/train/<class>/* and data_dir/test/<class>/*, or data_dir/<class>/* cut
     per class into train and test (folder.seeded_split), resized to image_size x image_size (the whole image,
     squashed, as Downsampled ImageNet does), and caches the decoded tensors in one file next to the data (or,
     if that folder is read-only, in ~/.cache/same-accuracy/; see folder.cache_paths)."""
@@ -54,21 +54,57 @@ def load_dataset(name, data_dir, image_size=32, download=True):
         for train in (True, False):
             ds = cls(root=data_dir, train=train, download=download)
             x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # [N,3,32,32]
-            splits.append((x, torch.as_tensor(ds.targets, dtype=torch.int64)))
+            splits.append((resize_uint8(x, image_size), torch.as_tensor(ds.targets, dtype=torch.int64)))
         return splits[0], splits[1], list(ds.classes)
     if name == "folder":
         return load_folder(data_dir, image_size)
     raise ValueError(f"unknown dataset '{name}' (choose from {', '.join(DATASETS)})")
 
 
-def load_for_split(name, data_dir, split, image_size=32, download=True):
+def resize_uint8(x, size, chunk=4096):
+    """uint8 images [N,C,H,W] -> uint8 [N,C,size,size]: bilinear with antialiasing, rounded, as torchvision's
+    Resize(size, antialias=True) does on tensors. Once at load, so a smaller CIFAR costs nothing per step."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    out = [torch.nn.functional.interpolate(c.float(), size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+           for c in x.split(chunk)]
+    return torch.cat(out) if out else x.new_empty((0, x.shape[1], size, size))
+
+
+SUBSET_SEED = 0  # one fixed subset for every run, whatever the run's own seed: runs of a table share their data
+
+
+def take_per_class(train, per_class, class_names, where=""):
+    """The first per_class training images of each class in a permutation seeded by SUBSET_SEED, in their
+    original order (a smaller dataset at the same class balance; 0 keeps all). train: (x uint8 [N,3,H,W],
+    y int64 [N]). Raises ValueError if a class has fewer images."""
+    if not per_class:
+        return train
+    x, y = train
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    perm = torch.randperm(len(y), generator=g)  # [N]; one draw, so a class's choice does not depend on others'
+    keep = []
+    for c in range(len(class_names)):
+        mine = perm[y[perm] == c]  # this class's positions, in permuted order
+        if len(mine) < per_class:
+            raise ValueError(f"--per-class {per_class}: class '{class_names[c]}'{' of ' + where if where else ''} "
+                             f"has only {len(mine)} training images")
+        keep.append(mine[:per_class])
+    keep = torch.cat(keep).sort().values
+    return x[keep], y[keep]
+
+
+def load_for_split(name, data_dir, split, image_size=32, download=True, per_class=0):
     """The data a split trains on: load_dataset's for a class split. For a domain split (Sec. 4.3) each
     data_dir/<domain> is a folder dataset (train/ and test/, or class folders cut by folder.seeded_split), all with
     the same classes, concatenated in the split's order, with a third tensor: the domain of each example.
+    per_class > 0 keeps that many training images of each class (of each domain): take_per_class.
     Returns ((x, y[, domain]), (test_x, test_y[, test_domain]), class_names)."""
     domains = parse_domains(split)
     if domains is None:
-        return load_dataset(name, data_dir, image_size, download)
+        train, test, class_names = load_dataset(name, data_dir, image_size, download)
+        return take_per_class(train, per_class, class_names), test, class_names
     if name != "folder":
         raise ValueError(f"the domain split '{split}' needs --dataset folder (data-dir/<domain>/<class>/<image>)")
     for dom in domains:  # all of them before decoding any
@@ -76,7 +112,8 @@ def load_for_split(name, data_dir, split, image_size=32, download=True):
             raise ValueError(f"domain folder {os.path.join(data_dir, dom)} not found")
     parts = []
     for dom in domains:
-        parts.append(load_folder(os.path.join(data_dir, dom), image_size))
+        train, test, class_names = load_folder(os.path.join(data_dir, dom), image_size)
+        parts.append((take_per_class(train, per_class, class_names, dom), test, class_names))
         if parts[-1][2] != parts[0][2]:
             raise ValueError(f"domains {domains[0]} and {dom} have different class folders")
 
@@ -103,7 +140,7 @@ def num_classes_of(name, data_dir, split=None):
     return None if not subdirs or holds_domains(root, subdirs) else len(subdirs)  # None: loading says why
 
 
-def identity(train, test, class_names, domains=None):
+def identity(train, test, class_names, domains=None, per_class=0):
     """What makes two datasets the same for a run's results: class names (and domain names), example counts,
     image size and a hash of every image, label (and domain) (sha256 of CIFAR-100 takes about 0.1 s).
     Recorded in logs and checkpoints, so that a finished run is only reused for, and a checkpoint only
@@ -116,6 +153,7 @@ def identity(train, test, class_names, domains=None):
             h.update(y.to(torch.int64).contiguous().numpy())
     out = {"class_names": list(class_names), "num_train": len(train[1]), "num_test": len(test[1]),
            "image_size": list(train[0].shape[2:]), "sha256": h.hexdigest()}
+    out = out if not per_class else {**out, "per_class": per_class}
     return out if domains is None else {**out, "domains": list(domains)}
 
 
@@ -262,10 +300,11 @@ def apply_crops(x, dy, dx, flip, pad=4):
 class Loader:
     """The training set on the device as uint8, and its augmented, normalised batches.
 
-    batch(idx) -> (images float [B,3,H,W] channels_last, labels int64 [B], idx int64 [B])."""
+    batch(idx) -> (images float [B,3,H,W] in memory_format, labels int64 [B], idx int64 [B])."""
 
-    def __init__(self, x, y, device, seed=0, mean=None, std=None):
+    def __init__(self, x, y, device, seed=0, mean=None, std=None, memory_format=torch.channels_last):
         self.x = x.to(device)  # uint8 [N,3,H,W]
+        self.memory_format = memory_format
         self.pad = x.shape[-1] // 8  # crop padding: 4 px at 32 as the paper's CIFAR, 14 at 112 (same relative shift)
         self.y = y.to(device)  # int64 [N]
         self.device = torch.device(device)
@@ -275,9 +314,9 @@ class Loader:
         self.std = std.to(device).view(1, -1, 1, 1)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
 
-    def normalize(self, x):  # uint8 [B,3,H,W] -> float [B,3,H,W] channels_last
+    def normalize(self, x):  # uint8 [B,3,H,W] -> float [B,3,H,W] in the model's memory format
         x = (x.float() / 255 - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=self.memory_format)
 
     def batch(self, idx, crops=None):
         """crops: (dy, dx, flip) from random_crops, or None to draw them from the loader's generator."""
@@ -286,10 +325,14 @@ class Loader:
         return self.normalize(x), self.y[idx], idx
 
 
+EVAL_BATCH = {"cuda": 1000, "cpu": 200}  # a CPU's caches favour small batches (1.3x over 1000, width 16, 16 px)
+
+
 @torch.no_grad()
-def predict(model, x, loader, batch_size=1000, autocast_dtype=None, y=None):
+def predict(model, x, loader, batch_size=None, autocast_dtype=None, y=None):
     """Predicted labels int64 [N] for uint8 images x [N,3,H,W] (on the loader's device), without augmentation;
     given labels y, also the summed cross-entropy (fp32, a device scalar) from the same pass."""
+    batch_size = batch_size or EVAL_BATCH.get(loader.device.type, 1000)
     out, loss = [], torch.zeros((), device=x.device)
     for i, chunk in enumerate(x.split(batch_size)):
         with torch.autocast(loader.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):

@@ -13,7 +13,8 @@ always means one configuration and plans that need the same run share it:
     alpha=, beta=, lambda=, c=, r=   a non-default hyper-parameter (App. A.3-A.5)
 
 Plans: table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7, a new domain),
-appendix (App. A.3-A.6), analysis (App. A.5, A.7, A.8: Figs. 11, 14, 15).
+appendix (App. A.3-A.6), analysis (App. A.5, A.7, A.8: Figs. 11, 14, 15), and laptop (Table 2a's CIFAR-10 rows at a
+size two CPU cores train in about an hour per seed set: SCALES).
 table2a, table2b and appendix are lists of Sections (a sub-table and a figure each), from which both the
 runs and the report follow.
 """
@@ -221,6 +222,28 @@ def sections_table2a(args):
     return f"table2a_{name}", [Section(name, f"Table 2a: {title}", args.split, "scratch", rows)]
 
 
+def sections_laptop(args):
+    """Table 2a's CIFAR-10 (8+2) rows at the laptop scale (SCALES): the paper's method settings, a smaller
+    network, images and training set; the paper's full-size values beside ours."""
+    title, paper = TABLE2A["cifar10"]
+    rows = [(row, lab, p) for (row, lab), p in zip(TABLE2A_ROWS, paper)]
+    return "laptop", [Section("laptop", f"Table 2a at laptop scale: {args.dataset} {args.split}, "
+                                        f"{args.per_class or 'all'} training images per class, {args.image_size} px, "
+                                        f"width {args.width}, {args.iters} iterations (paper: {title}, full size)",
+                              args.split, "scratch", rows)]
+
+
+PLATEAU = "scratch (2x iterations)"  # the laptop plan's plateau check: seed 0's scratch model, twice the budget
+
+
+def plan_laptop(args, runs_dir):
+    """sections_laptop's runs, and the plateau check: seed 0's scratch model trained for twice the iterations,
+    its schedule stretched to them (report.report_laptop compares the two Max Acc)."""
+    runs = sections_plan(sections_laptop)(args, runs_dir)
+    flags = ["--task", "1", "--init", "scratch", "--iters", str(2 * args.iters), "--learning-speed", "off"]
+    return runs + [Run(f"{args.split}/seed0/scratch-2x-iters", PLATEAU, args.split, 1, 0, flags)]
+
+
 def sections_table2b(args):
     """Table 2b: a section per split, each against its own Scratch + L2-init."""
     sections = []
@@ -309,12 +332,23 @@ def plan_fig6(args, runs_dir):
 ANALYSIS_LABELS = ["scratch", "continuous+gradnorms"]
 
 
-SECTIONS = {"table2a": sections_table2a, "table2b": sections_table2b, "appendix": sections_appendix}
+SECTIONS = {"table2a": sections_table2a, "laptop": sections_laptop, "table2b": sections_table2b, "appendix": sections_appendix}
 PLANS = {"table1": rows_plan(TABLE1_LABELS), "table2a": sections_plan(sections_table2a),
          "table2b": sections_plan(sections_table2b), "fig6": plan_fig6, "fig7": plan_fig7,
-         "appendix": sections_plan(sections_appendix), "analysis": rows_plan(ANALYSIS_LABELS)}
+         "appendix": sections_plan(sections_appendix), "analysis": rows_plan(ANALYSIS_LABELS),
+         "laptop": plan_laptop}
 # the setting each plan has in the paper (--dataset / --split default to these)
 PLAN_DEFAULTS = {"table1": ("cifar100", "70+30"), "table2a": ("cifar10", "8+2"),
                  "table2b": ("cifar100", "90+10,70+30,50+50,30+70"), "fig6": ("cifar100", "50+5x10"),
                  "fig7": ("folder", "product_images+real_life"), "appendix": ("cifar100", "70+30"),
-                 "analysis": ("cifar100", "70+30")}
+                 "analysis": ("cifar100", "70+30"), "laptop": ("cifar10", "8+2")}
+
+# The size of each plan's runs, unless a flag says otherwise: the paper's (App. A.2), and the laptop plan's, chosen
+# by measurement on 2 CPU cores (docs/laptop.md): 500 training images per class (a fixed seeded subset) at 16x16
+# px and width 16, trained 3,910 iterations = 100 epochs of the 5,000 images, as the paper's 39,100 are 100
+# epochs of CIFAR's 50,000; twice that budget gains less than a point (the plateau check). eval_every is at
+# `iters`; other lengths scale it (at least 1). quick_iters: --quick's length.
+PAPER_SCALE = dict(seeds=5, iters=39100, eval_every=200, width=64, image_size=None, per_class=0, quick_iters=4000)
+SCALES = {"laptop": dict(seeds=3, iters=3910, eval_every=78, width=16, image_size=16, per_class=500,
+                         quick_iters=400)}
+RESULTS = {"laptop": os.path.join("results", "laptop")}  # where a plan's own setting writes (else results/)

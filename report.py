@@ -43,12 +43,24 @@ def csv_row(keys, st, paper):
     return S.csv_line(list(keys) + [st[k] if st else None for k in STATS] + list(paper or [None] * 3))
 
 
+def recorded_argv(argv):
+    """The command a table records: argv without --report-only, --runs DIR and --results DIR, which say where
+    logs are read and tables written, not what they hold: a table rebuilt from copied logs is the same file."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a == "--report-only" or a.split("=")[0] in ("--runs", "--results"):
+            skip = a in ("--runs", "--results")
+            continue
+        out.append(a)
+    return out
+
+
 def write(results_dir, name, title, args, md, csv, speedups=True):
     """Markdown (a header saying how it was made and, with speedups, how Max Acc, L99 and L100 are computed;
     then md) and CSV, atomically; the Markdown is printed."""
     head = [f"# {title}", "",
             f"{args.dataset}, ResNet-18 (width {args.width}), batch {args.batch_size}, {args.iters} iterations, "
-            f"{args.seeds} seed(s); command: `./reproduce.sh {' '.join(args.argv)}`", ""]
+            f"{args.seeds} seed(s); command: `./reproduce.sh {' '.join(recorded_argv(args.argv))}`", ""]
     note = [f"Ours: Max Acc is the maximum of the seed-averaged test-accuracy curve ± the standard error of the seeds "
             f"at that iteration; L99 / L100 (Eq. 2) are computed on the seed-averaged curves with a_scratch = the "
             f"reference's {'maximum' if args.target == 'max' else 'final accuracy'}; the paper's value is in "
@@ -93,8 +105,9 @@ def report_table1(runs, args, runs_dir, results_dir):
                     os.path.join(results_dir, f"{fname}.png"), title, args)
 
 
-def report_sections(runs, args, runs_dir, results_dir):
-    """table2a, table2b, appendix: a sub-table and a figure per Section, and every run's wall time."""
+def report_sections(runs, args, runs_dir, results_dir, notes=()):
+    """table2a, table2b, appendix: a sub-table and a figure per Section, notes (Markdown lines), and every run's
+    wall time."""
     name, sections = P.SECTIONS[args.plan](args)
     md, csv, walls = [], [",".join(["section", "row", "label"] + STATS + PAPER)], []
     for sec in sections:
@@ -113,7 +126,7 @@ def report_sections(runs, args, runs_dir, results_dir):
         plot_curves(groups, legend, sec.reference, os.path.join(results_dir, fig), sec.title, args)
         walls += [f"- {sec.split} {label}: " + ", ".join(f"seed {h['config']['seed']}: {ev[-1]['wall']:.0f} s"
                                                         for h, ev in rs) for label, rs in sorted(groups.items())]
-    md += ["Wall time of every run (training and evaluation):", ""] + sorted(set(walls))
+    md += list(notes) + ["Wall time of every run (training and evaluation):", ""] + sorted(set(walls))
     titles = {"table2b": "Table 2b: ratios of old and new classes", "appendix": "Appendix A.3-A.6: sweeps"}
     write(results_dir, name, titles.get(name, sections[0].title), args, md, csv)
 
@@ -241,8 +254,33 @@ def report_fig7(runs, args, runs_dir, results_dir):
     save(fig, os.path.join(results_dir, "fig7.png"))
 
 
+def report_laptop(runs, args, runs_dir, results_dir):
+    """The laptop plan: Table 2a's section (report_sections), each row's final training accuracy, and the
+    plateau check: seed 0's scratch model at twice the iterations against seed 0's scratch model."""
+    summaries = {}
+    for r in runs:
+        d = os.path.join(runs_dir, r.name)
+        if S.is_finished(d):
+            summaries.setdefault(r.label, []).append(S.read_log(d)[2])
+    notes = ["Training accuracy of the final model on its own training images (unaugmented), mean ± s.e. over "
+             "seeds:", ""]
+    for row, label in [("Old model", "old")] + P.TABLE2A_ROWS:
+        accs = [s["train_acc"] for s in summaries.get(label, []) if s.get("train_acc") is not None]
+        notes.append(f"- {row}: " + ("{:.2f} ± {:.2f}".format(*S.mean_se(accs)) + f" ({len(accs)} seeds)" if accs
+                                      else "(not run)"))
+    one = {r.label: os.path.join(runs_dir, r.name) for r in runs if r.seed == 0 and r.label in ("scratch", P.PLATEAU)}
+    if all(S.is_finished(d) for d in one.values()) and len(one) == 2:
+        a1, a2 = (S.read_log(one[lab])[2]["max_acc"] for lab in ("scratch", P.PLATEAU))
+        verdict = "on the plateau (< 1 point)" if a2 - a1 < 1 else "NOT on the plateau (>= 1 point)"
+        notes += ["", f"Plateau check (seed 0, scratch): Max Acc {a1:.2f} at {args.iters} iterations, {a2:.2f} at "
+                      f"{2 * args.iters} (schedule stretched): {a2 - a1:+.2f} points, {verdict}."]
+    else:
+        notes += ["", "Plateau check (seed 0, scratch at twice the iterations): (not run)"]
+    report_sections(runs, args, runs_dir, results_dir, notes + [""])
+
+
 REPORTS = {"table1": report_table1, "table2a": report_sections, "table2b": report_sections, "fig6": report_fig6,
-           "fig7": report_fig7, "appendix": report_sections}
+           "fig7": report_fig7, "appendix": report_sections, "laptop": report_laptop}
 
 
 # ------------------------------------------------------------------------------------------ figures

@@ -31,7 +31,6 @@ from resnet import STEMS, stem_for
 import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PAPER_ITERS = 39100
 REPORTS = {**R.REPORTS, "analysis": report_analysis.report_analysis}
 
 
@@ -46,7 +45,7 @@ def die(msg):
 def train_argv(run, args, runs_dir):
     """The full train.py command line of a run (without --device)."""
     return ["--dataset", args.dataset, "--data-dir", args.data_dir, "--no-download", "--image-size",
-            str(args.image_size), "--stem", args.stem, "--split", run.split,
+            str(args.image_size), *(["--per-class", str(args.per_class)] if args.per_class else []), "--stem", args.stem, "--split", run.split,
             "--split-seed", str(run.seed), "--seed", str(run.seed), "--iters", str(args.iters),
             "--eval-every", str(args.eval_every), "--batch-size", str(args.batch_size), "--width", str(args.width),
             "--amp", args.amp, "--label", run.label, "--out", os.path.join(runs_dir, run.name), *run.flags] + \
@@ -259,18 +258,25 @@ def build_parser():
     a = p.add_argument
     a("--plan", default="table1", choices=list(P.PLANS),
       help="table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7), "
-           "appendix (App. A.3-A.6), analysis (Figs. 11, 14, 15)")
-    a("--seeds", type=int, default=5, help="number of seeds (0..seeds-1); each seed has its own class order")
-    a("--iters", type=int, default=PAPER_ITERS, help="iterations per run; the schedule scales with it")
+           "appendix (App. A.3-A.6), analysis (Figs. 11, 14, 15), laptop (Table 2a's CIFAR-10 rows sized for a "
+           "CPU: 3 seeds, 500 images per class, 16 px, width 16, 3,910 iterations)")
+    a("--seeds", type=int, help="number of seeds (0..seeds-1); each seed has its own class order (default: 5; "
+                                "laptop: 3)")
+    a("--iters", type=int, help="iterations per run; the schedule scales with it (default: 39,100; laptop: 3,910)")
     a("--eval-every", type=int, help="evaluation interval (default: iters/195.5 rounded, at least 1: 200 for "
-                                     "39,100, every iteration up to 293)")
-    a("--quick", action="store_true", help="a scaled-down plan: at most 2 seeds, 4,000 iterations unless --iters")
+                                     "39,100, every iteration up to 293; laptop: iters/50.1, 78 for 3,910)")
+    a("--quick", action="store_true", help="a scaled-down plan: at most 2 seeds, 4,000 iterations (laptop: 400) "
+                                           "unless --iters")
     a("--dataset", help="cifar100, cifar10 or folder (default: the plan's, e.g. cifar10 for table2a)")
     a("--data-dir", default="data", help="dataset folder (CIFAR is downloaded here)")
     a("--split", help="class split, or domain split such as product_images+real_life (default: the plan's; "
                       "table2b takes a comma-separated list)")
-    a("--image-size", type=int, help="folder datasets are resized to this (default: 112 for --compare-to "
-                                     "adaptiope / imagenet100 / imagenet200 and for fig7, else 32)")
+    a("--image-size", type=int, help="images are resized to this (default: 112 for folder datasets with "
+                                     "--compare-to adaptiope / imagenet100 / imagenet200 and for fig7, 16 for "
+                                     "laptop, else 32)")
+    a("--per-class", type=int,
+      help="train on this many images of each class (a fixed seeded subset, the same for every run; 0: all; "
+           "default: 0, laptop: 500)")
     a("--stem", default="auto", choices=["auto", *STEMS],
       help="ResNet-18 stem; auto: cifar up to 32x32 images, imagenet (7x7 stride 2 + max-pool) above")
     a("--compare-to", choices=sorted(P.TABLE2A), help="table2a: the paper's row to print beside ours")
@@ -283,11 +289,14 @@ def build_parser():
     a("--cuda-graph", action="store_true", help="every run records its training step as one CUDA graph")
     a("--target", default="max", choices=["max", "final"],
       help="a_scratch of Eq. 2: the reference's maximum accuracy or its final accuracy")
-    a("--width", type=int, default=64, help="ResNet-18 width (64 = the paper's)")
+    a("--width", type=int, help="ResNet-18 width (default: 64, the paper's; laptop: 16)")
     a("--batch-size", type=int, default=128, help="batch size (128 = the paper's)")
-    a("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto refuses to run without a GPU")
+    a("--device", default="auto", choices=["auto", "cuda", "cpu"],
+      help="auto: the GPU; without one, laptop runs on the CPU and the other plans refuse")
     a("--gpus", default="0", help="comma-separated GPU ids to spread runs over")
-    a("--jobs-per-gpu", type=int, default=1, help="concurrent runs per GPU (with --device cpu: concurrent runs)")
+    a("--jobs-per-gpu", type=int,
+      help="concurrent runs per GPU (default 1); with --device cpu: concurrent runs sharing the cores (default 1; "
+           "laptop: one per core, each of one thread, faster in total than one run over all cores)")
     a("--runs", help="runs folder (default: runs/<dataset>-<iters>it-w<width>[-b<batch>]; an image folder's "
                      "<dataset> is folder-<name>-<hash of its path>)")
     a("--results", help="tables and figures (default: results/ for the paper's setting, else "
@@ -303,11 +312,24 @@ def resolve(args):
     args.dataset, args.split = args.dataset or dataset, args.split or split
     if not all(s.strip() for s in args.split.split(",")):
         die(f"--split '{args.split}' has an empty entry")
+    scale = P.SCALES.get(args.plan, P.PAPER_SCALE)
     if args.quick:
-        args.seeds, args.iters = min(args.seeds, 2), 4000 if args.iters == PAPER_ITERS else args.iters
+        args.seeds, args.iters = min(args.seeds or scale["seeds"], 2), args.iters or scale["quick_iters"]
+    if args.eval_every is None:  # the plan's number of evaluations per run, whatever its length
+        args.eval_every = max(1, round((args.iters or scale["iters"]) * scale["eval_every"] / scale["iters"]))
+    for key in ("seeds", "iters", "width", "per_class", "image_size"):
+        if getattr(args, key) is None:
+            setattr(args, key, scale[key])
     args.image_size = P.image_size(args) if args.image_size is None else args.image_size
+    if args.device == "auto" and args.plan == "laptop" and not torch.cuda.is_available():
+        args.device = "cpu"  # the CPU-sized plan: a CPU is the hardware it is for
+    if args.jobs_per_gpu is None:
+        laptop_on_cpu = args.plan == "laptop" and args.device == "cpu" and not args.report_only
+        args.jobs_per_gpu = (os.cpu_count() or 1) if laptop_on_cpu else 1
     if min(args.seeds, args.iters, args.width, args.batch_size, args.jobs_per_gpu, args.image_size) < 1:
         die("--seeds, --iters, --width, --batch-size, --jobs-per-gpu and --image-size must be >= 1")
+    if args.per_class < 0:
+        die("--per-class must be >= 0 (0: every training image)")
     if args.amp == "auto":  # explicit in every command, so a finished run's log can be checked against the plan
         args.amp = "fp32" if args.device == "cpu" else "bf16"
     auto_stem = stem_for(args.image_size)
@@ -318,16 +340,18 @@ def resolve(args):
         die(str(e))
     if domain_splits and "," in args.split:
         die(f"--split '{args.split}': a domain split reads other data than the other splits; give one split")
-    if args.eval_every is None:
-        args.eval_every = max(1, round(args.iters * 200 / PAPER_ITERS))
     name = args.dataset if args.dataset != "folder" else folder_name(args.data_dir)
     tag = f"{name}-{args.iters}it-w{args.width}" + (f"-b{args.batch_size}" if args.batch_size != 128 else "") + \
-        (f"-{args.image_size}px" if args.image_size != 32 else "") + (f"-{args.stem}" if args.stem != auto_stem else "")
+        (f"-{args.image_size}px" if args.image_size != 32 else "") + (f"-{args.stem}" if args.stem != auto_stem else "") + \
+        (f"-pc{args.per_class}" if args.per_class else "")
     runs_dir = args.runs or os.path.join("runs", tag)
     paper_setting = (args.dataset, args.split, args.iters, args.width, args.batch_size, args.seeds, args.eval_every,
-                     args.amp, args.target, args.chain_scale, args.chain_stop) == \
-        (dataset, split, PAPER_ITERS, 64, 128, 5, 200, "bf16", "max", 1.0, "l100")  # anything else is a trial
-    results_dir = args.results or ("results" if paper_setting else os.path.join("results", f"{tag}-{args.seeds}seeds"))
+                     args.amp, args.target, args.chain_scale, args.chain_stop, args.per_class, args.image_size) == \
+        (dataset, split, scale["iters"], scale["width"], 128, scale["seeds"], scale["eval_every"],
+         "fp32" if args.plan == "laptop" else "bf16", "max", 1.0, "l100", scale["per_class"],
+         scale["image_size"] or P.image_size(args))  # anything else is a trial
+    own = P.RESULTS.get(args.plan, "results")
+    results_dir = args.results or (own if paper_setting else os.path.join("results", f"{tag}-{args.seeds}seeds"))
     return runs_dir, results_dir
 
 
@@ -382,7 +406,8 @@ def main(argv=None):
     if args.device == "auto":
         if not torch.cuda.is_available():
             die(f"no GPU found. This plan is {len(runs)} runs of {args.iters} iterations: days to weeks on a "
-                "CPU. Pass --device cpu to run on the CPU anyway (try --quick --width 8).")
+                "CPU. --plan laptop is the CPU-sized run (Table 2a's CIFAR-10 rows, about an hour per seed on 2 "
+                "cores); --device cpu runs this plan on the CPU anyway")
         args.device = "cuda"
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     args.slots = [(g, j) for g in (gpus if args.device == "cuda" else ["cpu"]) for j in range(args.jobs_per_gpu)]
@@ -417,8 +442,9 @@ def prepare_data(args):
     try:  # a domain split (one per plan, see resolve) loads its domains; class splits share one dataset
         split = args.split.split(",")[0]
         domains = data.parse_domains(split)
-        train, test, classes = data.load_for_split(args.dataset, args.data_dir, split, args.image_size)
-        return len(classes), data.identity(train, test, classes, domains)
+        train, test, classes = data.load_for_split(args.dataset, args.data_dir, split, args.image_size,
+                                                   per_class=args.per_class)
+        return len(classes), data.identity(train, test, classes, domains, args.per_class)
     except Exception as e:  # noqa: BLE001 - any failure to get the data is reported the same way
         die(f"cannot load {args.dataset} from {args.data_dir}: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")

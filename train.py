@@ -58,7 +58,10 @@ def build_parser():
            "data-dir/<class>/* split 80/20 per class; with a domain split data-dir/<domain>/ holds either)")
     a("--data-dir", default="data", help="where the dataset is (or is downloaded to)")
     a("--download", action=argparse.BooleanOptionalAction, default=True, help="download CIFAR if missing")
-    a("--image-size", type=int, default=32, help="folder datasets are resized to this (squashed, whole image)")
+    a("--image-size", type=int, default=32,
+      help="images are resized to this: folder datasets whole (squashed), CIFAR antialiased, once at load")
+    a("--per-class", type=int, default=0,
+      help="train on this many images of each class (a fixed seeded subset, the same for every run; 0: all)")
     a("--stem", default="auto", choices=["auto", *STEMS],
       help="ResNet-18 stem: cifar (3x3, stride 1), imagenet (7x7 stride 2 + max-pool); auto: cifar up to "
            "--image-size 32, imagenet above")
@@ -181,11 +184,11 @@ def load_task(args):
     domains = D.parse_domains(args.split)  # a new domain (Sec. 4.3) instead of new classes
     try:
         train, test, class_names = D.load_for_split(args.dataset, args.data_dir, args.split, args.image_size,
-                                                    args.download)
+                                                    args.download, args.per_class)
         groups = domains or D.parse_split(args.split, len(class_names))
     except (ValueError, RuntimeError, OSError) as e:
         raise UsageError(f"{args.dataset} at {args.data_dir}: {str(e).splitlines()[0]}") from None
-    ident = D.identity(train, test, class_names, domains)  # what a finished run or checkpoint is compared against
+    ident = D.identity(train, test, class_names, domains, args.per_class)  # what a finished run or checkpoint is compared against
     if domains:  # every task has every class: the labels stay the class folders' order
         order = list(range(len(class_names)))
         d = D.domain_task_data(train, test, len(class_names), len(domains), args.task)
@@ -385,6 +388,14 @@ def record_learning_speed(model, loader, speed, amp):
     return timed_eval(model, loader.device, lambda: speed.record_epoch(correct()))[1]
 
 
+def train_accuracy(model, loader, amp):
+    """Accuracy (%) of the final model on its own training images, unaugmented, in eval mode: whether the budget
+    reached the plateau where the model fits its data, as the paper's 100 epochs do."""
+    predict = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp)  # noqa: E731
+    hit = timed_eval(model, loader.device, lambda: predict() == loader.y)[0]
+    return 100.0 * hit.double().mean().item()
+
+
 def grad_norm_probe(args, task, model, loader, log):
     """probe(it): at the log-spaced iterations of analysis.probe_iterations, log the per-example gradient norms
     of a fixed probe of old and new training examples (App. A.7, Fig. 14; analysis.grad_norm_summary). Returns
@@ -461,7 +472,7 @@ def main(args):
         raise
     summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
                "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
-               "learning_speed_seconds": ls_seconds}
+               "learning_speed_seconds": ls_seconds, "train_acc": train_accuracy(model, loader, AMP[args.amp])}
     save_results(args, task, model, anchor, speed, summary, config, log)
     return summary
 

@@ -148,7 +148,7 @@ def test_domain_split_bad_input(domains, capsys):
     for extra, msg in [(["--dataset", "cifar10", "--split", "a+b"], "needs --dataset folder"),
                        (["--split", "product+real", "--task", "2"], "out of range"),
                        (["--split", "product+nowhere"], "domain folder"),
-                       (["--dataset", "cifar10", "--image-size", "64"], "images are 32x32")]:
+                       (["--per-class", "-1"], "--per-class must be >= 0")]:
         code = train.cli(["--dataset", "folder", "--data-dir", str(domains / "data"), "--iters", "2", "--device",
                           "cpu", "--out", str(domains / "bad"), *extra])
         err = capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""The laptop plan (Table 2a's CIFAR-10 rows sized for a CPU): its run list and settings, the training subset
+(--per-class), CIFAR at another resolution, the plan end to end on synthetic CIFAR pickles, and the committed
+table rebuilt byte for byte from the committed logs."""
+import json
+import math
+import os
+import shlex
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import data as D
+import plans
+import reproduce
+import train
+from conftest import ROOT, write_cifar
+
+LAPTOP = os.path.join(ROOT, "results", "laptop")
+
+
+# ------------------------------------------------------------------------------------ the subset
+
+def test_take_per_class_keeps_n_of_each_class_from_one_seeded_permutation():
+    y = torch.tensor([0] * 7 + [1] * 5 + [2] * 9)[torch.randperm(21, generator=torch.Generator().manual_seed(3))]
+    x = torch.arange(21, dtype=torch.uint8).view(21, 1, 1, 1).expand(21, 3, 2, 2).contiguous()  # pixel = position
+    names = ["a", "b", "c"]
+    x3, y3 = D.take_per_class((x, y), 3, names)
+    x5, y5 = D.take_per_class((x, y), 5, names)
+    assert torch.bincount(y3).tolist() == [3, 3, 3] and torch.bincount(y5).tolist() == [5, 5, 5]
+    pos3, pos5 = x3[:, 0, 0, 0].long(), x5[:, 0, 0, 0].long()
+    assert torch.equal(y[pos3], y3) and torch.equal(y[pos5], y5)  # images keep their labels
+    assert torch.equal(pos3, pos3.sort().values)  # in the dataset's own order
+    assert set(pos3.tolist()) <= set(pos5.tolist())  # the first n of one permutation: nested subsets
+    assert torch.equal(D.take_per_class((x, y), 3, names)[0], x3)  # the same subset every time
+    assert D.take_per_class((x, y), 0, names)[0] is x
+    with pytest.raises(ValueError, match="class 'b' has only 5 training images"):
+        D.take_per_class((x, y), 6, names)
+
+
+def test_per_class_changes_the_data_identity(tmp_path, no_checksum):
+    write_cifar(tmp_path, "cifar10", n_train=6, n_test=2)
+    full = D.load_for_split("cifar10", str(tmp_path), "8+2", download=False)
+    sub = D.load_for_split("cifar10", str(tmp_path), "8+2", download=False, per_class=4)
+    assert len(sub[0][1]) == 40 and torch.equal(sub[1][0], full[1][0])  # the test set is whole
+    a, b = D.identity(*full), D.identity(*sub, per_class=4)
+    assert b["per_class"] == 4 and b["num_train"] == 40 and D.identity_diff(b, a) is not None
+
+
+# ------------------------------------------------------------------------------------ CIFAR resized
+
+def test_cifar_resize_matches_torchvision(tmp_path, no_checksum):
+    from torchvision.transforms.v2 import functional as TF
+
+    (xtr, _), _, _ = write_cifar(tmp_path, "cifar10", n_train=3, n_test=1)
+    (x, _), (tx, _), _ = D.load_dataset("cifar10", str(tmp_path), image_size=16, download=False)
+    assert x.shape == (30, 3, 16, 16) and tx.shape == (10, 3, 16, 16) and x.dtype == torch.uint8
+    ims = [torch.from_numpy(im).permute(2, 0, 1) for im in xtr]  # [3,32,32] each, one at a time as a Resize sees them
+    exact = torch.stack([TF.resize(im.float(), [16, 16], antialias=True).round() for im in ims])
+    assert torch.equal(x, exact.to(torch.uint8))  # torchvision's float path, rounded
+    fixed = torch.stack([TF.resize(im, [16, 16], antialias=True) for im in ims])  # its uint8 path: fixed point
+    assert (x.int() - fixed.int()).abs().max() <= 1
+    x32 = D.load_dataset("cifar10", str(tmp_path), image_size=32, download=False)[0][0]
+    assert torch.equal(x32, torch.from_numpy(xtr).permute(0, 3, 1, 2))  # 32 px: untouched
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+def planned(capsys, *extra):
+    assert reproduce.main(["--plan", "laptop", "--list", "--device", "cpu", *extra]) == 0
+    return [train.parse_or_raise(shlex.split(line)[2:]) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_laptop_plan_runs_and_settings(capsys):
+    runs = planned(capsys)
+    by = {}
+    for a in runs:
+        by.setdefault(a.label, []).append(a)
+    assert {k: len(v) for k, v in by.items()} == {"old": 3, "scratch": 3, "continuous": 3, plans.OURS: 3,
+                                                  plans.OURS + "+x0.5": 3, plans.PLATEAU: 1}
+    for a in runs:  # the paper's settings (App. A.2, Sec. 3); only the size is the laptop's
+        assert (a.dataset, a.split, a.batch_size, a.lr, a.lr_min, a.schedule) == ("cifar10", "8+2", 128, 1e-3, 1e-6,
+                                                                                 "cosine")
+        assert (a.sp_alpha, a.sp_beta, a.reg_lambda, a.eh_c, a.eh_r) == (0.4, 0.001, 0.01, 0.2, 0.1)
+        assert (a.width, a.image_size, a.per_class, a.eval_every, a.amp) == (16, 16, 500, 78, "fp32")
+        assert a.iters == (7820 if a.label == plans.PLATEAU else 3910)
+        assert a.seed == a.split_seed and a.seed in (0, 1, 2)
+    assert math.ceil(3910 / 78) + 1 >= 50  # L99 / L100 resolved by at least 50 evaluations
+    ours, half = by[plans.OURS][0], by[plans.OURS + "+x0.5"][0]
+    assert (ours.init, ours.reg, ours.sampler, ours.schedule_scale) == ("shrink_perturb", "l2init", "easy_hard", 1.0)
+    assert (half.init, half.reg, half.sampler, half.schedule_scale) == ("shrink_perturb", "l2init", "easy_hard", 0.5)
+    cont, scratch = by["continuous"][0], by["scratch"][0]
+    assert (cont.init, cont.reg, cont.sampler) == ("old", "none", "uniform")
+    assert (scratch.init, scratch.sp, scratch.reg, scratch.sampler) == ("scratch", False, "none", "uniform")
+    assert by[plans.PLATEAU][0].seed == 0 and by["old"][0].task == 0 and ours.old_ckpt.endswith("seed0/old/ckpt.pt")
+    quick = planned(capsys, "--quick")
+    assert {a.iters for a in quick} == {400, 800} and {a.eval_every for a in quick} == {8}  # round(400*78/3910)
+
+
+def test_laptop_writes_its_own_results_folder_only_at_its_setting():
+    def results(*extra):
+        args = reproduce.build_parser().parse_args(["--plan", "laptop", "--device", "cpu", *extra])
+        return reproduce.resolve(args)[1]
+
+    assert results() == os.path.join("results", "laptop")
+    for extra in (["--width", "8"], ["--per-class", "100"], ["--image-size", "32"], ["--seeds", "2"]):
+        assert results(*extra) != os.path.join("results", "laptop"), extra
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_without_a_gpu_the_error_names_the_laptop_plan(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--quick", "--runs", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--plan laptop" in err and len(err.strip().splitlines()) == 1
+
+
+def test_laptop_quick_end_to_end(tmp_path, no_checksum, capsys):
+    write_cifar(tmp_path / "data", "cifar10", n_train=20, n_test=10)
+    runs, res = tmp_path / "runs", tmp_path / "res"
+    argv = ["--plan", "laptop", "--quick", "--per-class", "12", "--width", "4", "--batch-size", "16", "--iters",
+            "24", "--device", "cpu", "--jobs-per-gpu", "1", "--data-dir", str(tmp_path / "data"), "--runs",
+            str(runs), "--results", str(res)]
+    assert reproduce.main(argv) == 0
+    md = (res / "laptop.md").read_text()
+    for row in ("Scratch", "Continuous", "Ours (x1)", "Ours (x0.5)"):
+        line = next(x for x in md.splitlines() if x.startswith(f"| {row} |"))
+        assert "(not run)" not in line
+    logs = {}
+    for path in runs.rglob("log.jsonl"):
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        logs[path.parent.relative_to(runs).as_posix()] = lines
+    assert len(logs) == 2 * 5 + 1
+    plateau, one = logs["8+2/seed0/scratch-2x-iters"], logs["8+2/seed0/scratch"]
+    assert plateau[0]["config"]["iters"] == 48 and plateau[-1]["iters"] == 48
+    assert plateau[0]["data"]["per_class"] == 12 and plateau[0]["data"]["num_train"] == 120
+    best = lambda lines: max(x["acc"] for x in lines if x["event"] == "eval")  # noqa: E731
+    assert f"{best(one):.2f} at 24 iterations, {best(plateau):.2f} at 48" in md
+    assert f"{best(plateau) - best(one):+.2f} points" in md
+    accs = [logs[f"8+2/seed{s}/old"][-1]["train_acc"] for s in (0, 1)]
+    assert "- Old model: {:.2f} ± {:.2f} (2 seeds)".format(np.mean(accs), np.std(accs, ddof=1) / math.sqrt(2)) in md
+    # the train_acc of a run is its final model's accuracy on its (unaugmented) training images
+    assert all(0 <= lines[-1]["train_acc"] <= 100 for lines in logs.values())
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(LAPTOP, "laptop.md")), reason="no committed laptop table")
+def test_report_only_rebuilds_the_committed_laptop_table(tmp_path):
+    md = open(os.path.join(LAPTOP, "laptop.md"), encoding="utf-8").read()
+    command = next(x for x in md.splitlines() if "command: `./reproduce.sh " in x)
+    argv = shlex.split(command.split("command: `./reproduce.sh ")[1].rstrip("`"))
+    shutil.copytree(os.path.join(LAPTOP, "logs"), tmp_path / "runs")
+    assert reproduce.main(argv + ["--report-only", "--runs", str(tmp_path / "runs"), "--results",
+                                  str(tmp_path / "res")]) == 0
+    for name in ("laptop.md", "laptop.csv"):
+        assert (tmp_path / "res" / name).read_bytes() == open(os.path.join(LAPTOP, name), "rb").read(), name
