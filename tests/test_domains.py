@@ -14,11 +14,10 @@ import torch
 
 import data as D
 import folder
-import plans
-import reproduce
 import speedup
 import train
 from conftest import ROOT, curves, independent_max_acc, independent_speedup, synthetic_images, write_folder
+from repro import plans, reproduce
 from resnet import resnet18
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
