@@ -8,7 +8,7 @@ Ours: the training set on the device as uint8, per-example crop + flip on the de
 channels_last, cudnn.benchmark, fused Adam, no host sync inside the step (step.build_step, the same code
 train.py runs), for the scratch step and the full "ours" step, each eager and graphed. Typical: torchvision's
 CIFAR100 dataset class (a PIL image per item, then the transforms) through a DataLoader, fp32, loss.item() every
-step. Random data, no downloads; medians over --repeats timings. The README's "Speed" section says what each figure is.
+step. Random data, no downloads; medians over --repeats timings. docs/speed.md says what each figure is.
 """
 import argparse
 import itertools

@@ -253,7 +253,7 @@ def test_bench_flop_count_matches_a_hand_count():
     from repro.bench import flops_per_image
 
     assert flops_per_image(8, 10) == hand_count_flops(8, 10)
-    assert flops_per_image(64, 100) == hand_count_flops(64, 100) == 3_329_273_856  # the issue's ~3.33 GFLOP
+    assert flops_per_image(64, 100) == hand_count_flops(64, 100) == 3_329_273_856  # ~3.33 GFLOP per image and step
 
 
 def test_bench_projects_train_pys_evaluations_and_each_plans_run_lengths():

@@ -1,6 +1,6 @@
 """Faults and bad input: every bad input is one line on stderr and exit code 2, with nothing written; a killed
 driver takes its workers with it and a rerun finishes the table without touching a finished run; a run folder
-belongs to one process; runs of two datasets are never mixed (issue: nothing mixed, nothing corrupted)."""
+belongs to one process; runs of two datasets are never mixed."""
 import csv
 import fcntl
 import hashlib

@@ -1,4 +1,4 @@
-"""Each method module against an independent hand computation (issue: foundations)."""
+"""Each method module against an independent hand computation."""
 import copy
 import math
 import os
