@@ -1,5 +1,5 @@
 """Why the methods work: the measurements behind the paper's App. A.5 (Fig. 11), A.7 (Fig. 14) and A.8
-(Fig. 15), as small pure functions; train.py records them, report_analysis.py draws them.
+(Fig. 15), as small pure functions; train.py records them, repro/report_analysis.py draws them.
 
 Fig. 11 (App. A.5): the old model's per-epoch correctness of every training example, rows sorted by learning
 speed (Eq. 6) exactly as sampler.easy_hard_weights ranks them, so the drawn 10% easiest / hardest cut-offs are

@@ -11,7 +11,7 @@ reads data_dir/<domain>/ as one folder dataset per domain (the same classes in e
 examples of domains 0..t, every class from the start (the head never grows), and is tested on the union of
 the seen domains' test sets.
 
-Speed (README, Speed): the training set lives on the device as uint8 [N,3,H,W]; every batch is gathered,
+Speed (docs/speed.md): the training set lives on the device as uint8 [N,3,H,W]; every batch is gathered,
 randomly cropped (zero padding of 1/8 of the side: 4 pixels at 32x32) and flipped per example on the device,
 normalised and returned in channels_last. Nothing in a training step reads a value back to the host.
 """

@@ -169,7 +169,7 @@ def load_folder(data_dir, image_size):
             root, _, files = listing[split]
             jobs = [(os.path.join(root, rel), image_size) for rel, _ in files]
             # written image by image into one array: the decoded set is in memory once, not twice (a list of
-            # images and their stack), and the cache is written from it (memory: README "Other datasets")
+            # images and their stack), and the cache is written from it (memory: docs/reproducing.md, "Other datasets")
             x = np.empty((len(files), 3, image_size, image_size), dtype=np.uint8)
             for i, img in enumerate(pool.map(_decode, jobs, chunksize=256)):
                 x[i] = img.transpose(2, 0, 1)  # HWC -> CHW

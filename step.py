@@ -1,4 +1,4 @@
-"""The training step of train.py (and bench.py): one update (Adam) of Eq. 5's objective, fast on a GPU.
+"""The training step of train.py (and repro/bench.py): one update (Adam) of Eq. 5's objective, fast on a GPU.
 
 Sec. 2.1 / App. A.2: Adam (betas 0.9, 0.999, no weight decay), cross-entropy, random crop + flip. Sec. 3.2:
 L2-init's gradient 2 * lambda * (theta - theta_0) is added after backward (l2init.add_l2_init_grad_). What

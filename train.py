@@ -5,12 +5,13 @@
         --reg l2init --sampler easy_hard --schedule-scale 0.25 --out runs/ours   # all four methods (Table 1)
     python train.py --task 1 --out runs/scratch                               # the scratch reference
 
-Reads like a recipe: configuration (argparse, the paper's defaults of App. A.2; checks.py refuses bad input in
-one line), data (data.py), the starting point (Sec. 3.1, shrink_perturb.py), the objective (Sec. 3.2, l2init.py),
-the batches (Sec. 3.3, sampler.py), the learning rate (Sec. 3.4, schedule.py), then the loop over the training
-step (step.py). A run records the learning speed of all its training examples (Eq. 6) so that the next task can
-sample by it (unless --learning-speed off), and writes log.jsonl (header, one line per evaluation, summary) and
-ckpt.pt into --out, both atomically.
+Reads like a recipe, its steps in the order main() takes them: data (data.py), the starting point (Sec. 3.1,
+shrink_perturb.py), the objective (Sec. 3.2, l2init.py), the batches (Sec. 3.3, sampler.py), the learning rate and
+the run's length (Sec. 3.4, schedule.py), the loop over the training step (step.py), the results; then main(); then
+the command line (argparse with the paper's defaults of App. A.2, row labels, device settings; bad input is refused
+in one line by checks.py). A run records the learning speed of all its training examples (Eq. 6) so that the next
+task can sample by it (unless --learning-speed off), and writes log.jsonl (header, one line per evaluation, summary)
+and ckpt.pt into --out, both atomically.
 """
 import argparse
 import json
@@ -43,6 +44,319 @@ NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "cu
               "old_ckpt", "stop_at_acc_of", "download", "quiet", "grad_norms")
 AMP = {"bf16": torch.bfloat16, "fp32": None}  # autocast dtype of the forward pass (None: plain fp32)
 
+
+# ------------------------------------------------------------------------------- the recipe, in main()'s order
+
+def load_task(args):
+    """The dataset, the class split and order, this task's data (data.py) and the old checkpoint, if any."""
+    domains = D.parse_domains(args.split)  # a new domain (Sec. 4.3) instead of new classes
+    try:
+        train, test, class_names = D.load_for_split(args.dataset, args.data_dir, args.split, args.image_size,
+                                                    args.download, args.per_class)
+        groups = domains or D.parse_split(args.split, len(class_names))
+    except (ValueError, RuntimeError, OSError) as e:
+        raise UsageError(f"{args.dataset} at {args.data_dir}: {str(e).splitlines()[0]}") from None
+    ident = D.identity(train, test, class_names, domains, args.per_class)  # compared with finished runs, checkpoints
+    if domains:  # every task has every class: the labels stay the class folders' order
+        order = list(range(len(class_names)))
+        d = D.domain_task_data(train, test, len(class_names), len(domains), args.task)
+    else:
+        order = D.class_order(len(class_names), args.split_seed)
+        d = D.task_data(train, test, groups, order, args.task)
+    check_task(args, d)
+    old = load_old(args, groups, order, ident) if args.old_ckpt else None
+    if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any() and not args.quiet:
+        print(f"train.py: note: {args.old_ckpt} trained less than one epoch, so no example has a learning speed "
+              "and easy/hard sampling leaves every weight at 1", flush=True)
+    return types.SimpleNamespace(train=train, test=test, class_names=class_names, groups=groups, order=order,
+                                 d=d, old=old, ident=ident, domains=domains)
+
+
+def starting_point(args, task):
+    """The model to train (Sec. 3.1) and the L2-init anchor theta_0 of its lineage (Sec. 3.2), on the CPU."""
+    d, k = task.d, task.d.num_old_classes
+    torch.manual_seed(args.seed)
+    if args.init == "scratch":
+        model = resnet18(d.num_classes, args.width, args.stem)
+        anchor = snapshot(model)  # the lineage's random init is this model's own
+    else:
+        model = resnet18(k, args.width, args.stem)
+        model.load_state_dict(task.old["model"])
+        grow_head(model, d.num_classes)  # old rows copied, new rows freshly initialised (none for a new domain)
+        anchor = dict(task.old["init"])  # the old model's own random init ...
+        anchor["fc.weight"] = torch.cat([anchor["fc.weight"][:k], model.fc.weight.detach()[k:]])
+        anchor["fc.bias"] = torch.cat([anchor["fc.bias"][:k], model.fc.bias.detach()[k:]])  # ... new rows: theirs
+    if args.init == "shrink_perturb" or args.sp:  # --sp: shrink-perturb a scratch init too (Table 1)
+        shrink_perturb_(model, args.sp_alpha, args.sp_beta, keep_bn_stats=args.sp_keep_bn_stats)  # Eq. 4
+    return model, anchor
+
+
+def objective(args, model, anchor):
+    """Eq. 5's (params, anchors on the model's device) for add_l2_init_grad_, or None for the plain loss."""
+    if args.reg == "none":
+        return None
+    if args.reg == "l2":  # plain L2: the anchor is the origin
+        anchor = {n: torch.zeros_like(t) for n, t in anchor.items()}
+    return paired(model, anchor)
+
+
+def batch_indices(args, task, device):
+    """The stream of training batches (Sec. 3.3): uniform, old/new (half of each batch old) or easy/hard."""
+    d = task.d
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    if args.sampler == "uniform":
+        return batches(len(d.y), args.batch_size, gen)
+    if args.sampler == "old_new":
+        if args.replacement:
+            return batches(len(d.y), args.batch_size, gen, old_new_weights(d.is_old.to(device)), replacement=True)
+        return balanced_batches(d.is_old.to(device), args.batch_size, gen)
+    ls_old = LearningSpeed(int(d.is_old.sum()))
+    ls_old.load_state_dict(task.old["learning_speed"])
+    ls_all = torch.full((len(d.y),), float("nan"))
+    ls_all[d.is_old] = ls_old.value()  # the old model's learning speed of each old example (Eq. 6)
+    weights = easy_hard_weights(ls_all, d.is_old, args.eh_c, args.eh_r)
+    return batches(len(d.y), args.batch_size, gen, weights.to(device), replacement=args.replacement)
+
+
+def run_length(args):
+    """Iterations this run trains: --iters, or only the schedule's scale * iters with --stop-at-schedule-end."""
+    if args.stop_at_schedule_end and args.schedule_scale < 1:
+        return max(1, math.ceil(args.schedule_scale * args.iters))
+    return args.iters
+
+
+def lr_of(args, it):
+    return lr_at(it, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule)
+
+
+def stop_accuracy(args):
+    """The accuracy at which to stop early (--stop-at-acc-of: that finished run's maximum), or None."""
+    if not args.stop_at_acc_of:
+        return None
+    if not is_finished(args.stop_at_acc_of):
+        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
+    return read_log(args.stop_at_acc_of)[2]["max_acc"]
+
+
+def open_log(args, task, config, device):
+    """log.jsonl.part with its header line; returns write(record). Renamed to log.jsonl only when finished."""
+    d = task.d
+    header = {
+        "event": "header", "label": config["label"], "config": config,
+        "group": {k: v for k, v in config.items() if k not in NOT_METHOD},
+        "groups": task.groups, "domains": task.domains, "class_order": task.order, "class_names": task.class_names,
+        "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
+        "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(d.test_y),
+        "num_test_all": len(task.test[1]), "planned_iters": run_length(args), "data": task.ident,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
+                     "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                     else platform.processor() or "cpu"},
+    }
+    lock = lock_run(args.out, args.overwrite)  # one process per run folder
+    f = open(os.path.join(args.out, "log.jsonl.part"), "w")
+
+    def write(rec):
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
+
+    def close():
+        f.close()
+        unlock_run(lock)
+
+    write.close = close
+    write(header)
+    return write
+
+
+def ends_epoch(it, batch_size, n_train):
+    """Whether step `it` (0-based) completes an epoch: the images seen, (it + 1) * batch_size, pass a multiple
+    of n_train. With 10 images and batches of 4: steps 2 (12 images), 4 (20) and 7 (32), not 5 (24)."""
+    return (it + 1) * batch_size // n_train > it * batch_size // n_train
+
+
+def train_loop(args, task, parts, log):
+    """Sec. 3.4's schedule over run_length(args) iterations; an evaluation every --eval-every (two host syncs:
+    the interval's mean training loss, which also times its steps, and the evaluation's results), the exact
+    learning speed (Eq. 6) at every epoch's end, an early stop at `parts.target`, and with --grad-norms the
+    per-example gradient norms of a probe at log-spaced iterations (App. A.7). `parts` holds what main() built:
+    model, loader, step and its loss_sum, batches, speed (the learning speed), reg (Eq. 5's pairs or None),
+    target (the accuracy to stop at or None).
+    Returns (best (acc, iter), last acc, iterations run, wall seconds, training seconds, learning-speed seconds);
+    training seconds leave out evaluations, the learning-speed passes and the probe."""
+    model, loader, speed, reg = parts.model, parts.loader, parts.speed, parts.reg
+    step, loss_sum = parts.step, parts.loss_sum
+    amp = AMP[args.amp]
+    n_iters, n_train = run_length(args), len(loader.y)
+    test_x, test_y = task.d.test_x.to(loader.device), task.d.test_y.to(loader.device)
+    group, t = task.d.test_group.to(loader.device), args.task  # the task each test example arrived at
+    seen = task.domains[: t + 1] if task.domains else []  # a domain split also reports each domain's accuracy
+    masks = torch.stack([group >= 0, group < t, group == t] + [group == k for k in range(len(seen))])  # [3+D, N]
+
+    @torch.no_grad()
+    def evaluate(it, **rest):
+        """Log iteration `it`'s evaluation line: accuracy (%) on all, old and new classes (or domains) seen so far,
+        then on each domain; the mean test loss (Fig. 15); Eq. 5's penalty (None without reg); `rest`. One host
+        sync for all of them. Returns the accuracy on all."""
+        model.eval()
+        pred, loss_total = D.predict(model, test_x, loader, autocast_dtype=amp, y=test_y)  # loss: Fig. 15
+        hit = pred == test_y
+        model.train()
+        penalty = torch.zeros((), device=loader.device) if reg is None else paired_penalty(*reg, args.reg_lambda)
+        counts = torch.cat([(masks & hit).sum(1), masks.sum(1)]).double()  # integer counts, exact in float64
+        *counts, loss_total, penalty = torch.cat([counts, torch.stack([loss_total, penalty]).double()]).tolist()
+        # percentages from the integer counts (float32 means print as 34.99999)
+        accs = [100.0 * h / n if n else None for h, n in zip(counts[:len(masks)], counts[len(masks):])]
+        per_domain = {"acc_domain": dict(zip(seen, accs[3:]))} if seen else {}
+        log({"event": "eval", "iter": it, "acc": accs[0], "acc_old": accs[1], "acc_new": accs[2], **per_domain,
+             "test_loss": loss_total / len(test_y), "reg_loss": None if reg is None else penalty, **rest})
+        return accs[0]
+
+    acc = evaluate(0, loss=None, lr=lr_of(args, 0), wall=0.0, train_seconds=0.0, images_per_s=None)  # the start
+    probe = grad_norm_probe(args, task, model, loader, log) if args.grad_norms else None  # App. A.7
+    if probe is not None:
+        probe(0)
+    best, n_since, train_seconds, record_seconds = (acc, 0), 0, 0.0, 0.0
+    t0 = tick = time.perf_counter()  # evaluate and the probe leave the model in train mode
+    for it in range(n_iters):
+        step(next(parts.batches), lr_of(args, it))
+        n_since += 1
+        if probe is not None:
+            tick += probe(it + 1)  # between steps, never inside the (graphed) step; not training time
+        if args.learning_speed == "exact" and ends_epoch(it, args.batch_size, n_train):
+            ls_seconds = record_learning_speed(model, loader, speed, amp)  # the end of an epoch (Eq. 6)
+            tick, record_seconds = tick + ls_seconds, record_seconds + ls_seconds  # bookkeeping, not training
+        if (it + 1) % args.eval_every and it + 1 != n_iters:
+            continue
+        mean_loss = (loss_sum / n_since).item()  # a host sync: waits for the interval's steps, so it times them
+        now = time.perf_counter()
+        train_seconds += now - tick
+        if not math.isfinite(mean_loss):
+            log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
+            raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
+                                     f"the log so far is in {os.path.join(args.out, 'log.jsonl.part')}")
+        ips = n_since * args.batch_size / (now - tick)
+        acc = evaluate(it + 1, loss=mean_loss, lr=lr_of(args, it), wall=now - t0, train_seconds=train_seconds,
+                       images_per_s=ips)
+        if acc > best[0]:
+            best = (acc, it + 1)
+        if not args.quiet:
+            eta = (n_iters - it - 1) * train_seconds / (it + 1)
+            print(f"{args.label} | it {it + 1:6d}/{n_iters} | acc {acc:6.2f} | loss {mean_loss:.4f} "
+                  f"| {ips / args.batch_size:6.1f} it/s | eta {eta / 60:5.1f} min", flush=True)
+        loss_sum.zero_()
+        n_since, tick = 0, time.perf_counter()
+        if parts.target is not None and acc >= parts.target:
+            break  # --stop-at-acc-of: the reference's accuracy is reached; the run ends (and is charged) here
+    return best, acc, it + 1, time.perf_counter() - t0, train_seconds, record_seconds
+
+
+def timed_eval(model, device, fn):
+    """fn() with the model in eval mode; returns (its result, its seconds). A GPU sync on each side: the steps
+    queued before it are training time, not its own (the caller keeps these seconds out of training time)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda device: None)
+    sync(device)
+    t = time.perf_counter()
+    model.eval()
+    out = fn()
+    model.train()
+    sync(device)
+    return out, time.perf_counter() - t
+
+
+def record_learning_speed(model, loader, speed, amp):
+    """Eq. 6's f^i at the end of an epoch: every training image, unaugmented, classified in eval mode. Returns
+    its seconds."""
+    correct = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y  # noqa: E731
+    return timed_eval(model, loader.device, lambda: speed.record_epoch(correct()))[1]
+
+
+def train_accuracy(model, loader, amp):
+    """Accuracy (%) of the final model on its own training images, unaugmented, in eval mode: whether the budget
+    reached the plateau where the model fits its data, as the paper's 100 epochs do."""
+    predict = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp)  # noqa: E731
+    hit = timed_eval(model, loader.device, lambda: predict() == loader.y)[0]
+    return 100.0 * hit.double().mean().item()
+
+
+def grad_norm_probe(args, task, model, loader, log):
+    """probe(it): at the log-spaced iterations of analysis.probe_iterations, log the per-example gradient norms
+    of a fixed probe of old and new training examples (App. A.7, Fig. 14; analysis.grad_norm_summary). Returns
+    the seconds it took (0 elsewhere), so that the caller can keep it out of the training time."""
+    d = task.d
+    at = set(analysis.probe_iterations(run_length(args)))
+    idx = analysis.probe_set(d.is_old).to(loader.device)
+    x, y = loader.normalize(loader.x[idx]), loader.y[idx]  # unaugmented, as the evaluation sees them
+    n_old = int(d.is_old[idx.cpu()].sum())  # probe_set puts the old examples first
+
+    def probe(it):
+        if it not in at:
+            return 0.0
+        # eval mode: BatchNorm's running statistics, so one example's gradient is its own (analysis.py)
+        rec, seconds = timed_eval(model, loader.device,
+                                  lambda: analysis.grad_norm_summary(model, x, y, n_old, d.num_classes))
+        log({"event": "grad_norms", "iter": it, **rec, "num_old_classes": d.num_old_classes, "seconds": seconds})
+        return seconds
+
+    return probe
+
+
+def save_results(args, task, model, anchor, speed, summary, config, log):
+    """ckpt.pt first, then the summary line and the rename that marks the run finished (both atomic)."""
+    ckpt = {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(),
+        "index": task.d.index, "class_order": task.order, "class_names": task.class_names, "groups": task.groups,
+        "split": args.split, "domains": task.domains, "dataset": args.dataset, "task": args.task,
+        "width": args.width, "stem": args.stem,
+        "num_classes": task.d.num_classes, "image_size": args.image_size, "data": task.ident,
+        "config": config, "summary": summary,
+    }
+    replace_atomic(os.path.join(args.out, "ckpt.pt"), lambda tmp: torch.save(ckpt, tmp))
+    log(summary)
+    os.replace(os.path.join(args.out, "log.jsonl.part"), os.path.join(args.out, "log.jsonl"))
+    log.close()
+
+
+def main(args):
+    """Run one training job; returns the summary dict. Raises UsageError on bad input."""
+    t_start = time.perf_counter()
+    validate(args)
+    device = resolve_device(args.device)
+    settle_for_device(args, device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: pick the fastest conv algorithms once
+    target = stop_accuracy(args)
+    task = load_task(args)                                                        # data (Sec. 2.1)
+    model, anchor = starting_point(args, task)                                    # Sec. 3.1, Eq. 4
+    model = model.to(device, memory_format=torch.channels_last)
+    reg = objective(args, model, anchor)                                          # Sec. 3.2, Eq. 5
+    batch_iter = batch_indices(args, task, device)                                # Sec. 3.3
+    mean, std = D.channel_stats(task.train[0], device)  # of the whole training set: one normalisation for all tasks
+    loader = D.Loader(task.d.x, task.d.y, device, seed=args.seed + 1, mean=mean, std=std)
+    speed = LearningSpeed(len(task.d.y), device)                                  # Eq. 6, for the next task
+    opt = make_optimizer(model, args.lr, device, args.cuda_graph)                # App. A.2
+    step, loss_sum = build_step(model, opt, loader, args.batch_size, reg, args.reg_lambda, AMP[args.amp],
+                                speed if args.learning_speed == "online" else None,
+                                torch.compile(model) if args.compile else None, args.cuda_graph)
+    config = dict(vars(args))  # what ran, settled for the device
+    log = open_log(args, task, config, device)
+    setup_seconds = time.perf_counter() - t_start
+    if not args.quiet:
+        print(f"{args.label} | set-up {setup_seconds:.1f} s (data, model, statistics) on {device}", flush=True)
+    parts = types.SimpleNamespace(model=model, loader=loader, step=step, loss_sum=loss_sum, batches=batch_iter,
+                                  speed=speed, reg=reg, target=target)
+    try:                                                                          # Sec. 3.4 and the loop
+        best, acc, iters_run, wall, train_seconds, ls_seconds = train_loop(args, task, parts, log)
+    except BaseException:
+        log.close()
+        raise
+    summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
+               "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
+               "learning_speed_seconds": ls_seconds, "train_acc": train_accuracy(model, loader, AMP[args.amp])}
+    save_results(args, task, model, anchor, speed, summary, config, log)
+    return summary
+
+
+# ------------------------------------------------------------------ the command line: flags, labels, device, git
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):  # no "(default: None)" on flags without a default; 0 is a default
@@ -177,304 +491,6 @@ def git_commit():
                               timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def load_task(args):
-    """The dataset, the class split and order, this task's data (data.py) and the old checkpoint, if any."""
-    domains = D.parse_domains(args.split)  # a new domain (Sec. 4.3) instead of new classes
-    try:
-        train, test, class_names = D.load_for_split(args.dataset, args.data_dir, args.split, args.image_size,
-                                                    args.download, args.per_class)
-        groups = domains or D.parse_split(args.split, len(class_names))
-    except (ValueError, RuntimeError, OSError) as e:
-        raise UsageError(f"{args.dataset} at {args.data_dir}: {str(e).splitlines()[0]}") from None
-    ident = D.identity(train, test, class_names, domains, args.per_class)  # what a finished run or checkpoint is compared against
-    if domains:  # every task has every class: the labels stay the class folders' order
-        order = list(range(len(class_names)))
-        d = D.domain_task_data(train, test, len(class_names), len(domains), args.task)
-    else:
-        order = D.class_order(len(class_names), args.split_seed)
-        d = D.task_data(train, test, groups, order, args.task)
-    check_task(args, d)
-    old = load_old(args, groups, order, ident) if args.old_ckpt else None
-    if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any() and not args.quiet:
-        print(f"train.py: note: {args.old_ckpt} trained less than one epoch, so no example has a learning speed "
-              "and easy/hard sampling leaves every weight at 1", flush=True)
-    return types.SimpleNamespace(train=train, test=test, class_names=class_names, groups=groups, order=order,
-                                 d=d, old=old, ident=ident, domains=domains)
-
-
-def starting_point(args, task):
-    """The model to train (Sec. 3.1) and the L2-init anchor theta_0 of its lineage (Sec. 3.2), on the CPU."""
-    d, k = task.d, task.d.num_old_classes
-    torch.manual_seed(args.seed)
-    if args.init == "scratch":
-        model = resnet18(d.num_classes, args.width, args.stem)
-        anchor = snapshot(model)  # the lineage's random init is this model's own
-    else:
-        model = resnet18(k, args.width, args.stem)
-        model.load_state_dict(task.old["model"])
-        grow_head(model, d.num_classes)  # old rows copied, new rows freshly initialised (none for a new domain)
-        anchor = dict(task.old["init"])  # the old model's own random init ...
-        anchor["fc.weight"] = torch.cat([anchor["fc.weight"][:k], model.fc.weight.detach()[k:]])
-        anchor["fc.bias"] = torch.cat([anchor["fc.bias"][:k], model.fc.bias.detach()[k:]])  # ... new rows: theirs
-    if args.init == "shrink_perturb" or args.sp:  # --sp: shrink-perturb a scratch init too (Table 1)
-        shrink_perturb_(model, args.sp_alpha, args.sp_beta, keep_bn_stats=args.sp_keep_bn_stats)  # Eq. 4
-    return model, anchor
-
-
-def objective(args, model, anchor):
-    """Eq. 5's (params, anchors on the model's device) for add_l2_init_grad_, or None for the plain loss."""
-    if args.reg == "none":
-        return None
-    if args.reg == "l2":  # plain L2: the anchor is the origin
-        anchor = {n: torch.zeros_like(t) for n, t in anchor.items()}
-    return paired(model, anchor)
-
-
-def batch_indices(args, task, device):
-    """The stream of training batches (Sec. 3.3): uniform, old/new (half of each batch old) or easy/hard."""
-    d = task.d
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    if args.sampler == "uniform":
-        return batches(len(d.y), args.batch_size, gen)
-    if args.sampler == "old_new":
-        if args.replacement:
-            return batches(len(d.y), args.batch_size, gen, old_new_weights(d.is_old.to(device)), replacement=True)
-        return balanced_batches(d.is_old.to(device), args.batch_size, gen)
-    ls_old = LearningSpeed(int(d.is_old.sum()))
-    ls_old.load_state_dict(task.old["learning_speed"])
-    ls_all = torch.full((len(d.y),), float("nan"))
-    ls_all[d.is_old] = ls_old.value()  # the old model's learning speed of each old example (Eq. 6)
-    weights = easy_hard_weights(ls_all, d.is_old, args.eh_c, args.eh_r)
-    return batches(len(d.y), args.batch_size, gen, weights.to(device), replacement=args.replacement)
-
-
-def run_length(args):
-    """Iterations this run trains: --iters, or only the schedule's scale * iters with --stop-at-schedule-end."""
-    if args.stop_at_schedule_end and args.schedule_scale < 1:
-        return max(1, math.ceil(args.schedule_scale * args.iters))
-    return args.iters
-
-
-def stop_accuracy(args):
-    """The accuracy at which to stop early (--stop-at-acc-of: that finished run's maximum), or None."""
-    if not args.stop_at_acc_of:
-        return None
-    if not is_finished(args.stop_at_acc_of):
-        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
-    return read_log(args.stop_at_acc_of)[2]["max_acc"]
-
-
-def open_log(args, task, config, device):
-    """log.jsonl.part with its header line; returns write(record). Renamed to log.jsonl only when finished."""
-    d = task.d
-    header = {
-        "event": "header", "label": config["label"], "config": config,
-        "group": {k: v for k, v in config.items() if k not in NOT_METHOD},
-        "groups": task.groups, "domains": task.domains, "class_order": task.order, "class_names": task.class_names,
-        "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
-        "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(d.test_y),
-        "num_test_all": len(task.test[1]), "planned_iters": run_length(args), "data": task.ident,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
-                     "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                     else platform.processor() or "cpu"},
-    }
-    lock = lock_run(args.out, args.overwrite)  # one process per run folder
-    f = open(os.path.join(args.out, "log.jsonl.part"), "w")
-
-    def write(rec):
-        f.write(json.dumps(rec) + "\n")
-        f.flush()
-
-    def close():
-        f.close()
-        unlock_run(lock)
-
-    write.close = close
-    write(header)
-    return write
-
-
-def train_loop(args, task, step, loss_sum, batch_iter, model, loader, speed, reg, target, log):
-    """Sec. 3.4's schedule over run_length(args) iterations; an evaluation every --eval-every (two host syncs:
-    the interval's mean training loss, which also times its steps, and the evaluation's results), the exact
-    learning speed (Eq. 6) at every epoch's end, an early stop at `target`, and with --grad-norms the
-    per-example gradient norms of a probe at log-spaced iterations (App. A.7).
-    Returns (best (acc, iter), last acc, iterations run, wall seconds, training seconds, learning-speed seconds);
-    training seconds leave out evaluations, the learning-speed passes and the probe."""
-    amp = AMP[args.amp]
-    n_iters, n_train = run_length(args), len(loader.y)
-    test_x, test_y = task.d.test_x.to(loader.device), task.d.test_y.to(loader.device)
-    group, t = task.d.test_group.to(loader.device), args.task  # the task each test example arrived at
-    seen = task.domains[: t + 1] if task.domains else []  # a domain split also reports each domain's accuracy
-    masks = torch.stack([group >= 0, group < t, group == t] + [group == k for k in range(len(seen))])  # [3+D, N]
-
-    @torch.no_grad()
-    def evaluate(it, **rest):
-        """Log iteration `it`'s evaluation line: accuracy (%) on all, old and new classes (or domains) seen so far,
-        then on each domain; the mean test loss (Fig. 15); Eq. 5's penalty (None without reg); `rest`. One host
-        sync for all of them. Returns the accuracy on all."""
-        model.eval()
-        pred, loss_total = D.predict(model, test_x, loader, autocast_dtype=amp, y=test_y)  # loss: Fig. 15
-        hit = pred == test_y
-        model.train()
-        penalty = torch.zeros((), device=loader.device) if reg is None else paired_penalty(*reg, args.reg_lambda)
-        counts = torch.cat([(masks & hit).sum(1), masks.sum(1)]).double()  # integer counts, exact in float64
-        *counts, loss_total, penalty = torch.cat([counts, torch.stack([loss_total, penalty]).double()]).tolist()
-        # percentages from the integer counts (float32 means print as 34.99999)
-        accs = [100.0 * h / n if n else None for h, n in zip(counts[:len(masks)], counts[len(masks):])]
-        per_domain = {"acc_domain": dict(zip(seen, accs[3:]))} if seen else {}
-        log({"event": "eval", "iter": it, "acc": accs[0], "acc_old": accs[1], "acc_new": accs[2], **per_domain,
-             "test_loss": loss_total / len(test_y), "reg_loss": None if reg is None else penalty, **rest})
-        return accs[0]
-
-    acc = evaluate(0, loss=None, lr=lr_of(args, 0), wall=0.0, train_seconds=0.0, images_per_s=None)  # the start
-    probe = grad_norm_probe(args, task, model, loader, log) if args.grad_norms else None  # App. A.7
-    if probe is not None:
-        probe(0)
-    best, n_since, train_seconds, record_seconds = (acc, 0), 0, 0.0, 0.0
-    t0 = tick = time.perf_counter()  # evaluate and the probe leave the model in train mode
-    for it in range(n_iters):
-        step(next(batch_iter), lr_of(args, it))
-        n_since += 1
-        if probe is not None:
-            tick += probe(it + 1)  # between steps, never inside the (graphed) step; not training time
-        if args.learning_speed == "exact" and (it + 1) * args.batch_size // n_train > it * args.batch_size // n_train:
-            ls_seconds = record_learning_speed(model, loader, speed, amp)  # the end of an epoch (Eq. 6)
-            tick, record_seconds = tick + ls_seconds, record_seconds + ls_seconds  # bookkeeping, not training
-        if (it + 1) % args.eval_every and it + 1 != n_iters:
-            continue
-        mean_loss = (loss_sum / n_since).item()  # a host sync: waits for the interval's steps, so it times them
-        now = time.perf_counter()
-        train_seconds += now - tick
-        if not math.isfinite(mean_loss):
-            log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
-            raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
-                                     f"the log so far is in {os.path.join(args.out, 'log.jsonl.part')}")
-        ips = n_since * args.batch_size / (now - tick)
-        acc = evaluate(it + 1, loss=mean_loss, lr=lr_of(args, it), wall=now - t0, train_seconds=train_seconds,
-                       images_per_s=ips)
-        if acc > best[0]:
-            best = (acc, it + 1)
-        if not args.quiet:
-            eta = (n_iters - it - 1) * train_seconds / (it + 1)
-            print(f"{args.label} | it {it + 1:6d}/{n_iters} | acc {acc:6.2f} | loss {mean_loss:.4f} "
-                  f"| {ips / args.batch_size:6.1f} it/s | eta {eta / 60:5.1f} min", flush=True)
-        loss_sum.zero_()
-        n_since, tick = 0, time.perf_counter()
-        if target is not None and acc >= target:
-            break  # --stop-at-acc-of: the reference's accuracy is reached; the run ends (and is charged) here
-    return best, acc, it + 1, time.perf_counter() - t0, train_seconds, record_seconds
-
-
-def timed_eval(model, device, fn):
-    """fn() with the model in eval mode; returns (its result, its seconds). A GPU sync on each side: the steps
-    queued before it are training time, not its own (the caller keeps these seconds out of training time)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda device: None)
-    sync(device)
-    t = time.perf_counter()
-    model.eval()
-    out = fn()
-    model.train()
-    sync(device)
-    return out, time.perf_counter() - t
-
-
-def record_learning_speed(model, loader, speed, amp):
-    """Eq. 6's f^i at the end of an epoch: every training image, unaugmented, classified in eval mode. Returns
-    its seconds."""
-    correct = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y  # noqa: E731
-    return timed_eval(model, loader.device, lambda: speed.record_epoch(correct()))[1]
-
-
-def train_accuracy(model, loader, amp):
-    """Accuracy (%) of the final model on its own training images, unaugmented, in eval mode: whether the budget
-    reached the plateau where the model fits its data, as the paper's 100 epochs do."""
-    predict = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp)  # noqa: E731
-    hit = timed_eval(model, loader.device, lambda: predict() == loader.y)[0]
-    return 100.0 * hit.double().mean().item()
-
-
-def grad_norm_probe(args, task, model, loader, log):
-    """probe(it): at the log-spaced iterations of analysis.probe_iterations, log the per-example gradient norms
-    of a fixed probe of old and new training examples (App. A.7, Fig. 14; analysis.grad_norm_summary). Returns
-    the seconds it took (0 elsewhere), so that the caller can keep it out of the training time."""
-    d = task.d
-    at = set(analysis.probe_iterations(run_length(args)))
-    idx = analysis.probe_set(d.is_old).to(loader.device)
-    x, y = loader.normalize(loader.x[idx]), loader.y[idx]  # unaugmented, as the evaluation sees them
-    n_old = int(d.is_old[idx.cpu()].sum())  # probe_set puts the old examples first
-
-    def probe(it):
-        if it not in at:
-            return 0.0
-        # eval mode: BatchNorm's running statistics, so one example's gradient is its own (analysis.py)
-        rec, seconds = timed_eval(model, loader.device,
-                                  lambda: analysis.grad_norm_summary(model, x, y, n_old, d.num_classes))
-        log({"event": "grad_norms", "iter": it, **rec, "num_old_classes": d.num_old_classes, "seconds": seconds})
-        return seconds
-
-    return probe
-
-
-def lr_of(args, it):
-    return lr_at(it, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule)
-
-
-def save_results(args, task, model, anchor, speed, summary, config, log):
-    """ckpt.pt first, then the summary line and the rename that marks the run finished (both atomic)."""
-    ckpt = {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(),
-        "index": task.d.index, "class_order": task.order, "class_names": task.class_names, "groups": task.groups,
-        "split": args.split, "domains": task.domains, "dataset": args.dataset, "task": args.task,
-        "width": args.width, "stem": args.stem,
-        "num_classes": task.d.num_classes, "image_size": args.image_size, "data": task.ident,
-        "config": config, "summary": summary,
-    }
-    replace_atomic(os.path.join(args.out, "ckpt.pt"), lambda tmp: torch.save(ckpt, tmp))
-    log(summary)
-    os.replace(os.path.join(args.out, "log.jsonl.part"), os.path.join(args.out, "log.jsonl"))
-    log.close()
-
-
-def main(args):
-    """Run one training job; returns the summary dict. Raises UsageError on bad input."""
-    t_start = time.perf_counter()
-    validate(args)
-    device = resolve_device(args.device)
-    settle_for_device(args, device)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: pick the fastest conv algorithms once
-    target = stop_accuracy(args)
-    task = load_task(args)                                                        # data (Sec. 2.1)
-    model, anchor = starting_point(args, task)                                    # Sec. 3.1, Eq. 4
-    model = model.to(device, memory_format=torch.channels_last)
-    reg = objective(args, model, anchor)                                          # Sec. 3.2, Eq. 5
-    batch_iter = batch_indices(args, task, device)                                # Sec. 3.3
-    mean, std = D.channel_stats(task.train[0], device)  # of the whole training set: one normalisation for all tasks
-    loader = D.Loader(task.d.x, task.d.y, device, seed=args.seed + 1, mean=mean, std=std)
-    speed = LearningSpeed(len(task.d.y), device)                                  # Eq. 6, for the next task
-    opt = make_optimizer(model, args.lr, device, args.cuda_graph)                # App. A.2
-    step, loss_sum = build_step(model, opt, loader, args.batch_size, reg, args.reg_lambda, AMP[args.amp],
-                                speed if args.learning_speed == "online" else None,
-                                torch.compile(model) if args.compile else None, args.cuda_graph)
-    config = dict(vars(args))  # what ran, settled for the device
-    log = open_log(args, task, config, device)
-    setup_seconds = time.perf_counter() - t_start
-    if not args.quiet:
-        print(f"{args.label} | set-up {setup_seconds:.1f} s (data, model, statistics) on {device}", flush=True)
-    try:                                                                          # Sec. 3.4 and the loop
-        best, acc, iters_run, wall, train_seconds, ls_seconds = train_loop(
-            args, task, step, loss_sum, batch_iter, model, loader, speed, reg, target, log)
-    except BaseException:
-        log.close()
-        raise
-    summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
-               "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
-               "learning_speed_seconds": ls_seconds, "train_acc": train_accuracy(model, loader, AMP[args.amp])}
-    save_results(args, task, model, anchor, speed, summary, config, log)
-    return summary
 
 
 def cli(argv=None):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import analysis as A
 import data as D
-import reproduce
+from repro import reproduce
 import train
 from conftest import write_folder
 from resnet import resnet18
@@ -164,7 +164,7 @@ def test_fig11_rows_and_cutoffs_are_easy_hard_samplings():
 
 
 def test_fig11_image_from_a_real_checkpoint(runs):
-    import report_analysis
+    from repro import report_analysis
 
     img, n, k, speed = report_analysis.learning_speed_image(runs["old"] / "ckpt.pt", max_rows=25)
     c = torch.load(runs["old"] / "ckpt.pt", weights_only=True)["learning_speed"]
@@ -182,7 +182,7 @@ def test_fig11_summary_cut_offs_by_hand(tmp_path):
     hardest cut-off is the 4th lowest (3/40), the easiest the 4th highest (36/40), the mean 19.5/40."""
     import types
 
-    import report_analysis
+    from repro import report_analysis
 
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
     ls = LearningSpeed(40)

@@ -14,11 +14,10 @@ import torch
 
 import data as D
 import folder
-import plans
-import reproduce
 import speedup
 import train
 from conftest import ROOT, curves, independent_max_acc, independent_speedup, synthetic_images, write_folder
+from repro import plans, reproduce
 from resnet import resnet18
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -96,7 +95,7 @@ def run(*argv):
 def test_domain_run_logs_per_domain_accuracy(domains):
     """An old model on the first domain, then the naive continuation on both: the head keeps its 3 classes,
     and every per-domain accuracy in the log equals one recomputed here from the final model's predictions on
-    the test images, found again from the README's rule (20% per class, random.Random(f"0/{class}"))."""
+    the test images, found again from docs/choices.md's rule (20% per class, random.Random(f"0/{class}"))."""
     data_dir, split = domains / "data", "+".join(DOMAINS)
     common = ["--data-dir", data_dir, "--split", split, "--iters", 20, "--eval-every", 10]
     run(*common, "--task", 0, "--out", domains / "old")
@@ -249,7 +248,7 @@ def test_make_subset(tmp_path, capsys):
     make = lambda *a: make_subset.main(["--imagenet", str(tmp_path / "in"), *map(str, a)])  # noqa: E731
     assert make("--classes", 3, "--out", tmp_path / "s3") == 0
     want = sorted(wnids)
-    random.Random(0).shuffle(want)  # the README's rule: the first N of the seeded permutation of the sorted ids
+    random.Random(0).shuffle(want)  # docs/choices.md's rule: the first N of the seeded permutation of the sorted ids
     assert (tmp_path / "s3" / "classes.txt").read_text().split() == want[:3]
     for split, source in (("train", "train"), ("test", "val")):  # ImageNet's val is the test set
         assert sorted(os.listdir(tmp_path / "s3" / split)) == sorted(want[:3])

@@ -250,14 +250,14 @@ def hand_count_flops(width, classes):
 
 
 def test_bench_flop_count_matches_a_hand_count():
-    from bench import flops_per_image
+    from repro.bench import flops_per_image
 
     assert flops_per_image(8, 10) == hand_count_flops(8, 10)
-    assert flops_per_image(64, 100) == hand_count_flops(64, 100) == 3_329_273_856  # the issue's ~3.33 GFLOP
+    assert flops_per_image(64, 100) == hand_count_flops(64, 100) == 3_329_273_856  # ~3.33 GFLOP per image and step
 
 
 def test_bench_projects_train_pys_evaluations_and_each_plans_run_lengths():
-    from bench import plan_runs, plan_seconds
+    from repro.bench import plan_runs, plan_seconds
 
     # by hand, 2 ms a step, 100 ms an evaluation: 400 steps = 0.8 s and evaluations at 0, 200, 400 = 0.3 s;
     # 1000 steps = 2 s, evaluations at 0, 200, ..., 1000 = 0.6 s, learning-speed passes 1000 * 128 / 10,000
@@ -274,7 +274,7 @@ def test_bench_projects_train_pys_evaluations_and_each_plans_run_lengths():
 
 @pytest.mark.parametrize("device, msg", [("foo", "unknown device 'foo'"), ("cuda:99", "--device cuda:99")])
 def test_bench_refuses_a_bad_device_in_one_line(device, msg, capsys):
-    from bench import main
+    from repro.bench import main
 
     with pytest.raises(SystemExit) as e:
         main(["--device", device])
@@ -283,7 +283,7 @@ def test_bench_refuses_a_bad_device_in_one_line(device, msg, capsys):
 
 
 def test_bench_workers_run_the_same_command_line_and_their_rates_add_up(monkeypatch):
-    import bench
+    from repro import bench
 
     cmds, out = [], iter(['{"it_per_s": 3.0, "late": true}', 'warming up\n{"it_per_s": 4.5, "late": false}'])
 
@@ -299,5 +299,6 @@ def test_bench_workers_run_the_same_command_line_and_their_rates_add_up(monkeypa
     args = bench.argparse.Namespace(compile=True)
     assert bench.time_concurrent(args, argv, 2, cuda_graph=True) == (7.5, 1)
     assert len(cmds) == 2 and cmds[0] == cmds[1]
-    assert cmds[0][2:2 + len(argv)] == argv and cmds[0][2 + len(argv)] == "--worker"  # every flag, device index too
+    assert cmds[0][1:3] == ["-m", "repro.bench"]
+    assert cmds[0][3:3 + len(argv)] == argv and cmds[0][3 + len(argv)] == "--worker"  # every flag, device index too
     assert cmds[0][-1] == "--graph"

@@ -1,6 +1,6 @@
 """Faults and bad input: every bad input is one line on stderr and exit code 2, with nothing written; a killed
 driver takes its workers with it and a rerun finishes the table without touching a finished run; a run folder
-belongs to one process; runs of two datasets are never mixed (issue: nothing mixed, nothing corrupted)."""
+belongs to one process; runs of two datasets are never mixed."""
 import csv
 import fcntl
 import hashlib
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import data as D
-import reproduce
 import speedup
 import step
 import train
 from conftest import ROOT, write_folder
+from repro import reproduce
 
 TRAIN = ["--dataset", "folder", "--split", "2+2", "--width", "8", "--batch-size", "8", "--iters", "4",
          "--eval-every", "4", "--no-download", "--quiet", "--device", "cpu"]
@@ -196,15 +196,15 @@ def test_bad_driver_inputs_exit_2_before_anything(world, capsys):
         assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1, (extra, err)
         assert tree_hash(world) == before, extra
     assert not (world / "runs_bad").exists() and not (world / "res_bad").exists()
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "reproduce.py"), "--plan", "table3"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "repro.reproduce", "--plan", "table3"], capture_output=True, cwd=ROOT,
                        text=True)
     assert r.returncode == 2 and r.stderr.startswith("reproduce.sh: error: argument --plan: invalid choice")
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_list_into_a_closed_pipe_is_quiet(world):
-    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "reproduce.py"), *driver_argv(world, "a", "r", "s"),
-                          "--list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "repro.reproduce", *driver_argv(world, "a", "r", "s"),
+                          "--list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     p.stdout.close()  # as `| head -1` does once it has its line
     err = p.stderr.read().decode()
     assert p.wait() == 0 and err == ""
@@ -235,7 +235,7 @@ def uninterrupted(world):
 def test_killed_driver_takes_its_workers_and_the_rerun_mixes_nothing(world, uninterrupted):
     runs = world / "runs_kill"
     argv = driver_argv(world, "a", "runs_kill", "res_kill") + ["--jobs-per-gpu", "2"]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "reproduce.py"), *argv],
+    proc = subprocess.Popen([sys.executable, "-m", "repro.reproduce", *argv], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, seen, fresh = time.time() + 120, set(), set()
     while time.time() < deadline and proc.poll() is None:  # kill as soon as new workers start after 2 runs

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import data as D
-import plans
-import reproduce
 import train
 from conftest import ROOT, write_cifar
+from repro import plans, reproduce
 
 LAPTOP = os.path.join(ROOT, "results", "laptop")
 

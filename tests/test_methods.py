@@ -1,4 +1,4 @@
-"""Each method module against an independent hand computation (issue: foundations)."""
+"""Each method module against an independent hand computation."""
 import copy
 import math
 import os
@@ -132,7 +132,7 @@ def test_l2_init_zero_anchor_is_plain_l2_and_missing_entries_are_skipped():
 
 
 def test_paired_moves_the_anchor_to_each_parameters_device_and_dtype():
-    """train.py and bench.py hand paired() the anchor as starting_point made it (CPU, float32) after the model
+    """train.py and repro/bench.py hand paired() the anchor as starting_point made it (CPU, float32) after the model
     moved to the device: paired alone puts it there (the meta device stands in for a GPU on a CPU machine)."""
     from l2init import paired
 

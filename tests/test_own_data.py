@@ -1,5 +1,5 @@
-"""README's "Your own data": its exact commands, end to end, on a tiny synthetic image folder (10 classes, width 8,
-a few iterations), and the resulting table checked against the runs' logs, recomputed independently."""
+"""docs/reproducing.md's "Your own data": its exact commands, end to end, on a tiny synthetic image folder
+(10 classes, width 8, a few iterations), and the resulting table checked against the runs' logs, recomputed independently."""
 import csv
 import json
 import os
@@ -17,8 +17,8 @@ TINY = ["--width", "8", "--iters", "12", "--eval-every", "3", "--batch-size", "1
 
 def readme_commands(block=0):
     """The commands of the section's bash block number `block`, continuation lines joined, as argument lists."""
-    text = open(os.path.join(ROOT, "README.md")).read()
-    section = text.split("### Your own data\n", 1)[1].split("\n## ", 1)[0]
+    text = open(os.path.join(ROOT, "docs", "reproducing.md")).read()
+    section = text.split("## Your own data\n", 1)[1].split("\n## ", 1)[0]
     block = re.findall(r"```bash\n(.*?)```", section, re.S)[block].replace("\\\n", " ")
     return [shlex.split(line) for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
@@ -28,13 +28,13 @@ def test_readme_commands_for_your_own_data(tmp_path, monkeypatch, capsys):
     assert [c[:2] for c in cmds] == [["python", "train.py"]] * 4 + [["python", "speedup.py"]]
     monkeypatch.chdir(tmp_path)
     write_folder(tmp_path / "my_images", num_classes=10, n_train=8, n_test=4)
-    for cmd in cmds[:4]:  # the README's flags as written; only the size of the run is shrunk
+    for cmd in cmds[:4]:  # the page's flags as written; only the size of the run is shrunk
         assert train.cli(cmd[2:] + TINY) == 0, cmd
     assert speedup.main(cmds[4][2:]) == 0
     out = capsys.readouterr().out
     runs = tmp_path / "runs" / "mine"
     headers = {n: json.loads(open(runs / n / "log.jsonl").readline()) for n in ("old", "naive", "ours", "scratch")}
-    # what the README says each run is
+    # what the page says each run is
     assert headers["old"]["num_classes"] == 8 and headers["scratch"]["num_classes"] == 10
     assert headers["naive"]["config"]["init"] == "old" and headers["scratch"]["config"]["init"] == "scratch"
     ours = headers["ours"]["config"]

@@ -6,9 +6,8 @@ import json
 import numpy as np
 import pytest
 
-import plans
-import reproduce
 from conftest import curves, independent_max_acc, independent_speedup, write_folder
+from repro import plans, reproduce
 
 COMMON = ["--dataset", "folder", "--width", "8", "--batch-size", "32", "--iters", "12", "--eval-every", "3",
           "--device", "cpu"]

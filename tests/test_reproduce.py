@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import torch
 
-import reproduce
 from conftest import ROOT, curves, independent_max_acc, independent_speedup, write_folder
+from repro import reproduce
 
 ARGS = ["--dataset", "folder", "--split", "6+4", "--width", "8", "--batch-size", "32", "--seeds", "2",
         "--iters", "16", "--eval-every", "4", "--device", "cpu"]

@@ -246,6 +246,14 @@ def test_stop_at_accuracy_of_a_reference_run(chain):
     assert ckpt(run)["summary"]["iters"] == summary["iters"]
 
 
+def test_ends_epoch_by_hand():
+    """10 images, batches of 4: the images seen after steps 0, 1, 2, ... are 4, 8, 12, 16, 20, 24, 28, 32, 36, 40,
+    so the 1st, 2nd, 3rd and 4th epochs end at steps 2, 4, 7 and 9; a batch equal to the set ends one every step."""
+    assert [it for it in range(10) if train.ends_epoch(it, 4, 10)] == [2, 4, 7, 9]
+    assert all(train.ends_epoch(it, 10, 10) for it in range(5))
+    assert [it for it in range(8) if train.ends_epoch(it, 3, 12)] == [3, 7]
+
+
 def test_timed_eval_runs_in_eval_mode_and_returns_its_seconds():
     import time
 

@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# The GPU session's commands (issue "First contact with a GPU"), kept here so every session repeats them the
-# same way. Each stage fits one device call (< 10 min) and leaves what it measured under $OUT.
+# The checks and measurements of this code on a GPU, one stage per call (each fits in under 10 minutes) and each
+# leaving what it measured under $OUT (default /tmp/gpu_out).
 #
-# Before the first call, on the development machine (data/ is git-ignored, so it travels only when carried):
-#     mkdir -p data && cp ../shared/data/cifar10-jpg.tar.gz data/
-# Then, one device call per stage, carry=["data"]:
+# The table2a stage reads CIFAR-10 as JPEG folders from data/cifar10-jpg.tar.gz (train/ and test/ of class
+# folders); data/ is git-ignored, so put the archive there first. Then:
 #     bash tools/gpu_check.sh bringup    # GPU tests, the quick table2a on real CIFAR-10, bench smoke
-#     bash tools/gpu_check.sh bench      # python bench.py: every step configuration, K = 1, 2, 4, 8
+#     bash tools/gpu_check.sh bench      # python -m repro.bench: every step configuration, K = 1, 2, 4, 8
 #     bash tools/gpu_check.sh table2a    # full-length Table 2a on real CIFAR-10 until ~9 min; finished seeds' logs
+#     bash tools/gpu_check.sh report     # rebuild results/table2a_cifar10.md from the kept logs (no GPU needed)
 # After table2a: copy $OUT/table2a_logs.tar.gz to results/table2a_cifar10_logs.tar.gz and commit it; the next
-# session's table2a stage restores it first, so seeds accumulate across sessions (the driver skips finished
-# runs), and `bash tools/gpu_check.sh report` (no GPU needed) rebuilds results/table2a_cifar10.md from them.
+# table2a call restores it first, so seeds accumulate across calls (the driver skips finished runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}
@@ -19,7 +18,7 @@ DATA=/tmp/cifar10-jpg
 RUNS=runs/table2a-cifar10jpg
 LOGS=results/table2a_cifar10_logs.tar.gz
 export PYTHONUNBUFFERED=1
-JOBS=${JOBS:-4}  # runs side by side on the one GPU: set from bench.py's K figures
+JOBS=${JOBS:-4}  # runs side by side on the one GPU: set from repro/bench.py's K figures
 ARGS=${ARGS:-}  # appended to every reproduce.sh call, e.g. a CPU dry run: ARGS="--device cpu --width 8 --iters 20"
 
 data() {
@@ -39,10 +38,10 @@ bringup)
     data
     ./reproduce.sh --quick --plan table2a --dataset folder --data-dir "$DATA" --compare-to cifar10 --split 8+2 \
         --runs runs/quick-cifar10jpg --results "$OUT/quick" --cuda-graph 2>&1 | tee "$OUT/quick.txt" | tail -30
-    python bench.py --steps 50 --warmup 10 --repeats 3 --concurrency 1,2 --no-typical 2>&1 | tee "$OUT/bench_smoke.txt"
+    python -m repro.bench --steps 50 --warmup 10 --repeats 3 --concurrency 1,2 --no-typical 2>&1 | tee "$OUT/bench_smoke.txt"
     ;;
 bench)
-    python bench.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+    python -m repro.bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
     ;;
 table2a)
     data

@@ -23,14 +23,15 @@ import torch
 
 import checks
 import data
-import plans as P
-import report as R
-import report_analysis
 import speedup as S
 from resnet import STEMS, stem_for
 import train
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from . import plans as P
+from . import report as R
+from . import report_analysis
+
+HERE = os.path.dirname(os.path.abspath(train.__file__))  # the repository root, where train.py is
 REPORTS = {**R.REPORTS, "analysis": report_analysis.report_analysis}
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import torch
 
 import analysis as A
-import plans as P
-import report as R
 import speedup as S
 from sampler import LearningSpeed, unpack_bits
+
+from . import plans as P
+from . import report as R
 
 SCRATCH, NAIVE = P.ANALYSIS_LABELS
 

@@ -8,8 +8,9 @@ import os
 
 import numpy as np
 
-import plans as P
 import speedup as S
+
+from . import plans as P
 
 STATS = ["n", "max_acc", "max_acc_se", "L99", "L100", "L99_seconds", "L100_seconds"]
 PAPER = ["paper_max_acc", "paper_L99", "paper_L100"]

@@ -141,7 +141,7 @@ TABLE2B = {
     "30+70": [(68.81, 1.49, 1.31), (68.10, 2.56, 2.30), (66.93, None, None)],
 }
 
-# The resolution we train each dataset at (the paper gives none; README "Choices the paper leaves open"):
+# The resolution we train each dataset at (the paper gives none; docs/choices.md):
 # folder images are resized whole to this square, and above 32 the model has the ImageNet stem (resnet.stem_for).
 IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "adaptiope": 112, "imagenet100": 112, "imagenet200": 112}
 PLAN_DATA = {"fig7": "adaptiope"}  # the dataset of a plan that has one fixed dataset in the paper

@@ -1,14 +1,14 @@
 """Benchmark: training-step and evaluation speed of this project's pipeline against the pipeline a typical
 reproduction would use, and the aggregate throughput of K concurrent runs on one GPU.
 
-    python bench.py                         # on the GPU: every step configuration, typical, K = 1, 2, 4, 8
-    python bench.py --device cpu --width 8 --steps 5 --repeats 2 --concurrency 1   # a smoke run anywhere
+    python -m repro.bench                      # on the GPU: every step configuration, typical, K = 1, 2, 4, 8
+    python -m repro.bench --device cpu --width 8 --steps 5 --repeats 2 --concurrency 1   # a smoke run anywhere
 
 Ours: the training set on the device as uint8, per-example crop + flip on the device, bf16 autocast,
 channels_last, cudnn.benchmark, fused Adam, no host sync inside the step (step.build_step, the same code
 train.py runs), for the scratch step and the full "ours" step, each eager and graphed. Typical: torchvision's
 CIFAR100 dataset class (a PIL image per item, then the transforms) through a DataLoader, fp32, loss.item() every
-step. Random data, no downloads; medians over --repeats timings. The README's "Speed" section says what each figure is.
+step. Random data, no downloads; medians over --repeats timings. docs/speed.md says what each figure is.
 """
 import argparse
 import itertools
@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 import data as D
-import plans as P
 from checks import UsageError, resolve_device
 from l2init import paired, snapshot
 from resnet import resnet18
@@ -33,6 +32,8 @@ from shrink_perturb import shrink_perturb_
 from speedup import OneLineParser, write_atomic
 from step import build_step, make_optimizer
 from train import HelpFormatter, parse_or_raise, run_length
+
+from . import plans as P
 
 PAPER_ITERS, EVAL_EVERY = 39100, 200
 
@@ -218,7 +219,7 @@ def time_concurrent(args, argv, k, cuda_graph):
     """Aggregate iterations/s of k processes training side by side on one device (the full "ours" step), each
     a worker of this command line (argv)."""
     start_at = time.time() + 20 + 10 * k + (60 if args.compile else 0)  # after every worker's warm-up
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", "--start-at", str(start_at)] + \
+    cmd = [sys.executable, "-m", __spec__.name, *argv, "--worker", "--start-at", str(start_at)] + \
         ["--graph"] * cuda_graph
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -340,7 +341,7 @@ def main(argv=None):
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     out = {"device": name, "torch": torch.__version__, "width": args.width, "batch_size": args.batch_size,
-           "date": time.strftime("%Y-%m-%d"), "command": "python bench.py " + " ".join(argv)}
+           "date": time.strftime("%Y-%m-%d"), "command": "python -m repro.bench " + " ".join(argv)}
     print(f"bench: {name}, torch {torch.__version__}, ResNet-18 width {args.width}, {args.image_size} px, "
           f"batch {args.batch_size}, "
           f"median of {args.repeats} x {args.steps} steps, {out['date']}", flush=True)
