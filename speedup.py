@@ -13,7 +13,10 @@ With seeds (the paper reports averages of five runs) curves are averaged over se
 and every row's Max Acc are the maximum of the seed-averaged curve: one statistic, so a row reaches L_100
 exactly when its Max Acc is at least the reference's. Its standard error is that of the seeds' accuracies
 at the iteration of the maximum. A verdict ('/' or a number) that would flip if the row's Max Acc moved by
-one combined standard error is marked fragile.
+one combined standard error is marked fragile. Beside it, L_r per seed (each seed's curves against the same
+seed's reference: the other reading of "the results shown are the averages of these experiments") as mean ±
+standard error over the seeds that reach the target, with their count. A row and its reference are compared on
+the seeds both have (a failed run must not compare 4 seeds with 5).
 
 The same ratios in measured training seconds (the logs' train_seconds at those iterations) show whether the
 savings survive in wall-clock time when some methods cost more per iteration.
