@@ -173,8 +173,9 @@ def report_fig6(runs, args, runs_dir, results_dir):
         ran = lambda label: float(np.mean([ev[-1]["iter"] for _, ev in ran_groups[label]]))  # noqa: E731
         to_max = float(np.mean([max(ev, key=lambda e: (e["acc"], -e["iter"]))["iter"] for _, ev in groups["scratch"]]))
         costs = np.array([ran(chain), ran("scratch"), to_max])
-        it, acc = S.mean_curve(groups[chain])
-        ref_it, ref_acc = S.mean_curve(groups["scratch"])
+        cur, ref, _ = S.paired(groups, chain, "scratch")  # the seeds st is computed on
+        it, acc = S.mean_curve(cur)
+        ref_it, ref_acc = S.mean_curve(ref)
         hit = S.iterations_to_reach(it, acc, st["a_scratch"])
         to_l100 = None if hit is None else cum[0] + hit  # the earlier tasks' whole training, then this one's
         cum += costs
