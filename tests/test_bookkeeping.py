@@ -124,5 +124,5 @@ def test_folder_images_are_resized_as_pil_does(tmp_path):
     for x, split, n in ((tx, "train", 2), (vx, "test", 1)):
         for k in range(n):
             with Image.open(tmp_path / split / "c0" / f"{k}.png") as im:
-                want = np.asarray(im.convert("RGB").resize((24, 24), Image.BILINEAR))
+                want = np.array(im.convert("RGB").resize((24, 24), Image.BILINEAR))  # a writable copy
             assert torch.equal(x[k], torch.from_numpy(want).permute(2, 0, 1)), (split, k)
