@@ -13,7 +13,10 @@ With seeds (the paper reports averages of five runs) curves are averaged over se
 and every row's Max Acc are the maximum of the seed-averaged curve: one statistic, so a row reaches L_100
 exactly when its Max Acc is at least the reference's. Its standard error is that of the seeds' accuracies
 at the iteration of the maximum. A verdict ('/' or a number) that would flip if the row's Max Acc moved by
-one combined standard error is marked fragile.
+one combined standard error is marked fragile. Beside it, L_r per seed (each seed's curves against the same
+seed's reference: the other reading of "the results shown are the averages of these experiments") as mean ±
+standard error over the seeds that reach the target, with their count. A row and its reference are compared on
+the seeds both have (a failed run must not compare 4 seeds with 5).
 
 The same ratios in measured training seconds (the logs' train_seconds at those iterations) show whether the
 savings survive in wall-clock time when some methods cost more per iteration.
@@ -183,12 +186,50 @@ def max_of_mean(runs):
     return acc[k], se, it[k]
 
 
+def seed_key(header):
+    """What makes two runs of different rows the same seed: the seed of init and data order, and the class
+    order's."""
+    config = header.get("config", {})
+    return config.get("seed"), config.get("split_seed")
+
+
+def paired(groups, label, reference):
+    """(the row's runs, the reference's runs, how many runs of either were left out): only the seeds both have,
+    in the same order, so that a row is compared with the reference on the same seeds (a failed run of one
+    row must not compare 4 seeds with 5)."""
+    ref = {seed_key(h): (h, ev) for h, ev in groups[reference]}
+    cur = {seed_key(h): (h, ev) for h, ev in groups[label]}
+    both = [k for k in cur if k in ref]
+    return [cur[k] for k in both], [ref[k] for k in both], len(cur) + len(ref) - 2 * len(both)
+
+
+def per_seed_speedups(cur, ref, r, target="max"):
+    """Eq. 2 on each seed's own curves against the same seed's reference (cur, ref: paired lists of runs):
+    (mean, standard error, how many seeds reached r% of their a_scratch). A seed that never reaches it has no
+    L_r and is left out of the mean (the count says how many did); (None, None, 0) if none did."""
+    vals = [speedup([e["iter"] for e in rev], [e["acc"] for e in rev], [e["iter"] for e in ev],
+                    [e["acc"] for e in ev], r, target) for (_, ev), (_, rev) in zip(cur, ref)]
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None, 0
+    if any(math.isinf(v) for v in vals):
+        return math.inf, None, len(vals)
+    return (*mean_se(vals), len(vals))
+
+
 def row_stats(groups, label, reference, rs=(99, 100), target="max"):
     """One row: n seeds, Max Acc (maximum of the seed-averaged curve) +- s.e., and L_r on the seed-averaged
     curves against the reference label, in iterations and in training seconds, each with a flag `fragile`
-    when reaching r% of a_scratch or not is within one combined standard error. None if either has no runs."""
+    when reaching r% of a_scratch or not is within one combined standard error. Beside it, L_r of each seed
+    against the same seed's reference, as mean +- s.e. (L{r}_seeds, per_seed_speedups). Both sides are taken
+    over the seeds both have (paired); `left_out` counts the runs of either side without a partner.
+    None if either has no runs in common."""
     if label not in groups or reference not in groups:
         return None
+    cur, ref, left_out = paired(groups, label, reference)
+    if not cur:
+        return None
+    groups = {label: cur, reference: ref}
     ref_it, ref_acc = mean_curve(groups[reference])
     _, ref_sec = mean_curve(groups[reference], "train_seconds")
     it, acc = mean_curve(groups[label])
@@ -196,9 +237,10 @@ def row_stats(groups, label, reference, rs=(99, 100), target="max"):
     m, se, m_it = max_of_mean(groups[label])
     _, ref_se, _ = max_of_mean(groups[reference])
     a_ref = reference_accuracy(ref_acc, target)
-    row = {"label": label, "n": len(groups[label]), "max_acc": m, "max_acc_se": se, "max_acc_iter": m_it,
-           "final_acc": acc[-1], "a_scratch": a_ref}
+    row = {"label": label, "n": len(groups[label]), "left_out": left_out, "max_acc": m, "max_acc_se": se,
+           "max_acc_iter": m_it, "final_acc": acc[-1], "a_scratch": a_ref}
     for r in rs:
+        row[f"L{r}_seeds"], row[f"L{r}_seeds_se"], row[f"L{r}_seeds_reached"] = per_seed_speedups(cur, ref, r, target)
         row[f"L{r}"] = speedup(ref_it, ref_acc, it, acc, r, target)
         row[f"L{r}_seconds"] = speedup_cost(ref_it, ref_acc, ref_sec, it, acc, sec, r, target)
         margin = math.hypot(se, r / 100 * ref_se)
@@ -207,14 +249,33 @@ def row_stats(groups, label, reference, rs=(99, 100), target="max"):
 
 
 FRAGILE_NOTE = "\n† within one standard error of the target: the verdict (reached or '/') could flip.\n"
+SEEDS_NOTE = ("L99 / L100: Eq. 2 on the seed-averaged curves. 'per seed': Eq. 2 on each seed's curve against the "
+              "same seed's reference, mean ± standard error over the seeds that reach the target; (k/n) says "
+              "how many of the n seeds did when not all ('/' if none). Rows and reference are compared on the "
+              "seeds both have; ‡ marks a row whose seeds differed (the runs without a partner are left out).\n")
+
+
+def fmt_seeds(row, r):
+    """'x1.50 ± 0.04' (per-seed L_r, mean ± s.e.), '(3/5)' appended when not every seed reached the target."""
+    mean, se, k = row[f"L{r}_seeds"], row[f"L{r}_seeds_se"], row[f"L{r}_seeds_reached"]
+    if mean is None:
+        return "/"
+    text = fmt_speedup(mean) + ("" if se is None else f" ± {se:.2f}")
+    return text + (f" ({k}/{row['n']})" if k < row["n"] else "")
+
+
+def fmt_max_acc(row):
+    return f"{row['max_acc']:.2f} ± {row['max_acc_se']:.2f}" + ("‡" if row["left_out"] else "")
 
 
 def to_markdown(rows, rs=(99, 100)):
-    head = ["run", "n", "Max Acc"] + [f"L{r}" for r in rs] + [f"L{r} (seconds)" for r in rs]
+    head = ["run", "n", "Max Acc"] + [f"L{r}" for r in rs] + [f"L{r} per seed" for r in rs] + \
+        [f"L{r} (seconds)" for r in rs]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["label"], str(row["n"]), f"{row['max_acc']:.2f} ± {row['max_acc_se']:.2f}"]
+        cells = [row["label"], str(row["n"]), fmt_max_acc(row)]
         cells += [fmt_speedup(row[f"L{r}"], row[f"L{r}_fragile"]) for r in rs]
+        cells += [fmt_seeds(row, r) for r in rs]
         cells += [fmt_speedup(row[f"L{r}_seconds"], row[f"L{r}_fragile"]) for r in rs]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -229,8 +290,8 @@ def csv_line(values):
 
 
 def to_csv(rows, rs=(99, 100)):
-    cols = ["label", "n", "max_acc", "max_acc_se"] + [f"L{r}{kind}" for kind in ("", "_seconds", "_fragile")
-                                                      for r in rs]
+    cols = ["label", "n", "left_out", "max_acc", "max_acc_se"] + \
+        [f"L{r}{kind}" for kind in ("", "_seconds", "_fragile", "_seeds", "_seeds_se", "_seeds_reached") for r in rs]
     return "\n".join([",".join(cols)] + [csv_line(row[c] for c in cols) for row in rows]) + "\n"
 
 
@@ -278,7 +339,7 @@ def main(argv=None):
         if args.reference not in groups:
             raise ValueError(f"reference '{args.reference}' not among the runs ({', '.join(sorted(groups))})")
         rows = [row_stats(groups, label, args.reference, target=args.target) for label in groups]
-        md = to_markdown(rows) + FRAGILE_NOTE
+        md = to_markdown(rows) + FRAGILE_NOTE + SEEDS_NOTE
         for path, text in ((args.md, md), (args.csv, to_csv(rows) if args.csv else None)):
             if path:
                 write_atomic(path, text)

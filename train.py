@@ -91,6 +91,35 @@ def starting_point(args, task):
     return model, anchor
 
 
+def adam_state(model, opt):
+    """Adam's per-parameter state by parameter name, on the CPU: what --keep-optimizer-state continues."""
+    return {name: {"step": float(opt.state[p]["step"]), "exp_avg": opt.state[p]["exp_avg"].detach().cpu(),
+                   "exp_avg_sq": opt.state[p]["exp_avg_sq"].detach().cpu()}
+            for name, p in model.named_parameters() if p in opt.state}
+
+
+def keep_optimizer_state_(args, task, model, opt):
+    """--keep-optimizer-state: the old run's Adam moments and step count (Sec. 2.1's optimizer, continued
+    instead of restarted) for every parameter; the rows of the grown head that are new (Sec. 3.1) start with
+    zero moments, as a fresh Adam's. The step count is a float32 tensor on the parameter's device where Adam is
+    fused or capturable (the graphed step reads it there), else on the CPU, as torch's Adam keeps it."""
+    saved = task.old.get("optimizer")
+    if not saved:
+        raise UsageError(f"--keep-optimizer-state: checkpoint {args.old_ckpt} holds no optimizer state (its run "
+                         "recorded no learning speed: --learning-speed off)")
+    group = opt.param_groups[0]
+    on_device = group.get("fused") or group.get("capturable")
+    for name, p in model.named_parameters():
+        old = saved[name]
+        moments = {}
+        for key in ("exp_avg", "exp_avg_sq"):
+            buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf[: len(old[key])].copy_(old[key])  # the head's first rows are the old classes' (grow_head)
+            moments[key] = buf
+        step = torch.tensor(old["step"], dtype=torch.float32, device=p.device if on_device else "cpu")
+        opt.state[p] = {"step": step, **moments}
+
+
 def objective(args, model, anchor):
     """Eq. 5's (params, anchors on the model's device) for add_l2_init_grad_, or None for the plain loss."""
     if args.reg == "none":
@@ -300,8 +329,10 @@ def grad_norm_probe(args, task, model, loader, log):
     return probe
 
 
-def save_results(args, task, model, anchor, speed, summary, config, log):
-    """ckpt.pt first, then the summary line and the rename that marks the run finished (both atomic)."""
+def save_results(args, task, model, anchor, speed, summary, config, log, opt=None):
+    """ckpt.pt first, then the summary line and the rename that marks the run finished (both atomic). A run that
+    records a learning speed (one a next task may continue from) also saves Adam's state (adam_state, twice the
+    model's size), for --keep-optimizer-state."""
     ckpt = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(),
@@ -310,6 +341,7 @@ def save_results(args, task, model, anchor, speed, summary, config, log):
         "width": args.width, "stem": args.stem,
         "num_classes": task.d.num_classes, "image_size": args.image_size, "data": task.ident,
         "config": config, "summary": summary,
+        "optimizer": adam_state(model, opt) if opt is not None and args.learning_speed != "off" else None,
     }
     replace_atomic(os.path.join(args.out, "ckpt.pt"), lambda tmp: torch.save(ckpt, tmp))
     log(summary)
@@ -321,6 +353,8 @@ def main(args):
     """Run one training job; returns the summary dict. Raises UsageError on bad input."""
     t_start = time.perf_counter()
     validate(args)
+    if args.keep_optimizer_state and args.init == "scratch":
+        raise UsageError("--keep-optimizer-state needs --init old or shrink_perturb (a scratch run has no old Adam)")
     device = resolve_device(args.device)
     settle_for_device(args, device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: pick the fastest conv algorithms once
@@ -334,6 +368,8 @@ def main(args):
     loader = D.Loader(task.d.x, task.d.y, device, seed=args.seed + 1, mean=mean, std=std)
     speed = LearningSpeed(len(task.d.y), device)                                  # Eq. 6, for the next task
     opt = make_optimizer(model, args.lr, device, args.cuda_graph)                # App. A.2
+    if args.keep_optimizer_state:
+        keep_optimizer_state_(args, task, model, opt)
     step, loss_sum = build_step(model, opt, loader, args.batch_size, reg, args.reg_lambda, AMP[args.amp],
                                 speed if args.learning_speed == "online" else None,
                                 torch.compile(model) if args.compile else None, args.cuda_graph)
@@ -352,7 +388,7 @@ def main(args):
     summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
                "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
                "learning_speed_seconds": ls_seconds, "train_acc": train_accuracy(model, loader, AMP[args.amp])}
-    save_results(args, task, model, anchor, speed, summary, config, log)
+    save_results(args, task, model, anchor, speed, summary, config, log, opt)
     return summary
 
 
@@ -392,6 +428,10 @@ def build_parser():
     a("--sp-beta", type=float, default=0.001, help="perturb factor beta of Eq. 4")
     a("--sp-keep-bn-stats", action="store_true",
       help="keep the old BatchNorm running statistics (default: reset to a fresh network's, as Ash & Adams)")
+    a("--keep-optimizer-state", action="store_true",
+      help="with --init old / shrink_perturb: continue the old run's Adam moments and step count (its ckpt.pt "
+           "holds them when it recorded a learning speed); the new head rows' moments start at 0. Default: a "
+           "fresh Adam")
     # objective (Sec. 3.2, Eq. 5)
     a("--reg", default="none", choices=["none", "l2", "l2init"],
       help="l2: towards 0; l2init: towards the lineage's random init")
@@ -460,6 +500,7 @@ def default_label(args):
         parts.append(args.reg + (f"(lambda={args.reg_lambda:g})" if args.reg_lambda != 0.01 else ""))
     if args.init != "scratch" or args.sp:
         parts += ["keep-bn-stats"] * args.sp_keep_bn_stats
+    parts += ["adam-state"] * args.keep_optimizer_state
     if args.sampler != "uniform":
         parts.append(args.sampler + (f"(c={args.eh_c:g},r={args.eh_r:g})" if args.sampler == "easy_hard"
                                      and (args.eh_c, args.eh_r) != (0.2, 0.1) else "")

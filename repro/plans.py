@@ -8,6 +8,7 @@ always means one configuration and plans that need the same run share it:
     init                         shrink-perturb (Eq. 4): --init shrink_perturb, or --sp for scratch
     reg | l2                     L2-init (Eq. 5) | plain L2
     data | oldnew                easy/hard sampling (Sec. 3.3) | old/new balanced sampling (Fig. 4)
+    repl                         weighted sampling with replacement (--replacement; default: without)
     x0.25                        schedule scale (Sec. 3.4);   multistep: the multistep schedule (App. A.6)
     gradnorms                    the --grad-norms probe (App. A.7): observes only, trains as without it
     alpha=, beta=, lambda=, c=, r=   a non-default hyper-parameter (App. A.3-A.5)
@@ -41,7 +42,7 @@ HYPER = {"alpha": "--sp-alpha", "beta": "--sp-beta", "lambda": "--reg-lambda", "
 
 TOKEN_FLAGS = {"init": [], "reg": ["--reg", "l2init"], "l2": ["--reg", "l2"], "data": ["--sampler", "easy_hard"],
                "oldnew": ["--sampler", "old_new"], "multistep": ["--schedule", "multistep"],
-               "gradnorms": ["--grad-norms"]}  # gradnorms: App. A.7's probe, observes only
+               "gradnorms": ["--grad-norms"], "repl": ["--replacement"]}  # gradnorms: App. A.7's probe, observes only
 
 
 def flags_for(label, task, old_ckpt):
@@ -161,7 +162,7 @@ def row_label(column, init, reg, data, scale):
 
 
 TOKEN_NAMES = {"init": "shrink & perturb", "reg": "L2-init", "data": "easy / hard", "l2": "L2", "oldnew": "old / new",
-               "multistep": "multistep", "gradnorms": "gradient-norm probe"}
+               "multistep": "multistep", "gradnorms": "gradient-norm probe", "repl": "with replacement"}
 
 
 def paper_name(label):
@@ -279,6 +280,13 @@ APPENDIX = {
     "l2": ("Fig. 3: L2 against L2-init", [
         ("scratch", "scratch"), ("scratch + L2", "scratch+l2"), ("scratch + L2-init", "scratch+reg"),
         ("naive", "continuous"), ("continuous + L2", "continuous+l2"), ("continuous + L2-init", "continuous+reg")]),
+    # Sec. 3.3 says "reduce the sampling probability ... to one-tenth": our default draws without replacement
+    # (pseudo-epochs, every example at most once each); the usual weighted sampler draws with replacement (about
+    # 63% distinct examples per epoch). Table 1's Data row and Ours both ways, to show whether the choice matters.
+    "replacement": ("Sec. 3.3: weighted sampling without (ours) and with replacement", [
+        ("scratch", "scratch"), ("easy / hard", "continuous+data"),
+        ("easy / hard, with replacement", "continuous+data+repl"), ("Ours", OURS),
+        ("Ours, with replacement", OURS + "+repl")]),
 }
 
 
@@ -300,12 +308,19 @@ def plan_fig7(args, runs_dir):
     return rows_plan([lab for _, lab in FIG7_ROWS])(args, runs_dir)
 
 
+# Fig. 6's chain runs every task's schedule to the end by default: Sec. 4.2 reads the chain's higher final
+# accuracy as "benefits from larger total accumulated learning time" ("in total, the continuous models have
+# trained for more iterations"), which a chain stopped at its scratch model's maximum cannot show (its Max Acc
+# would equal scratch's by construction, and every later task would start from a model stopped mid-cosine).
+CHAIN_STOP_DEFAULT = "schedule"
+
+
 def plan_fig6(args, runs_dir):
-    """A chain: task t continues from task t-1's continuous model with all four methods; beside it a scratch
-    model per task on all data seen so far. chain_stop 'l100': each task of the chain ends at the first
-    evaluation reaching its seed's scratch model's maximum (the yellow dots of Fig. 6), so the next task
-    continues from there and the chain is charged exactly what it ran; 'schedule': each task runs its
-    (chain_scale) schedule to the end."""
+    """A chain (Sec. 4.2, Fig. 6): task t continues from task t-1's continuous model with all four methods;
+    beside it a scratch model per task on all data seen so far. chain_stop 'schedule' (the default,
+    CHAIN_STOP_DEFAULT): each task runs its (chain_scale) schedule to the end; 'l100': each task ends at the
+    first evaluation reaching its seed's scratch model's maximum (the yellow dots of Fig. 6), so the next task
+    continues from there and the chain is charged exactly what it ran."""
     n_tasks = len(data.parse_split(args.split, 10 ** 6))
     chain_label = OURS + (f"+x{args.chain_scale:g}" if args.chain_scale != 1 else "")
     runs = []

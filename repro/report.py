@@ -12,7 +12,9 @@ import speedup as S
 
 from . import plans as P
 
-STATS = ["n", "max_acc", "max_acc_se", "L99", "L100", "L99_seconds", "L100_seconds"]
+SPEEDUPS = ["L99", "L100", "L99_seconds", "L100_seconds", "L99_seeds", "L99_seeds_se", "L99_seeds_reached",
+            "L100_seeds", "L100_seeds_se", "L100_seeds_reached"]  # speedup.row_stats; the per-seed L_r: Eq. 2 per seed
+STATS = ["n", "left_out", "max_acc", "max_acc_se"] + SPEEDUPS
 PAPER = ["paper_max_acc", "paper_L99", "paper_L100"]
 
 
@@ -27,16 +29,18 @@ def collect(runs, runs_dir):
 
 
 def cells(st, paper=None, seconds=False):
-    """Markdown cells Max Acc, L99, L100 (with the paper's value in brackets when given); with seconds, then L99
-    and L100 in training seconds."""
+    """Markdown cells Max Acc, L99, L100 (with the paper's value in brackets when given), then L99 and L100 per
+    seed (mean ± s.e. of each seed's own L_r, speedup.fmt_seeds); with seconds, then L99 and L100 in training
+    seconds."""
     if st is None:
-        return ["(not run)"] * 3 + (["-", "-"] if seconds else [])
-    ours = [f"{st['max_acc']:.2f} ± {st['max_acc_se']:.2f}", S.fmt_speedup(st["L99"], st["L99_fragile"]),
+        return ["(not run)"] * 3 + ["-"] * (2 + 2 * seconds)
+    ours = [S.fmt_max_acc(st), S.fmt_speedup(st["L99"], st["L99_fragile"]),
             S.fmt_speedup(st["L100"], st["L100_fragile"])]
+    per_seed = [S.fmt_seeds(st, r) for r in (99, 100)]
     secs = [S.fmt_speedup(st[f"L{r}_seconds"], st[f"L{r}_fragile"]) for r in (99, 100)] if seconds else []
     if paper is not None:
         ours = [f"{ours[0]} ({paper[0]:.2f})"] + [f"{o} ({S.fmt_speedup(p)})" for o, p in zip(ours[1:], paper[1:])]
-    return ours + secs
+    return ours + per_seed + secs
 
 
 def csv_row(keys, st, paper):
@@ -66,8 +70,11 @@ def write(results_dir, name, title, args, md, csv, speedups=True):
             f"at that iteration; L99 / L100 (Eq. 2) are computed on the seed-averaged curves with a_scratch = the "
             f"reference's {'maximum' if args.target == 'max' else 'final accuracy'}; the paper's value is in "
             f"brackets; '/' = the target accuracy was not reached; † = within one standard error of the target, the "
-            f"verdict could flip. 'seconds': the same ratios in measured training seconds instead of iterations.",
-            ""]
+            f"verdict could flip. 'per seed': L99 / L100 of each seed's curve against the same seed's reference, "
+            f"mean ± standard error over the seeds that reach the target, (k/n) when only k of the n seeds do (the "
+            f"paper reports neither kind of error bar). A row and its reference are compared on the seeds both "
+            f"have; ‡ marks a row whose seeds differed (runs without a partner left out). 'seconds': the same "
+            f"ratios (on the seed-averaged curves) in measured training seconds instead of iterations.", ""]
     md = head + note * speedups + md
     os.makedirs(results_dir, exist_ok=True)
     S.write_atomic(os.path.join(results_dir, f"{name}.md"), "\n".join(md) + "\n")
@@ -78,18 +85,20 @@ def write(results_dir, name, title, args, md, csv, speedups=True):
 def report_table1(runs, args, runs_dir, results_dir):
     groups = collect(runs, runs_dir)
     mark = lambda on: "✓" if on else ""  # noqa: E731
-    md = ["| Initialization | Regularization | Data | Scheduler | Continuous Max Acc | L99 | L100 "
-          "| Scratch Max Acc | L99 | L100 | L100 (seconds) cont. / scratch |", "|" + "---|" * 11]
+    md = ["| Initialization | Regularization | Data | Scheduler | Continuous Max Acc | L99 | L100 | L99, L100 per "
+          "seed | Scratch Max Acc | L99 | L100 | L99, L100 per seed | L99 (seconds) cont., scratch | L100 "
+          "(seconds) cont., scratch |", "|" + "---|" * 14]
     csv = [",".join(["init", "reg", "data", "scheduler", "column", "label"] + STATS + PAPER)]
     for key, paper in P.TABLE1:
         row, secs = [mark(key[0]), mark(key[1]), mark(key[2]), f"x{key[3]:g}" if key[3] != 1 else ""], []
         for c, column in enumerate(("continuous", "scratch")):
             label = P.row_label(column, *key)
             st = S.row_stats(groups, label, "scratch", target=args.target)
-            row += cells(st, paper[3 * c: 3 * c + 3])
-            secs.append(cells(st, seconds=True)[-1])  # L100 in training seconds
+            ours = cells(st, paper[3 * c: 3 * c + 3], seconds=True)
+            row += ours[:3] + [", ".join(ours[3:5])]  # not ' / ': '/' is a cell's "not reached"
+            secs.append(ours[5:])  # L99, L100 in training seconds
             csv.append(csv_row([*key[:3], key[3], column, label], st, paper[3 * c: 3 * c + 3]))
-        md.append("| " + " | ".join(row + [" / ".join(secs)]) + " |")
+        md.append("| " + " | ".join(row + [", ".join(s) for s in zip(*secs)]) + " |")
     md += ["", "The paper's Table 1 repeats the Data row's Scratch cells (66.61, x1.54, x1.31) in the Init + Data "
            "row, most likely a copy error; we print them as published."]
     write(results_dir, "table1", f"Table 1: {args.dataset} {args.split}", args, md, csv)
@@ -113,8 +122,8 @@ def report_sections(runs, args, runs_dir, results_dir, notes=()):
     md, csv, walls = [], [",".join(["section", "row", "label"] + STATS + PAPER)], []
     for sec in sections:
         groups = collect([r for r in runs if sec.split in [r.split] + r.also_for], runs_dir)
-        md += [f"## {sec.title}", "", "| Row | Max Acc | L99 | L100 | L99 (seconds) | L100 (seconds) |",
-               "|" + "---|" * 6]
+        md += [f"## {sec.title}", "", "| Row | Max Acc | L99 | L100 | L99 per seed | L100 per seed | L99 (seconds) "
+               "| L100 (seconds) |", "|" + "---|" * 8]
         for row, label, paper in sec.rows:
             st = S.row_stats(groups, label, sec.reference, target=args.target)
             md.append("| " + " | ".join([row] + cells(st, paper, seconds=True)) + " |")
@@ -148,13 +157,18 @@ def carry_forward(seeds):
 
 
 def report_fig6(runs, args, runs_dir, results_dir):
-    """Per task: scratch and chain Max Acc, L100 of the chain against that task's scratch model, and what each
-    cost: the iterations every chain run actually trained (the next task starts from its last checkpoint, so
-    nothing is left uncounted) against the scratch runs' full iterations, and against the scratch runs stopped
-    at their own best (a lower bound no real scratch run could know in advance). Means over seeds."""
-    md = ["| Task | Classes | Scratch Max Acc | Chain Max Acc | L100 | chain iterations (cumulative) "
-          "| scratch iterations (cumulative) | scratch to its max (cumulative) |", "|" + "---|" * 8]
-    csv = ["task,classes,scratch_max_acc,chain_max_acc,L100,chain_iters,chain_cumulative,scratch_iters,"
+    """Per task (Sec. 4.2, Fig. 6): scratch and chain Max Acc, L99 / L100 of the chain against that task's
+    scratch model, in iterations and in training seconds, and what each cost: the iterations every chain run
+    actually trained (the next task starts from its last checkpoint, so nothing is left uncounted) against the
+    scratch runs' full iterations, and against the scratch runs stopped at their own best (a lower bound no real
+    scratch run could know in advance). Beside the chain's total, the cumulative cost to each task's L100 point:
+    everything the earlier tasks trained plus this task's iterations to its L100 point (on the seed-averaged
+    curve), the cost of having a model at scratch's accuracy for this task. Means over seeds."""
+    md = ["| Task | Classes | Scratch Max Acc | Chain Max Acc | L99 | L100 | L99 per seed | L100 per seed "
+          "| L99 (seconds) | L100 (seconds) | chain to its L100 point (cumulative) | chain iterations (cumulative) "
+          "| scratch iterations (cumulative) | scratch to its max (cumulative) |", "|" + "---|" * 14]
+    csv = ["task,classes,n,left_out,scratch_max_acc,chain_max_acc," + ",".join(SPEEDUPS) + ",chain_to_L100,"
+           "chain_to_L100_cumulative,chain_iters,chain_cumulative,scratch_iters,"
            "scratch_cumulative,scratch_to_max,scratch_to_max_cumulative"]
     fig, ax = pyplot().subplots(figsize=(8, 4.2))
     cum = np.zeros(3)  # chain, scratch, scratch to its max
@@ -167,21 +181,26 @@ def report_fig6(runs, args, runs_dir, results_dir):
         st = S.row_stats(groups, chain, "scratch", target=args.target)
         sc = S.row_stats(groups, "scratch", "scratch", target=args.target)
         if st is None:
-            md.append(f"| {t} | | (not run) | | | | | |")
+            md.append(f"| {t} | | (not run) |" + " |" * 11)
             continue
         header = groups["scratch"][0][0]
         ran = lambda label: float(np.mean([ev[-1]["iter"] for _, ev in ran_groups[label]]))  # noqa: E731
         to_max = float(np.mean([max(ev, key=lambda e: (e["acc"], -e["iter"]))["iter"] for _, ev in groups["scratch"]]))
         costs = np.array([ran(chain), ran("scratch"), to_max])
+        cur, ref, _ = S.paired(groups, chain, "scratch")  # the seeds st is computed on
+        it, acc = S.mean_curve(cur)
+        ref_it, ref_acc = S.mean_curve(ref)
+        hit = S.iterations_to_reach(it, acc, st["a_scratch"])
+        to_l100 = None if hit is None else cum[0] + hit  # the earlier tasks' whole training, then this one's
         cum += costs
         md.append(f"| {t} | {header['num_classes']} | {cells(sc)[0]} | {cells(st)[0]} | "
-                  f"{S.fmt_speedup(st['L100'], st['L100_fragile'])} | "
+                  + " | ".join(cells(st, seconds=True)[1:]) + " | "
+                  + ("/" if hit is None else f"{hit:.0f} ({to_l100:.0f})") + " | "
                   + " | ".join(f"{c:.0f} ({k:.0f})" for c, k in zip(costs, cum)) + " |")
-        csv.append(S.csv_line([t, header["num_classes"], sc["max_acc"], st["max_acc"], st["L100"],
-                               costs[0], cum[0], costs[1], cum[1], costs[2], cum[2]]))
+        csv.append(S.csv_line([t, header["num_classes"], st["n"], st["left_out"], sc["max_acc"], st["max_acc"]]
+                              + [st[k] for k in SPEEDUPS]
+                              + [hit, to_l100, costs[0], cum[0], costs[1], cum[1], costs[2], cum[2]]))
         frac = header["num_test"] / header["num_test_all"]  # on the full test set unseen classes are errors
-        it, acc = S.mean_curve(groups[chain])
-        ref_it, ref_acc = S.mean_curve(groups["scratch"])
         first = offset == 0  # label each kind of mark once
         ax.plot([offset + i for i in it], [a * frac for a in acc], color="C0", lw=1.2,
                 label="Ours (continuous chain)" if first else None)
@@ -189,7 +208,6 @@ def report_fig6(runs, args, runs_dir, results_dir):
                 label="Scratch on all data so far" if first else None)
         ax.fill_between([offset, offset + costs[0]], [100 * frac] * 2, [100] * 2, color="gray", alpha=0.15, lw=0,
                         label="not reachable (unseen classes)" if first else None)
-        hit = S.iterations_to_reach(it, acc, st["a_scratch"])
         if hit is not None:
             ax.plot([offset + hit], [acc[it.index(hit)] * frac], "o", color="gold", mec="k", ms=6,
                     label="L100 point" if first else None)
@@ -197,7 +215,9 @@ def report_fig6(runs, args, runs_dir, results_dir):
     stop = ("ends where it reaches its scratch model's accuracy (--chain-stop l100)" if args.chain_stop == "l100"
             else "runs its schedule to the end (--chain-stop schedule)")
     md += ["", f"Each task of the chain {stop}; the next task continues from that checkpoint, so the chain's "
-           f"iterations are everything it trained. Chain total: {cum[0]:.0f} iterations; scratch runs total: "
+           f"iterations are everything it trained. 'chain to its L100 point': the iteration at which this task's "
+           f"seed-averaged curve first reaches its scratch model's Max Acc, and (cumulative) that plus everything "
+           f"the earlier tasks trained. Chain total: {cum[0]:.0f} iterations; scratch runs total: "
            f"{cum[1]:.0f} (scratch / chain = {S.fmt_speedup(S.ratio(cum[1], cum[0]))}); scratch runs stopped at "
            f"their best: {cum[2]:.0f} (= {S.fmt_speedup(S.ratio(cum[2], cum[0]))})."]
     write(results_dir, "fig6", f"Fig. 6: {args.dataset} {args.split}, a chain with all four methods (schedule "
@@ -210,6 +230,18 @@ def report_fig6(runs, args, runs_dir, results_dir):
     save(fig, os.path.join(results_dir, "fig6.png"))
 
 
+def fig7_verdicts(naive, ours):
+    """Sec. 4.3's reading of Fig. 7 on two row_stats rows (README "Choices": Fig. 7's reading): (speed, higher,
+    gap, margin). speed: Naive's L99 against Ours', "nearly as fast" when at least 2/3 of it; higher: whether
+    Ours' Max Acc is above Naive's by more than one combined standard error (gap, margin)."""
+    n99, o99 = naive["L99"], ours["L99"]
+    speed = ("not nearly as fast (it never gets there)" if n99 is None else "faster (Ours never gets there)"
+             if o99 is None else "as fast or faster" if n99 >= o99 else "nearly as fast" if n99 >= 2 / 3 * o99
+             else "not nearly as fast")
+    gap, margin = ours["max_acc"] - naive["max_acc"], math.hypot(ours["max_acc_se"], naive["max_acc_se"])
+    return speed, "higher" if gap > margin else "not higher", gap, margin
+
+
 def report_fig7(runs, args, runs_dir, results_dir):
     """Fig. 7 (Sec. 4.3): Scratch, Naive and Ours after a new domain. The table: Max Acc on both domains, L99 /
     L100 against Scratch, and the final accuracy on each domain (means over seeds); then the paper's reading
@@ -217,32 +249,29 @@ def report_fig7(runs, args, runs_dir, results_dir):
     checked on our numbers. The figure: accuracy against iterations on both domains, the old and the new."""
     groups = collect([r for r in runs if r.task == 1], runs_dir)
     old_dom, new_dom = args.split.split("+")
-    md = [f"| Row | Max Acc (both domains) | L99 | L100 | L99 (seconds) | L100 (seconds) | final acc {old_dom} "
-          f"| final acc {new_dom} |", "|" + "---|" * 8]
+    md = [f"| Row | Max Acc (both domains) | L99 | L100 | L99 per seed | L100 per seed | L99 (seconds) "
+          f"| L100 (seconds) | final acc {old_dom} | final acc {new_dom} |", "|" + "---|" * 10]
     csv = [",".join(["row", "label"] + STATS + ["final_acc_old_domain", "final_acc_new_domain"])]
     stats = {}
     for row, label in P.FIG7_ROWS:
         st = stats[label] = S.row_stats(groups, label, "scratch", target=args.target)
         if st is None:
-            md.append(f"| {row} | (not run) |" + " |" * 6)
+            md.append(f"| {row} | (not run) |" + " |" * 8)
             continue
         final = [float(np.mean([ev[-1][k] for _, ev in groups[label]])) for k in ("acc_old", "acc_new")]
         md.append("| " + " | ".join([row] + cells(st, seconds=True) + [f"{a:.2f}" for a in final]) + " |")
         csv.append(S.csv_line([row, label] + [st[k] for k in STATS] + final))
     naive, ours = stats["continuous"], stats[P.OURS]
     if naive and ours:
-        n99, o99 = naive["L99"], ours["L99"]  # our rule for "nearly as fast": at least 2/3 of Ours' L99
-        speed = ("not nearly as fast (it never gets there)" if n99 is None else "faster (Ours never gets there)"
-                 if o99 is None else "as fast or faster" if n99 >= o99 else "nearly as fast" if n99 >= 2 / 3 * o99
-                 else "not nearly as fast")
-        gap, margin = ours["max_acc"] - naive["max_acc"], math.hypot(ours["max_acc_se"], naive["max_acc_se"])
+        n99, o99 = naive["L99"], ours["L99"]
+        speed, higher, gap, margin = fig7_verdicts(naive, ours)
         md += ["", "The paper's reading of Fig. 7, on our runs (the paper gives no numbers, only the figure):", "",
                f"- \"Naively continuing to train is nearly as fast as our method\": Naive reaches 99% of Scratch's "
                f"Max Acc with L99 {S.fmt_speedup(n99)}, Ours with {S.fmt_speedup(o99)}: Naive is **{speed}** (our "
                f"rule for nearly: Naive's L99 at least 2/3 of Ours').",
                f"- \"Our final test accuracy is considerably higher\": Ours' Max Acc is {gap:+.2f} points above "
                f"Naive's (± {margin:.2f}, one combined standard error): "
-               f"**{'higher' if gap > margin else 'not higher'}** beyond one standard error."]
+               f"**{higher}** beyond one standard error."]
     write(results_dir, "fig7", f"Fig. 7: a new domain, {old_dom} -> {new_dom} ({args.dataset})", args, md, csv)
     fig, axes = pyplot().subplots(1, 3, figsize=(14, 4.2))
     rows = [(row, label) for row, label in P.FIG7_ROWS if label in groups]

@@ -282,9 +282,9 @@ def build_parser():
       help="ResNet-18 stem; auto: cifar up to 32x32 images, imagenet (7x7 stride 2 + max-pool) above")
     a("--compare-to", choices=sorted(P.TABLE2A), help="table2a: the paper's row to print beside ours")
     a("--chain-scale", type=float, default=1.0, help="fig6: schedule scale of every task of the chain")
-    a("--chain-stop", default="l100", choices=["l100", "schedule"],
-      help="fig6: each task of the chain ends where it reaches its scratch model's accuracy (l100), or with its "
-           "schedule; the next task continues from there")
+    a("--chain-stop", default=P.CHAIN_STOP_DEFAULT, choices=["schedule", "l100"],
+      help="fig6: each task of the chain runs its schedule to the end (schedule, the paper's Sec. 4.2), or ends "
+           "where it reaches its scratch model's accuracy (l100); the next task continues from there")
     a("--amp", default="auto", choices=["auto", "bf16", "fp32"],
       help="precision of every run: auto = bf16 autocast on a GPU, fp32 with --device cpu")
     a("--cuda-graph", action="store_true", help="every run records its training step as one CUDA graph")
@@ -333,27 +333,49 @@ def resolve(args):
         die("--per-class must be >= 0 (0: every training image)")
     if args.amp == "auto":  # explicit in every command, so a finished run's log can be checked against the plan
         args.amp = "fp32" if args.device == "cpu" else "bf16"
-    auto_stem = stem_for(args.image_size)
-    args.stem = auto_stem if args.stem == "auto" else args.stem  # explicit too, as --amp
+    args.stem = stem_for(args.image_size) if args.stem == "auto" else args.stem  # explicit too, as --amp
     try:
         domain_splits = [s for s in args.split.split(",") if data.parse_domains(s)]
     except ValueError as e:
         die(str(e))
     if domain_splits and "," in args.split:
         die(f"--split '{args.split}': a domain split reads other data than the other splits; give one split")
-    name = args.dataset if args.dataset != "folder" else folder_name(args.data_dir)
-    tag = f"{name}-{args.iters}it-w{args.width}" + (f"-b{args.batch_size}" if args.batch_size != 128 else "") + \
-        (f"-{args.image_size}px" if args.image_size != 32 else "") + (f"-{args.stem}" if args.stem != auto_stem else "") + \
-        (f"-pc{args.per_class}" if args.per_class else "")
+    tag = run_tag(args)
     runs_dir = args.runs or os.path.join("runs", tag)
-    paper_setting = (args.dataset, args.split, args.iters, args.width, args.batch_size, args.seeds, args.eval_every,
-                     args.amp, args.target, args.chain_scale, args.chain_stop, args.per_class, args.image_size) == \
-        (dataset, split, scale["iters"], scale["width"], 128, scale["seeds"], scale["eval_every"],
-         "fp32" if args.plan == "laptop" else "bf16", "max", 1.0, "l100", scale["per_class"],
-         scale["image_size"] or P.image_size(args))  # anything else is a trial
-    own = P.RESULTS.get(args.plan, "results")
-    results_dir = args.results or (own if paper_setting else os.path.join("results", f"{tag}-{args.seeds}seeds"))
+    results_dir = args.results or (P.RESULTS.get(args.plan, "results") if paper_setting(args, tag) else
+                                   os.path.join("results", f"{tag}-{args.seeds}seeds"))
     return runs_dir, results_dir
+
+
+def run_tag(args):
+    """The runs folder's name: everything about the data and the network that changes a number."""
+    name = args.dataset if args.dataset != "folder" else folder_name(args.data_dir)
+    return f"{name}-{args.iters}it-w{args.width}" + (f"-b{args.batch_size}" if args.batch_size != 128 else "") + \
+        (f"-{args.image_size}px" if args.image_size != 32 else "") + \
+        (f"-{args.stem}" if args.stem != stem_for(args.image_size) else "") + \
+        (f"-pc{args.per_class}" if args.per_class else "")
+
+
+def paper_setting(args, tag):
+    """Whether results go to results/ as the paper's setting of the plan (README "Choices"). Decided from the
+    same run_tag that names the runs folder, computed once more with the paper's values (Sec. 2.1, App. A.2:
+    39,100 iterations, width 64, batch 128, the plan's dataset at its IMAGE_SIZE and stem), so whatever enters
+    the tag (dataset, data folder, length, width, batch, image size, stem) sends a trial elsewhere; then what
+    is not in the tag: split, seeds, evaluation interval (Eq. 1's resolution), --target and the Fig. 6 chain.
+    The precision is not part of it: the paper states none, and every log records it. The laptop plan's setting
+    is its own size (plans.SCALES) and writes into results/laptop/."""
+    dataset, split = P.PLAN_DEFAULTS[args.plan]
+    scale = P.SCALES.get(args.plan, P.PAPER_SCALE)
+    paper = argparse.Namespace(**{**vars(args), "dataset": dataset, "iters": scale["iters"], "width": scale["width"],
+                                  "batch_size": 128, "compare_to": None, "per_class": scale["per_class"]})
+    paper.image_size = scale["image_size"] or P.image_size(paper)
+    paper.stem = stem_for(paper.image_size)
+    # an image folder is the paper's data only under the paper's dataset's name (e.g. data/Adaptiope for fig7)
+    folder_ok = dataset != "folder" or \
+        os.path.basename(os.path.abspath(args.data_dir)).lower() == P.PLAN_DATA.get(args.plan, "")
+    return folder_ok and tag == run_tag(paper) and \
+        (args.split, args.seeds, args.eval_every, args.target, args.chain_scale, args.chain_stop) == \
+        (split, scale["seeds"], scale["eval_every"], "max", 1.0, P.CHAIN_STOP_DEFAULT)
 
 
 def folder_name(data_dir):

@@ -80,8 +80,35 @@ def test_table2b(root):
         assert (root / "res" / f"table2b_{s}.png").exists()
 
 
-def test_fig6_chain(root, capsys):
-    argv = run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
+def test_fig6_chain_runs_each_schedule_by_default(root):
+    """Sec. 4.2: the chain trains every task's schedule to the end ("in total, the continuous models have trained
+    for more iterations"); beside its total, the cost to each task's L100 point: the earlier tasks' whole
+    training plus this task's iterations to its scratch model's Max Acc on the seed-averaged curve."""
+    run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
+    rows = list(csv.DictReader(open(root / "res" / "fig6.csv")))
+    assert [int(r["task"]) for r in rows] == [1, 2, 3]
+    before = 0
+    for r in rows:
+        t = int(r["task"])
+        cont = [root / "runs" / "4+2x3" / f"seed{s}" / f"task{t}" / f"schedule-{plans.OURS}" for s in (0, 1)]
+        ref = [root / "runs" / "4+2x3" / f"seed{s}" / f"task{t}" / "scratch" for s in (0, 1)]
+        assert [curves(c)[-1]["iter"] for c in cont] == [12, 12]  # no early stop
+        header = json.loads(open(cont[1] / "log.jsonl").readline())
+        prev = "old" if t == 1 else f"task{t - 1}/schedule-{plans.OURS}"
+        assert header["config"]["old_ckpt"].endswith(f"seed1/{prev}/ckpt.pt")
+        mean = np.mean([[e["acc"] for e in curves(c)] for c in cont], axis=0)
+        a = np.max(np.mean([[e["acc"] for e in curves(d)] for d in ref], axis=0))
+        hit = [3 * k for k, m in enumerate(mean) if m >= a]
+        if hit:
+            assert float(r["chain_to_L100"]) == hit[0] and float(r["chain_to_L100_cumulative"]) == before + hit[0]
+        else:
+            assert r["chain_to_L100"] == r["chain_to_L100_cumulative"] == ""
+        before += 12
+        assert float(r["chain_cumulative"]) == before
+
+
+def test_fig6_chain_stopped_at_l100(root, capsys):
+    argv = run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2", "--chain-stop", "l100")
     rows = list(csv.DictReader(open(root / "res" / "fig6.csv")))
     assert [int(r["task"]) for r in rows] == [1, 2, 3] and [int(r["classes"]) for r in rows] == [6, 8, 10]
     cum_chain = cum_scratch = 0
@@ -135,6 +162,11 @@ def test_appendix(root):
     assert h["config"]["sp_alpha"] == 0.1 and h["config"]["init"] == "shrink_perturb"
     h = json.loads(open(d / "scratch+data+r=0" / "log.jsonl").readline())
     assert h["config"]["eh_r"] == 0 and h["config"]["sampler"] == "easy_hard"
+    for label in ("continuous+data+repl", plans.OURS + "+repl"):  # Sec. 3.3's sampler, with replacement
+        h = json.loads(open(d / label / "log.jsonl").readline())
+        assert h["config"]["replacement"] and h["config"]["sampler"] == "easy_hard"
+    h = json.loads(open(d / plans.OURS / "log.jsonl").readline())
+    assert not h["config"]["replacement"]
     for sweep in plans.APPENDIX:
         assert (root / "res" / f"appendix_{sweep}.png").exists()
 
@@ -145,6 +177,10 @@ def test_labels_map_to_flags():
                                "easy_hard", "--schedule-scale", "0.25", "--eh-c", "0.4", "--old-ckpt", "old.pt"]
     flags, reads = plans.flags_for("scratch+multistep", 2, "old.pt")
     assert not reads and flags == ["--task", "2", "--init", "scratch", "--schedule", "multistep"]
+    flags, reads = plans.flags_for(plans.OURS + "+repl", 1, "old.pt")
+    assert reads and flags == ["--task", "1", "--init", "shrink_perturb", "--reg", "l2init", "--sampler",
+                               "easy_hard", "--replacement", "--old-ckpt", "old.pt"]
+    assert plans.paper_name("continuous+data+repl") == "Naive + easy / hard + with replacement"
     with pytest.raises(ValueError, match="unknown token"):
         plans.flags_for("continuous+bogus", 1, "x")
 

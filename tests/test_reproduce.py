@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,7 +29,7 @@ def test_table1_is_complete_and_consistent_with_logs(table):
     res, runs = table["root"] / "res", table["root"] / "runs"
     md = (res / "table1.md").read_text().splitlines()
     body = [line for line in md if line.startswith("| ") and "---" not in line][1:]
-    assert len(body) == 10 and all(len(line.split("|")) == 13 for line in body)
+    assert len(body) == 10 and all(len(line.split("|")) == 16 for line in body)
     rows = list(csv.DictReader(open(res / "table1.csv")))
     assert len(rows) == 20
     ref = [curves(runs / "6+4" / f"seed{s}" / "scratch") for s in (0, 1)]
@@ -46,6 +47,12 @@ def test_table1_is_complete_and_consistent_with_logs(table):
                 assert got == "", (label, r)
             else:
                 assert float(got) == pytest.approx(want, rel=1e-5), (label, r)
+            # per seed: each seed's L_r against its own scratch run, mean over the seeds that reach the target
+            each = [independent_speedup([ref[s]], [cur[s]], r) for s in (0, 1)]
+            each = [x for x in each if x is not None]
+            assert int(row[f"L{r}_seeds_reached"]) == len(each), (label, r)
+            if each:
+                assert float(row[f"L{r}_seeds"]) == pytest.approx(np.mean(each), rel=1e-5), (label, r)
     # '/' in the Markdown exactly where the CSV has no speed-up; the paper's value beside each cell
     cont_l100 = [line.split("|")[7].strip() for line in body]
     csv_l100 = [r["L100"] for r in rows if r["column"] == "continuous"]
@@ -132,3 +139,27 @@ def test_finished_runs_of_the_old_behaviour_are_refused(table, capsys):
         assert e.value.code == 2 and "sp_keep_bn_stats: None vs planned False" in err
     finally:
         log.write_text(original)
+
+
+def results_dir(*argv):
+    return reproduce.resolve(reproduce.build_parser().parse_args(list(argv)))[1]
+
+
+def test_only_the_papers_setting_writes_into_results(tmp_path):
+    """results/ holds the paper's setting of a plan; whatever changes a number (anything in the runs folder's
+    name, the split, seeds, evaluation interval, target, the Fig. 6 chain) is a trial and goes elsewhere. The
+    precision is recorded in every log but is not part of the setting: the paper states none."""
+    assert results_dir() == "results"
+    assert results_dir("--amp", "fp32") == "results"
+    assert results_dir("--plan", "fig6") == "results"  # the chain runs its schedules (Sec. 4.2)
+    adaptiope = str(tmp_path / "Adaptiope")
+    assert results_dir("--plan", "fig7", "--data-dir", adaptiope) == "results"
+    for trial in (["--stem", "imagenet"], ["--iters", "1000"], ["--width", "32"], ["--batch-size", "64"],
+                  ["--seeds", "3"], ["--eval-every", "100"], ["--target", "final"], ["--split", "50+50"],
+                  ["--dataset", "cifar10"], ["--plan", "fig6", "--chain-stop", "l100"],
+                  ["--plan", "fig6", "--chain-scale", "0.5"],
+                  ["--plan", "fig7", "--data-dir", adaptiope, "--image-size", "64"],
+                  ["--plan", "fig7", "--data-dir", adaptiope, "--stem", "cifar"],
+                  ["--plan", "fig7", "--data-dir", str(tmp_path / "other")]):
+        got = results_dir(*trial)
+        assert got != "results" and got.startswith("results" + os.sep), trial
