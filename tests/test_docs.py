@@ -143,12 +143,6 @@ def test_command_names_a_file_that_exists_and_its_parser_takes_its_flags(page, c
         path = os.path.join(ROOT, cmd[1])
         assert os.path.isfile(path), f"{page}: {cmd[1]} does not exist"
         main, argv = script_main(path), cmd[2:]
-    if cmd[1:3] == ["-m", "repro.reproduce"] and "--plan" in argv:
-        plan = argv[argv.index("--plan") + 1]
-        choices = next(a.choices for a in importlib.import_module("repro.reproduce").build_parser()._actions
-                       if "--plan" in a.option_strings)
-        if plan == "laptop" and plan not in choices:
-            pytest.xfail("the laptop plan is not among this driver's plans yet")
     ok = parses(main, argv, monkeypatch)
     capsys.readouterr()
     assert ok is True, f"{page}: {' '.join(cmd)}: {ok}"
