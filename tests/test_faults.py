@@ -6,11 +6,13 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -336,3 +338,37 @@ def test_forward_backward_takes_a_compiled_module():
         want = 2 * model(x)
     assert torch.allclose(logits, want) and torch.allclose(loss, torch.nn.functional.cross_entropy(want, y))
     assert model.fc.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------ image folders
+
+def test_16_bit_grayscale_images_are_scaled_not_clipped(tmp_path):
+    """Pillow's convert("RGB") clips mode I;16 at 255: every pixel of a 16-bit grayscale PNG came out white."""
+    from PIL import Image
+
+    write_folder(tmp_path / "syn", num_classes=2, n_train=2, n_test=1)
+    wide = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / "syn" / "train" / "c0" / "0000.png")  # a 16-bit PNG (mode I;16)
+    assert Image.open(tmp_path / "syn" / "train" / "c0" / "0000.png").mode in ("I;16", "I")
+    (x, _), _, _ = D.load_dataset("folder", str(tmp_path / "syn"))
+    want = torch.from_numpy(np.round(wide / 257).astype(np.uint8))
+    assert all(torch.equal(x[0, c], want) for c in range(3))  # gray, 0..255, no clipping
+    Image.fromarray(wide.astype(np.float32)).save(tmp_path / "syn" / "train" / "c1" / "0002.tif")  # mode F
+    with pytest.raises(ValueError, match=r"0002\.tif: F images of floating-point pixels are not supported"):
+        D.load_dataset("folder", str(tmp_path / "syn"))
+
+
+def test_archive_side_folders_are_not_data(tmp_path):
+    """A zip made on macOS holds __MACOSX/<class>/._<image> beside the class folders: not a class, not a
+    domain, and ._* files inside a class folder are not images."""
+    d = tmp_path / "syn"
+    write_folder(d, num_classes=2, n_train=3, n_test=1)
+    for split in ("train", "test"):
+        (d / split / "__MACOSX" / "c0").mkdir(parents=True)
+        (d / split / "__MACOSX" / "c0" / "._0000.png").write_bytes(b"\0\5\26\7resource fork")
+        (d / split / "c0" / "._0000.png").write_bytes(b"\0\5\26\7resource fork")
+    assert D.num_classes_of("folder", str(d)) == 2
+    (_, y), _, names = D.load_dataset("folder", str(d))
+    assert names == ["c0", "c1"] and len(y) == 6
+    shutil.copytree(d / "train", tmp_path / "flat")  # one level: <class>/<image>, cut by the seeded split
+    assert D.load_dataset("folder", str(tmp_path / "flat"))[2] == ["c0", "c1"]
