@@ -13,6 +13,8 @@ sample by it (unless --learning-speed off), and writes log.jsonl (header, one li
 ckpt.pt into --out, both atomically.
 """
 import argparse
+import contextlib
+import errno
 import json
 import math
 import os
@@ -25,7 +27,8 @@ import types
 import torch
 
 import analysis
-from checks import UsageError, check_task, load_old, lock_run, resolve_device, unlock_run, validate
+from checks import (UsageError, check_memory, check_space, check_task, load_old, lock_run, resolve_device, unlock_run,
+                    validate)
 import data as D
 from l2init import paired, paired_penalty, snapshot
 from resnet import STEMS, grow_head, resnet18, stem_for
@@ -273,6 +276,7 @@ def open_log(args, task, config, device):
         "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
         "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(d.test_y),
         "num_test_all": len(task.test[1]), "planned_iters": run_length(args), "data": task.ident,
+        "old_weights_sha256": task.old["weights_sha256"] if task.old else None,  # checks.weights_hash
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
                      "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else platform.processor() or "cpu"},
@@ -281,12 +285,19 @@ def open_log(args, task, config, device):
     f = open(os.path.join(args.out, "log.jsonl.part"), "w")
 
     def write(rec):
-        f.write(json.dumps(rec) + "\n")
-        f.flush()
+        try:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, f.name) from None
 
     def close():
-        f.close()
-        unlock_run(lock)
+        try:
+            f.close()  # flushes: fails too on a full disk
+        except OSError:
+            pass
+        finally:
+            unlock_run(lock)
 
     write.close = close
     write(header)
@@ -411,6 +422,18 @@ def lr_of(args, it):
     return lr_at(it, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule)
 
 
+class WriteError(Exception):
+    """A file of the run could not be written (a full disk): one line, exit code 1."""
+
+
+def bytes_to_write(model, anchor, args, n_train):
+    """About what a run writes: ckpt.pt (the weights, their init, the learning speed and the example index:
+    save_results) and its log (under a megabyte)."""
+    tensors = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *anchor.values()])
+    epochs = run_length(args) * args.batch_size // n_train + 1
+    return tensors + n_train * (8 + 8 + 4) + epochs * (n_train // 8 + 1) + 2 ** 20
+
+
 def save_results(args, task, model, anchor, speed, summary, config, log):
     """ckpt.pt first, then the summary line and the rename that marks the run finished (both atomic)."""
     ckpt = {
@@ -422,10 +445,20 @@ def save_results(args, task, model, anchor, speed, summary, config, log):
         "num_classes": task.d.num_classes, "image_size": args.image_size, "data": task.ident,
         "config": config, "summary": summary,
     }
-    replace_atomic(os.path.join(args.out, "ckpt.pt"), lambda tmp: torch.save(ckpt, tmp))
+    replace_atomic(os.path.join(args.out, "ckpt.pt"), lambda tmp: save_to(ckpt, tmp))
     log(summary)
     os.replace(os.path.join(args.out, "log.jsonl.part"), os.path.join(args.out, "log.jsonl"))
     log.close()
+
+
+def save_to(obj, path):
+    """torch.save through a Python file: a failed write is an OSError naming the file and its errno (torch.save
+    to a path reports a full disk as 'unexpected pos ...')."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def main(args):
@@ -434,6 +467,7 @@ def main(args):
     validate(args)
     device = resolve_device(args.device)
     settle_for_device(args, device)
+    check_memory(args.width, args.image_size, args.batch_size, args.stem, device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: pick the fastest conv algorithms once
     target = stop_accuracy(args)
     task = load_task(args)                                                        # data (Sec. 2.1)
@@ -449,6 +483,7 @@ def main(args):
                                 speed if args.learning_speed == "online" else None,
                                 torch.compile(model) if args.compile else None, args.cuda_graph)
     config = dict(vars(args))  # what ran, settled for the device
+    check_space(args.out, bytes_to_write(model, anchor, args, len(task.d.y)))
     log = open_log(args, task, config, device)
     setup_seconds = time.perf_counter() - t_start
     if not args.quiet:
@@ -456,13 +491,19 @@ def main(args):
     try:                                                                          # Sec. 3.4 and the loop
         best, acc, iters_run, wall, train_seconds, ls_seconds = train_loop(
             args, task, step, loss_sum, batch_iter, model, loader, speed, reg, target, log)
+        summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
+                   "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
+                   "learning_speed_seconds": ls_seconds}
+        save_results(args, task, model, anchor, speed, summary, config, log)
+    except OSError as e:  # a full disk, a lost mount: one line naming the file, and no half-written run left
+        log.close()
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(args.out, "log.jsonl.part"))
+        raise WriteError(f"cannot write {e.filename or args.out}: {e.strerror or e} "
+                         f"({errno.errorcode.get(e.errno, e.errno)}); the run is not finished") from None
     except BaseException:
         log.close()
         raise
-    summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
-               "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
-               "learning_speed_seconds": ls_seconds}
-    save_results(args, task, model, anchor, speed, summary, config, log)
     return summary
 
 
@@ -470,11 +511,23 @@ def cli(argv=None):
     args = build_parser().parse_args(argv)
     try:
         main(args)
-    except (UsageError, FloatingPointError) as e:  # bad input: 2; a diverged run (its log kept): 1
+    except (UsageError, FloatingPointError, WriteError) as e:  # bad input: 2; diverged (log kept), no space: 1
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     return 0
 
 
+def entry(argv=None):
+    """cli() as a command: Ctrl-C is one line, not a traceback (main closes the log and the lock on its way out;
+    the rerun starts the unfinished run again). cli() itself lets KeyboardInterrupt through, so that the
+    driver running it in-process stops as a whole."""
+    try:
+        return cli(argv)
+    except KeyboardInterrupt:
+        print("train.py: interrupted; nothing finished is lost, run the same command to start this run again",
+              file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(entry())
