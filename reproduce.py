@@ -238,6 +238,18 @@ def same_lineage(run, old_ckpt, runs_dir, hashes, retrained):
     return recorded == hashes[old_ckpt]
 
 
+def check_lineages(runs, args, runs_dir):
+    """--report-only: a finished run continued from another old model than the one now at its --old-ckpt (the
+    old model was trained again since) is refused, not mixed into a table; the driver would train it again."""
+    hashes = {}
+    for r in runs:
+        old = old_ckpt_of(train_argv(r, args, runs_dir))
+        if old and os.path.isfile(old) and S.is_finished(os.path.join(runs_dir, r.name)) and \
+                not same_lineage(r, old, runs_dir, hashes, retrained=False):
+            die(f"{os.path.join(runs_dir, r.name)} was continued from another {old} than the one there now; run "
+                "without --report-only to train it again")
+
+
 def slot_device(slot, args):
     return "cpu" if args.device == "cpu" else f"cuda:{slot[0]}"
 
@@ -482,6 +494,7 @@ def main(argv=None):
         finally:
             checks.unlock_run(lock)
     else:
+        check_lineages(runs, args, runs_dir)
         failed = set()
     args.finished_runs = len(R.finished(runs, runs_dir))
     if not args.finished_runs:  # a table of "(not run)" cells would replace one of numbers

@@ -519,6 +519,11 @@ def test_runs_from_an_old_model_that_changed_are_trained_again(world, uninterrup
     ckpt["model"]["fc.bias"] += 0.01
     torch.save(ckpt, old)
     scratch = tree_hash(runs / "2+2" / "seed0" / "scratch")
+    with pytest.raises(SystemExit) as e:  # a report alone would mix the two lineages: refused
+        reproduce.main(driver_argv(world, "a", "runs_lineage", "res_lineage") + ["--report-only"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "was continued from another" in err and len(err.splitlines()) == 1, err
+    assert not (world / "res_lineage").exists()
     assert reproduce.main(driver_argv(world, "a", "runs_lineage", "res_lineage")) == 0
     out = capsys.readouterr().out
     assert out.count("training it again") == 3, out
