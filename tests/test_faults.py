@@ -226,7 +226,8 @@ def test_ctrl_c_is_one_line_and_the_rerun_trains(world):
     out = world / "interrupted"
     argv = [sys.executable, os.path.join(ROOT, "train.py"), *TRAIN, "--data-dir", str(world / "a" / "syn"),
             "--out", str(out)]
-    proc = subprocess.Popen(argv + ["--iters", "1000000"], stderr=subprocess.PIPE, text=True)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 - a background job ignores it
+    proc = subprocess.Popen(argv + ["--iters", "1000000"], stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     part, deadline = out / "log.jsonl.part", time.time() + 600
     while proc.poll() is None and time.time() < deadline:  # until it trains: the header and a first evaluation
         if part.exists() and len(part.read_text().splitlines()) >= 2:
