@@ -263,7 +263,13 @@ def stop_accuracy(args):
         return None
     if not is_finished(args.stop_at_acc_of):
         raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
-    return read_log(args.stop_at_acc_of)[2]["max_acc"]
+    try:
+        acc = read_log(args.stop_at_acc_of)[2].get("max_acc")
+    except ValueError as e:
+        raise UsageError(f"--stop-at-acc-of: {e}") from None
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: its log's summary has max_acc = {acc}")
+    return acc
 
 
 def open_log(args, task, config, device):

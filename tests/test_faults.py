@@ -86,11 +86,15 @@ def bad_train_inputs(root):
         (["--image-size", "100000"], "training needs at least"),
         (["--task", "1", "--init", "old", "--old-ckpt", str(root / "old")],
          f"--old-ckpt {root / 'old'} is a folder: give the checkpoint in it, {old}"),
+        (["--stop-at-acc-of", str(root / "edited")], "edited: its log's summary has max_acc = high"),
     ]
     return [(["--data-dir", a] + extra if "--data-dir" not in extra else extra, msg) for extra, msg in cases]
 
 
 def test_bad_train_inputs_exit_2_with_one_line_and_write_nothing(world, capsys):
+    if not (world / "edited").exists():  # a finished run whose summary was edited by hand
+        shutil.copytree(world / "old", world / "edited")
+        edit_log(world / "edited" / "log.jsonl", summary=lambda x: {**x, "max_acc": "high"})
     for extra, msg in bad_train_inputs(world):
         out = ["--out", str(world / "bad")] if "--out" not in extra else []
         before = tree_hash(world)
@@ -419,9 +423,9 @@ def copy_runs(world, name):
     return world / name
 
 
-def edit_log(log, header=lambda h: h, evals=lambda e: e):
-    lines = [json.loads(x) for x in open(log)]
-    lines = [header(x) if x["event"] == "header" else evals(x) if x["event"] == "eval" else x for x in lines]
+def edit_log(log, header=lambda h: h, evals=lambda e: e, summary=lambda s: s):
+    edits = {"header": header, "eval": evals, "summary": summary}
+    lines = [edits.get(x["event"], lambda x: x)(x) for x in (json.loads(x) for x in open(log))]
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
