@@ -3,8 +3,10 @@ configuration (check_config, which reproduce.sh also runs over every planned run
 (writable, not a finished run; lock_run then holds it for one process), the device, the task's data and the old
 checkpoint (load_old: the same lineage, classes, data and examples). All but the lock write nothing.
 """
+import hashlib
 import math
 import os
+import shutil
 
 import torch
 
@@ -33,7 +35,8 @@ def check_config(args, num_classes=None):
         (math.isfinite(args.schedule_scale) and args.schedule_scale > 0,
          f"--schedule-scale must be a finite number > 0, got {args.schedule_scale}"),
         (args.iters > 0, f"--iters must be > 0, got {args.iters}"),
-        (args.batch_size > 0, f"--batch-size must be > 0, got {args.batch_size}"),
+        (args.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm needs 2 values per channel), got "
+                               f"{args.batch_size}"),
         (args.lr > 0 and args.lr_min <= args.lr,
          f"need 0 <= --lr-min <= --lr and --lr > 0, got {args.lr_min}, {args.lr}"),
         (args.eval_every > 0, f"--eval-every must be > 0, got {args.eval_every}"),
@@ -79,6 +82,18 @@ def check_out_writable(path, flag="--out"):
         raise UsageError(f"cannot write into {flag} {path}: {probe} is not writable")
 
 
+def check_space(path, need, what="the run writes"):
+    """That the disk of `path` (or of its nearest existing ancestor) has `need` bytes free: a full disk is one
+    line up front, not a run that trains to its end and then cannot save."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise UsageError(f"{path}: {free / 2 ** 20:,.0f} MiB free on its disk, {what} about "
+                         f"{need / 2 ** 20:,.0f} MiB")
+
+
 def validate(args):
     """Everything that can be checked before the data is loaded: the configuration, --out, a finished run."""
     check_config(args, D.num_classes_of(args.dataset, args.data_dir, args.split))
@@ -87,7 +102,7 @@ def validate(args):
         raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
 
 
-def lock_run(out, overwrite=False):
+def lock_run(out, overwrite=False, what="another training process"):
     """Make --out and lock it for this process (out/.lock, flock: the kernel drops it when the process dies,
     however it dies, so a stale lock file is simply taken over). Returns the handle for unlock_run.
 
@@ -107,7 +122,7 @@ def lock_run(out, overwrite=False):
                 f.seek(0)
                 holder = f.read().strip() or "?"
                 f.close()
-                raise UsageError(f"{out} is in use by another training process (pid {holder})") from None
+                raise UsageError(f"{out} is in use by {what} (pid {holder})") from None
             if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
                 break
             f.close()  # the holder removed the file as we opened it: lock the new one
@@ -140,6 +155,37 @@ def check_task(args, d):
                          f"({len(d.y)} examples)")
 
 
+def memory_needed(width, image_size, batch_size, stem):
+    """A lower bound on the bytes that training a ResNet-18 takes: its weights, gradients and Adam's two
+    moments in fp32 (about 11.2M weights at width 64, growing as width^2), and per image of a batch the
+    activations kept for the backward pass (at 2 bytes, as bf16; the stem's output and about 8 tensors of each
+    stage's size; the ImageNet stem shrinks the image 4x). The real need is larger: this refuses only sizes
+    that cannot fit."""
+    params = 11.2e6 * (width / 64) ** 2
+    s = image_size if stem == "cifar" else image_size / 4
+    per_image = 3 * width * s * s + sum(8 * width * 2 ** i * (s / 2 ** i) ** 2 for i in range(4))
+    return 16 * params + 2 * batch_size * per_image
+
+
+def device_memory(dev):
+    """Bytes of memory of a torch.device: the GPU's, or the machine's for the CPU (None if unknown)."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_properties(dev.index or 0).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(width, image_size, batch_size, stem, dev):
+    """Refuse up front a model or batch that cannot fit in the device's memory (memory_needed)."""
+    need, have = memory_needed(width, image_size, batch_size, stem), device_memory(dev)
+    if have is not None and need > have:
+        raise UsageError(f"--width {width}, --image-size {image_size}, --batch-size {batch_size}: training needs "
+                         f"at least {need / 2 ** 30:,.0f} GiB of memory, the {dev.type.upper()} has "
+                         f"{have / 2 ** 30:,.0f} GiB")
+
+
 def resolve_device(name):
     """The torch.device of --device (auto: a GPU if there is one)."""
     if name == "auto":
@@ -155,12 +201,29 @@ def resolve_device(name):
     return dev
 
 
+def weights_hash(ckpt):
+    """sha256 of what a continued run takes from a checkpoint: the weights, their random init (L2-init's
+    anchor) and the learning speed. A log records its old model's (train.open_log), so that a run continued
+    from an old model that was trained again since is noticed (reproduce.execute)."""
+    h = hashlib.sha256()
+    for part in ("model", "init", "learning_speed"):
+        for name, t in sorted(ckpt[part].items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_old(args, groups, order, ident):
     """--old-ckpt, the task-1 checkpoint, after checking that it belongs to this run's lineage and data (ident:
     the dataset's identity, data.identity) and task, so that it was trained on exactly this task's old examples
     in their order (data.task_data selects them from these alone), and, for easy/hard sampling, recorded their
     learning speed."""
     path = args.old_ckpt
+    if os.path.isdir(path):
+        inside = os.path.join(path, "ckpt.pt")
+        raise UsageError(f"--old-ckpt {path} is a folder: give the checkpoint in it, {inside}"
+                         + ("" if os.path.isfile(inside) else " (not there yet: is that run finished?)"))
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path} not found")
     mine = {"dataset": args.dataset, "groups": groups, "class_order": order, "width": args.width,
@@ -184,4 +247,5 @@ def load_old(args, groups, order, ident):
         raise UsageError(f"checkpoint {path} is of task {ckpt['task']}, task {args.task} needs task {args.task - 1}")
     if args.sampler == "easy_hard" and ckpt["config"].get("learning_speed") == "off":
         raise UsageError(f"checkpoint {path} recorded no learning speed (it ran --learning-speed off)")
+    ckpt["weights_sha256"] = weights_hash(ckpt)  # recorded in the log: the lineage this run continues
     return ckpt

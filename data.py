@@ -23,7 +23,7 @@ from collections import namedtuple
 import numpy as np
 import torch
 
-from folder import holds_domains, load_folder
+from folder import holds_domains, load_folder, subfolders
 
 DATASETS = ("cifar10", "cifar100", "folder")
 
@@ -136,7 +136,7 @@ def num_classes_of(name, data_dir, split=None):
     root = os.path.join(data_dir, domains[0]) if domains else data_dir
     if os.path.isdir(os.path.join(root, "train")):
         root = os.path.join(root, "train")
-    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
+    subdirs = subfolders(root) if os.path.isdir(root) else []
     return None if not subdirs or holds_domains(root, subdirs) else len(subdirs)  # None: loading says why
 
 

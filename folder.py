@@ -20,11 +20,25 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".
 # the images are test images, chosen with this seed (seeded_split)
 TEST_FRACTION, TEST_SEED = 0.2, 0
 
+def _is_junk(name):
+    """An archiver's or a desktop's side file or folder, not data: macOS's __MACOSX/ and ._* resource forks,
+    and hidden names (.DS_Store, .ipynb_checkpoints/)."""
+    return name == "__MACOSX" or name.startswith(".")
+
+
+def subfolders(root):
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not _is_junk(d))
+
+
+def _images(folder):
+    return [f for f in sorted(os.listdir(folder)) if f.lower().endswith(IMAGE_EXTENSIONS) and not _is_junk(f)]
+
+
 def _list_folder(root):
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = subfolders(root)
     files = []
     for k, c in enumerate(classes):
-        images = [f for f in sorted(os.listdir(os.path.join(root, c))) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        images = _images(os.path.join(root, c))
         if not images:  # a class the model could never learn (or never be tested on) is a mistake, not data
             raise ValueError(f"class folder {os.path.join(root, c)} holds no images")
         files += [(os.path.join(c, f), k) for f in images]
@@ -52,8 +66,7 @@ def seeded_split(files, fraction=TEST_FRACTION, seed=TEST_SEED):
 def holds_domains(data_dir, subdirs):
     """Whether data_dir's first subfolder holds folders and no images: a domain root, not a class folder."""
     first = os.path.join(data_dir, subdirs[0])
-    return not any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(first)) and \
-        any(os.path.isdir(os.path.join(first, f)) for f in os.listdir(first))
+    return not _images(first) and bool(subfolders(first))
 
 
 def _listing(data_dir):
@@ -70,8 +83,7 @@ def _listing(data_dir):
                 raise ValueError(f"no images found under {root}/<class>/")
             listing[split] = (root, classes, files)
         return listing
-    subdirs = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d))) \
-        if os.path.isdir(data_dir) else []
+    subdirs = subfolders(data_dir) if os.path.isdir(data_dir) else []
     if not subdirs:
         raise ValueError(f"folder dataset needs {data_dir}/train/<class>/<image> and test/, or "
                          f"{data_dir}/<class>/<image> (none found)")
@@ -83,13 +95,27 @@ def _listing(data_dir):
     return {"train": (data_dir, classes, train), "test": (data_dir, classes, test)}
 
 
+# Pillow's convert("RGB") clips these modes' values at 255 (a 16-bit grayscale PNG turns white): decoded by to_8bit
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit(im):
+    """uint8 [H,W] of a 16-bit grayscale image (mode I;16*, or I holding 16-bit values, as Pillow opens 16-bit
+    PNGs and TIFFs): 0..65535 scaled to 0..255, rounded. Other wide images (32-bit, float) raise ValueError."""
+    a = np.asarray(im)
+    if im.mode == "F" or (im.mode == "I" and a.size and (a.min() < 0 or a.max() > 65535)):
+        raise ValueError(f"{im.mode} images of {'floating-point' if im.mode == 'F' else '32-bit'} pixels are not "
+                         "supported (convert it to 8 or 16 bits)")
+    return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
 def _decode(args):
     path, size = args
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = im.convert("RGB") if im.mode not in WIDE_MODES else Image.fromarray(to_8bit(im), "L").convert("RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)

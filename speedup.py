@@ -106,6 +106,9 @@ def read_lines(run_dir):
 def read_log(run_dir):
     """A run's log.jsonl -> (header, evaluations, summary or None). Raises ValueError on a bad file."""
     path, lines = read_lines(run_dir)
+    odd = next((i for i, x in enumerate(lines) if not isinstance(x, dict)), None)
+    if odd is not None:
+        raise ValueError(f"{path}: line {odd + 1} is not a JSON object")
     if not lines or lines[0].get("event") != "header":
         raise ValueError(f"{path} does not start with a header line")
     evals = [x for x in lines if x.get("event") == "eval"]
@@ -127,6 +130,8 @@ def check_log(path, header, evals):
     for key, kind in (("label", str), ("group", dict)):
         if not isinstance(header.get(key), kind):
             raise ValueError(f"{path}: the header has no {key} (not a train.py log?)")
+    if not isinstance(header.get("config", {}), dict):
+        raise ValueError(f"{path}: the header's config is not an object")
     if not evals:
         raise ValueError(f"{path}: no evaluations logged")
     for e in evals:

@@ -14,6 +14,8 @@ task can sample by it (unless --learning-speed off), and writes log.jsonl (heade
 and ckpt.pt into --out, both atomically.
 """
 import argparse
+import contextlib
+import errno
 import json
 import math
 import os
@@ -26,7 +28,8 @@ import types
 import torch
 
 import analysis
-from checks import UsageError, check_task, load_old, lock_run, resolve_device, unlock_run, validate
+from checks import (UsageError, check_memory, check_space, check_task, load_old, lock_run, resolve_device, unlock_run,
+                    validate)
 import data as D
 from l2init import paired, paired_penalty, snapshot
 from resnet import STEMS, grow_head, resnet18, stem_for
@@ -164,7 +167,13 @@ def stop_accuracy(args):
         return None
     if not is_finished(args.stop_at_acc_of):
         raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
-    return read_log(args.stop_at_acc_of)[2]["max_acc"]
+    try:
+        acc = read_log(args.stop_at_acc_of)[2].get("max_acc")
+    except ValueError as e:
+        raise UsageError(f"--stop-at-acc-of: {e}") from None
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: its log's summary has max_acc = {acc}")
+    return acc
 
 
 def open_log(args, task, config, device):
@@ -177,6 +186,7 @@ def open_log(args, task, config, device):
         "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
         "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(d.test_y),
         "num_test_all": len(task.test[1]), "planned_iters": run_length(args), "data": task.ident,
+        "old_weights_sha256": task.old["weights_sha256"] if task.old else None,  # checks.weights_hash
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
                      "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else platform.processor() or "cpu"},
@@ -185,12 +195,19 @@ def open_log(args, task, config, device):
     f = open(os.path.join(args.out, "log.jsonl.part"), "w")
 
     def write(rec):
-        f.write(json.dumps(rec) + "\n")
-        f.flush()
+        try:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, f.name) from None
 
     def close():
-        f.close()
-        unlock_run(lock)
+        try:
+            f.close()  # flushes: fails too on a full disk
+        except OSError:
+            pass
+        finally:
+            unlock_run(lock)
 
     write.close = close
     write(header)
@@ -329,6 +346,18 @@ def grad_norm_probe(args, task, model, loader, log):
     return probe
 
 
+class WriteError(Exception):
+    """A file of the run could not be written (a full disk): one line, exit code 1."""
+
+
+def bytes_to_write(model, anchor, args, n_train):
+    """About what a run writes: ckpt.pt (the weights, their init, the learning speed and the example index:
+    save_results) and its log (under a megabyte)."""
+    tensors = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *anchor.values()])
+    epochs = run_length(args) * args.batch_size // n_train + 1
+    return tensors + n_train * (8 + 8 + 4) + epochs * (n_train // 8 + 1) + 2 ** 20
+
+
 def save_results(args, task, model, anchor, speed, summary, config, log, opt=None):
     """ckpt.pt first, then the summary line and the rename that marks the run finished (both atomic). A run that
     records a learning speed (one a next task may continue from) also saves Adam's state (adam_state, twice the
@@ -343,10 +372,20 @@ def save_results(args, task, model, anchor, speed, summary, config, log, opt=Non
         "config": config, "summary": summary,
         "optimizer": adam_state(model, opt) if opt is not None and args.learning_speed != "off" else None,
     }
-    replace_atomic(os.path.join(args.out, "ckpt.pt"), lambda tmp: torch.save(ckpt, tmp))
+    replace_atomic(os.path.join(args.out, "ckpt.pt"), lambda tmp: save_to(ckpt, tmp))
     log(summary)
     os.replace(os.path.join(args.out, "log.jsonl.part"), os.path.join(args.out, "log.jsonl"))
     log.close()
+
+
+def save_to(obj, path):
+    """torch.save through a Python file: a failed write is an OSError naming the file and its errno (torch.save
+    to a path reports a full disk as 'unexpected pos ...')."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def main(args):
@@ -357,6 +396,7 @@ def main(args):
         raise UsageError("--keep-optimizer-state needs --init old or shrink_perturb (a scratch run has no old Adam)")
     device = resolve_device(args.device)
     settle_for_device(args, device)
+    check_memory(args.width, args.image_size, args.batch_size, args.stem, device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: pick the fastest conv algorithms once
     target = stop_accuracy(args)
     task = load_task(args)                                                        # data (Sec. 2.1)
@@ -374,6 +414,7 @@ def main(args):
                                 speed if args.learning_speed == "online" else None,
                                 torch.compile(model) if args.compile else None, args.cuda_graph)
     config = dict(vars(args))  # what ran, settled for the device
+    check_space(args.out, bytes_to_write(model, anchor, args, len(task.d.y)))
     log = open_log(args, task, config, device)
     setup_seconds = time.perf_counter() - t_start
     if not args.quiet:
@@ -382,13 +423,19 @@ def main(args):
                                   speed=speed, reg=reg, target=target)
     try:                                                                          # Sec. 3.4 and the loop
         best, acc, iters_run, wall, train_seconds, ls_seconds = train_loop(args, task, parts, log)
+        summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
+                   "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
+                   "learning_speed_seconds": ls_seconds, "train_acc": train_accuracy(model, loader, AMP[args.amp])}
+        save_results(args, task, model, anchor, speed, summary, config, log, opt)
+    except OSError as e:  # a full disk, a lost mount: one line naming the file, and no half-written run left
+        log.close()
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(args.out, "log.jsonl.part"))
+        raise WriteError(f"cannot write {e.filename or args.out}: {e.strerror or e} "
+                         f"({errno.errorcode.get(e.errno, e.errno)}); the run is not finished") from None
     except BaseException:
         log.close()
         raise
-    summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
-               "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
-               "learning_speed_seconds": ls_seconds, "train_acc": train_accuracy(model, loader, AMP[args.amp])}
-    save_results(args, task, model, anchor, speed, summary, config, log, opt)
     return summary
 
 
@@ -538,11 +585,23 @@ def cli(argv=None):
     args = build_parser().parse_args(argv)
     try:
         main(args)
-    except (UsageError, FloatingPointError) as e:  # bad input: 2; a diverged run (its log kept): 1
+    except (UsageError, FloatingPointError, WriteError) as e:  # bad input: 2; diverged (log kept), no space: 1
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     return 0
 
 
+def entry(argv=None):
+    """cli() as a command: Ctrl-C is one line, not a traceback (main closes the log and the lock on its way out;
+    the rerun starts the unfinished run again). cli() itself lets KeyboardInterrupt through, so that the
+    driver running it in-process stops as a whole."""
+    try:
+        return cli(argv)
+    except KeyboardInterrupt:
+        print("train.py: interrupted; nothing finished is lost, run the same command to start this run again",
+              file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(entry())

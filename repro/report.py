@@ -5,6 +5,9 @@ Figs. 11, 14 and 15 (plan analysis) are drawn by report_analysis.py.
 """
 import math
 import os
+import re
+import shutil
+import sys
 
 import numpy as np
 
@@ -63,9 +66,11 @@ def recorded_argv(argv):
 def write(results_dir, name, title, args, md, csv, speedups=True):
     """Markdown (a header saying how it was made and, with speedups, how Max Acc, L99 and L100 are computed;
     then md) and CSV, atomically; the Markdown is printed."""
+    n = getattr(args, "finished_runs", None)  # reproduce.main counts them
     head = [f"# {title}", "",
             f"{args.dataset}, ResNet-18 (width {args.width}), batch {args.batch_size}, {args.iters} iterations, "
-            f"{args.seeds} seed(s); command: `./reproduce.sh {' '.join(recorded_argv(args.argv))}`", ""]
+            f"{args.seeds} seed(s)" + (f", {n} finished run(s)" if n is not None else "") +
+            f"; command: `./reproduce.sh {' '.join(recorded_argv(args.argv))}`", ""]
     note = [f"Ours: Max Acc is the maximum of the seed-averaged test-accuracy curve ± the standard error of the seeds "
             f"at that iteration; L99 / L100 (Eq. 2) are computed on the seed-averaged curves with a_scratch = the "
             f"reference's {'maximum' if args.target == 'max' else 'final accuracy'}; the paper's value is in "
@@ -77,9 +82,34 @@ def write(results_dir, name, title, args, md, csv, speedups=True):
             f"ratios (on the seed-averaged curves) in measured training seconds instead of iterations.", ""]
     md = head + note * speedups + md
     os.makedirs(results_dir, exist_ok=True)
+    keep_fuller(results_dir, name, n)
     S.write_atomic(os.path.join(results_dir, f"{name}.md"), "\n".join(md) + "\n")
     S.write_atomic(os.path.join(results_dir, f"{name}.csv"), "\n".join(csv) + "\n")
     print("\n".join(md), flush=True)
+
+
+def finished_in(md_path):
+    """The number of finished runs a table of `write` was made from (None: no such table, or not recorded)."""
+    try:
+        with open(md_path) as f:
+            found = re.search(r", (\d+) finished run\(s\);", f.read(4096))
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
+
+
+def keep_fuller(results_dir, name, n):
+    """Before a table made from n finished runs replaces one made from more: copy the old one to
+    <name>.prev.md / .csv, and say so."""
+    before = finished_in(os.path.join(results_dir, f"{name}.md"))
+    if n is None or before is None or n >= before:
+        return
+    for ext in ("md", "csv"):
+        path = os.path.join(results_dir, f"{name}.{ext}")
+        if os.path.exists(path):
+            S.replace_atomic(os.path.join(results_dir, f"{name}.prev.{ext}"), lambda tmp: shutil.copyfile(path, tmp))
+    print(f"reproduce.sh: warning: {results_dir}/{name}.md was made from {before} finished runs, this one from {n}; "
+          f"the old table is kept as {name}.prev.md", file=sys.stderr)
 
 
 def report_table1(runs, args, runs_dir, results_dir):

@@ -84,7 +84,7 @@ def check_data(run, header, runs_dir, ident):
 def check_matches(run, argv, runs_dir, ident):
     """A finished run must be the planned one: same method configuration, seed, label and data."""
     planned = vars(train.build_parser().parse_args(argv))
-    header = S.read_log(os.path.join(runs_dir, run.name))[0]
+    header = read_checked(os.path.join(runs_dir, run.name))
     check_data(run, header, runs_dir, ident)
     want = {k: v for k, v in planned.items() if k not in train.NOT_METHOD}
     got = header["group"]
@@ -98,6 +98,20 @@ def check_matches(run, argv, runs_dir, ident):
             f"configuration ({what}); use another --runs folder or remove it")
 
 
+def read_checked(run_dir):
+    """A finished run's header, after checking every field the driver and the tables read (a hand-edited log:
+    one line naming the file and the field)."""
+    try:
+        header, evals, _ = S.read_log(run_dir)
+        path = os.path.join(run_dir, "log.jsonl")
+        S.check_log(path, header, evals)
+        if not isinstance(header.get("config"), dict) or not isinstance(header["config"].get("seed"), int):
+            raise ValueError(f"{path}: the header has no config with a seed (not a train.py log?)")
+    except ValueError as e:
+        die(str(e))
+    return header
+
+
 def depth(run, by_name):
     return 0 if not run.deps else 1 + max(depth(by_name[d], by_name) for d in run.deps)
 
@@ -106,11 +120,26 @@ def execute(runs, args, runs_dir):
     """Runs what is not finished, dependencies first, on len(slots) parallel workers. Returns failed names."""
     by_name = {r.name: r for r in runs}
     argvs = {r.name: train_argv(r, args, runs_dir) for r in runs}
-    done = set()
-    for r in runs:
-        if S.is_finished(os.path.join(runs_dir, r.name)):
-            check_matches(r, argvs[r.name], runs_dir, args.data_identity)
+    old_ckpts = {r.name: old_ckpt_of(argvs[r.name]) for r in runs}
+    started_from = set(old_ckpts.values())  # the checkpoints some run starts from (or samples by)
+    done, pending, hashes, ran = set(), set(), {}, set()
+    for r in sorted(runs, key=lambda r: depth(r, by_name)):
+        run_dir = os.path.join(runs_dir, r.name)
+        if not S.is_finished(run_dir):
+            continue
+        check_matches(r, argvs[r.name], runs_dir, args.data_identity)
+        if os.path.join(run_dir, "ckpt.pt") in started_from and not os.path.isfile(os.path.join(run_dir, "ckpt.pt")):
+            print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it again",
+                  flush=True)
+            argvs[r.name] += ["--overwrite"]
+        elif all(d in done for d in r.deps) and same_lineage(r, old_ckpts[r.name], runs_dir, hashes, retrained=False):
             done.add(r.name)
+        elif any(d not in done for d in r.deps):
+            pending.add(r.name)  # finished from an old model that runs again first: checked once it is done
+        else:
+            print(f"{r.name}: finished, but from another {old_ckpts[r.name]} than the one there now; training it "
+                  "again", flush=True)
+            argvs[r.name] += ["--overwrite"]
     todo = [r for r in runs if r.name not in done]
     total = len(runs)
     print(f"{args.plan}: {total} runs, {len(done)} already finished, {len(todo)} to run on "
@@ -119,6 +148,8 @@ def execute(runs, args, runs_dir):
     walls = []
 
     def report(r, ok, wall):
+        hashes.pop(os.path.join(runs_dir, r.name, "ckpt.pt"), None)  # trained (again): hashed anew when read
+        ran.add(r.name)
         k = len(done) + len(failed)
         if ok:
             s = S.read_log(os.path.join(runs_dir, r.name))[2]
@@ -137,9 +168,20 @@ def execute(runs, args, runs_dir):
                 todo.remove(r)
                 failed.add(r.name)
                 print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
+            for r in [r for r in todo if r.name in pending and all(d in done for d in r.deps)]:
+                pending.discard(r.name)  # its old model is final now: the same one it ran from, or not
+                if same_lineage(r, old_ckpts[r.name], runs_dir, hashes, retrained=bool(ran & set(r.deps))):
+                    todo.remove(r)
+                    done.add(r.name)
+                    print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: its old model was trained again "
+                          "to the same weights", flush=True)
+                else:
+                    argvs[r.name] += ["--overwrite"]
+                    print(f"{r.name}: its old model was trained again to other weights; training it again",
+                          flush=True)
             busy = {slot for slot, _, _ in procs.values()}
             free = [s for s in args.slots if s not in busy]
-            ready = [r for r in todo if all(d in done for d in r.deps)]
+            ready = [r for r in todo if all(d in done for d in r.deps) and r.name not in pending]
             if not procs and todo and not ready:
                 raise RuntimeError(f"plan has unsatisfiable dependencies: {[r.name for r in todo]}")
             for slot, r in zip(free, ready):
@@ -166,6 +208,46 @@ def execute(runs, args, runs_dir):
         raise SystemExit("reproduce.sh: interrupted; finished runs are kept, run the same command to resume")
     print(f"{args.plan}: finished in {(time.time() - started) / 60:.1f} min, {len(failed)} failed", flush=True)
     return failed
+
+
+def run_bytes(args):
+    """About what one run writes: its ckpt.pt holds the weights and their init (about 11.2M fp32 values each
+    at width 64, growing as width^2; train.bytes_to_write counts them exactly) and a log."""
+    return 2 * 4 * 11.2e6 * (args.width / 64) ** 2 + 2 ** 20
+
+
+def old_ckpt_of(argv):
+    """The --old-ckpt of a train.py command line, or None."""
+    return argv[argv.index("--old-ckpt") + 1] if "--old-ckpt" in argv else None
+
+
+def same_lineage(run, old_ckpt, runs_dir, hashes, retrained):
+    """Whether a finished run started from the old model now at old_ckpt: the weights hash its log recorded
+    (checks.weights_hash) against the checkpoint's. A log from before the hash was recorded passes unless
+    its old model was trained again by this driver. hashes: a cache {path: hash}."""
+    if old_ckpt is None:
+        return True
+    recorded = S.read_log(os.path.join(runs_dir, run.name))[0].get("old_weights_sha256")
+    if recorded is None:
+        return not retrained
+    if old_ckpt not in hashes:
+        try:
+            hashes[old_ckpt] = checks.weights_hash(torch.load(old_ckpt, map_location="cpu", weights_only=True))
+        except Exception:  # noqa: BLE001 - gone or unreadable: not the model it started from
+            hashes[old_ckpt] = None
+    return recorded == hashes[old_ckpt]
+
+
+def check_lineages(runs, args, runs_dir):
+    """--report-only: a finished run continued from another old model than the one now at its --old-ckpt (the
+    old model was trained again since) is refused, not mixed into a table; the driver would train it again."""
+    hashes = {}
+    for r in runs:
+        old = old_ckpt_of(train_argv(r, args, runs_dir))
+        if old and os.path.isfile(old) and S.is_finished(os.path.join(runs_dir, r.name)) and \
+                not same_lineage(r, old, runs_dir, hashes, retrained=False):
+            die(f"{os.path.join(runs_dir, r.name)} was continued from another {old} than the one there now; run "
+                "without --report-only to train it again")
 
 
 def slot_device(slot, args):
@@ -428,27 +510,69 @@ def main(argv=None):
         args.device = "cpu"  # tables and figures need no GPU
     if args.device == "auto":
         if not torch.cuda.is_available():
-            die(f"no GPU found. This plan is {len(runs)} runs of {args.iters} iterations: days to weeks on a "
-                "CPU. --plan laptop is the CPU-sized run (Table 2a's CIFAR-10 rows, about an hour per seed on 2 "
-                "cores); --device cpu runs this plan on the CPU anyway")
+            die(f"no GPU found. This plan is {len(runs)} runs of up to {args.iters} iterations: about "
+                f"{cpu_time(runs, args)} on a CPU. --plan laptop is the CPU-sized run (Table 2a's CIFAR-10 rows); "
+                "--device cpu runs this plan on the CPU anyway"
+                + (" (try --quick --width 8)." if args.width > 8 or args.iters > 4000 else "."))
         args.device = "cuda"
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     args.slots = [(g, j) for g in (gpus if args.device == "cuda" else ["cpu"]) for j in range(args.jobs_per_gpu)]
     if not args.slots:
         die(f"--gpus '{args.gpus}' lists no GPU")
     check_devices(args)
+    try:  # a model or batch that cannot fit: refused here, not in every run
+        checks.check_memory(args.width, args.image_size, args.batch_size, args.stem,
+                            torch.device(slot_device(args.slots[0], args)))
+    except checks.UsageError as e:
+        die(str(e))
     check_writable(("--results", results_dir), *([] if args.report_only else [("--runs", runs_dir)]))
     if not args.report_only:
-        num_classes, args.data_identity = prepare_data(args)
+        num_classes, args.data_identity = prepare_data(args, runs)
         check_splits(runs, num_classes)
         check_runs(runs, args, runs_dir, num_classes)
-        with stop_on_signals():
-            failed = execute(runs, args, runs_dir)
+        todo = [r for r in runs if not S.is_finished(os.path.join(runs_dir, r.name))]
+        try:  # a full disk up front; one driver per runs folder (a second would find every unfinished run in use)
+            checks.check_space(runs_dir, len(todo) * run_bytes(args), f"its {len(todo)} unfinished runs write")
+            lock = checks.lock_run(runs_dir, what="another reproduce.sh")
+        except checks.UsageError as e:
+            die(str(e))
+        try:
+            with stop_on_signals():
+                failed = execute(runs, args, runs_dir)
+        finally:
+            checks.unlock_run(lock)
     else:
+        check_lineages(runs, args, runs_dir)
         failed = set()
-    REPORTS[args.plan](runs, args, runs_dir, results_dir)
+    args.finished_runs = len(R.finished(runs, runs_dir))
+    if not args.finished_runs:  # a table of "(not run)" cells would replace one of numbers
+        msg = f"no finished run of plan {args.plan} in {runs_dir}: no table written"
+        if args.report_only:
+            die(msg)
+        print(f"reproduce.sh: {msg}", file=sys.stderr)
+        return 1
+    try:
+        REPORTS[args.plan](runs, args, runs_dir, results_dir)
+    except ValueError as e:  # a log the tables cannot read (speedup.check_log says which and why)
+        die(str(e))
     print(f"results in {results_dir}/", flush=True)
     return 1 if failed else 0
+
+
+# training FLOPs per image of ResNet-18 at width 64 on 32x32 images with the CIFAR stem (forward 0.56 GFLOPs,
+# backward twice that), and what a CPU sustains on it: a rough guide for cpu_time, not a measurement
+TRAIN_FLOPS, CPU_FLOPS = 1.7e9, 1e11
+
+
+def cpu_time(runs, args):
+    """Roughly how long the plan's runs take on a CPU, in words ('3 minutes', '2.5 days'): iterations x batch x
+    TRAIN_FLOPS, scaled by width^2 and the number of pixels the stem leaves, over CPU_FLOPS."""
+    pixels = (args.image_size / (1 if args.stem == "cifar" else 4) / 32) ** 2
+    seconds = len(runs) * args.iters * args.batch_size * TRAIN_FLOPS * (args.width / 64) ** 2 * pixels / CPU_FLOPS
+    for unit, size in (("weeks", 604800), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return "1 second" if seconds < 1.5 else f"{seconds:.0f} seconds"
 
 
 def check_devices(args):
@@ -459,18 +583,34 @@ def check_devices(args):
             die(str(e))
 
 
-def prepare_data(args):
+def prepare_data(args, runs=()):
     """Download / decode the dataset once, before parallel runs read it (they run with --no-download).
-    Returns the number of classes and the dataset's identity (data.identity)."""
+    Returns the number of classes and the dataset's identity (data.identity). A --batch-size larger than a
+    run's training data is refused here, before the first run."""
     try:  # a domain split (one per plan, see resolve) loads its domains; class splits share one dataset
         split = args.split.split(",")[0]
         domains = data.parse_domains(split)
         train, test, classes = data.load_for_split(args.dataset, args.data_dir, split, args.image_size,
                                                    per_class=args.per_class)
-        return len(classes), data.identity(train, test, classes, domains, args.per_class)
+        found = len(classes), data.identity(train, test, classes, domains, args.per_class)
     except Exception as e:  # noqa: BLE001 - any failure to get the data is reported the same way
         die(f"cannot load {args.dataset} from {args.data_dir}: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    for r in sorted(runs, key=lambda r: r.task):  # train.py's check_task, before the first run
+        n = training_examples(train, len(classes), domains, r)
+        if args.batch_size > n:
+            die(f"--batch-size {args.batch_size} is larger than {r.name}'s training data ({n} examples)")
+    return found
+
+
+def training_examples(train, num_classes, domains, run):
+    """How many training examples `run` has: its task's cumulative classes (or domains) of the split."""
+    if domains:
+        return int((train[2] <= run.task).sum())
+    groups, order = data.parse_split(run.split, num_classes), data.class_order(num_classes, run.seed)
+    wanted = torch.zeros(num_classes, dtype=torch.bool)
+    wanted[torch.as_tensor(order[:sum(groups[:run.task + 1])])] = True
+    return int(wanted[train[1]].sum())
 
 
 if __name__ == "__main__":

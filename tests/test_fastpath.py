@@ -1,6 +1,7 @@
 """The fast training path computes what a plain reference computes: the same loss and gradients as an fp32,
 channels-first step (within bf16 tolerance), and augmentation distributed like torchvision's
 RandomCrop(32, padding=4) + RandomHorizontalFlip."""
+import contextlib
 import copy
 
 import torch
@@ -128,13 +129,13 @@ def gpu_runs(cuda_graph, steps=20):
     for k in range(steps):
         step(next(it), 1e-3 * (1 - k / steps))
         losses.append(loss_sum.clone())
-    return torch.stack(losses), model_flat(model), [b.clone() for b in model.buffers()], speed, step, it
+    return torch.stack(losses), model_flat(model), [b.clone() for b in model.buffers()], speed, step, it, model, loader
 
 
 @needs_cuda
 def test_gpu_graphed_step_equals_eager_step():
-    le, pe, be, se, _, _ = gpu_runs(False)
-    lg, pg, bg, sg, _, _ = gpu_runs(True)
+    le, pe, be, se, *_ = gpu_runs(False)
+    lg, pg, bg, sg, *_ = gpu_runs(True)
     assert torch.allclose(le, lg, rtol=2e-2)
     assert (pe - pg).norm() < 2e-2 * pe.norm()
     for a, b in zip(be, bg):
@@ -142,9 +143,81 @@ def test_gpu_graphed_step_equals_eager_step():
     assert torch.equal(se.seen, sg.seen)
 
 
+@contextlib.contextmanager
+def strict_fp32():
+    """Plain fp32 on the GPU: no TF32 in convolutions or matrix products."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def fp32_reference(steps=20):
+    """gpu_runs' training written plainly: fp32 without autocast or TF32, channels-first, eager, torch's
+    for-loop Adam with a Python-float learning rate, L2-init as its penalty's autograd gradient. The same
+    init, anchor, data, batches and crops (the same seeds and device generators)."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = resnet18(10, width=16).to(dev)
+    start = model_flat(model).clone()
+    anchor = {n: p.detach() + 0.05 for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (512,), generator=g)
+    loader = Loader(x, y, dev, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
+    it = batches(512, 64, torch.Generator(device=dev).manual_seed(0))
+    losses = []
+    with strict_fp32():
+        for k in range(steps):
+            imgs, labels, _ = loader.batch(next(it))
+            for group in opt.param_groups:
+                group["lr"] = 1e-3 * (1 - k / steps)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(imgs.contiguous()), labels)
+            (loss + 0.01 * sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())).backward()
+            opt.step()
+            losses.append(loss.detach())
+    return torch.stack(losses), start, model_flat(model), model, loader
+
+
+@needs_cuda
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_gpu_training_evaluation_and_learning_speed_match_an_fp32_reference(cuda_graph):
+    """train.py's GPU path (fused Adam reading the learning rate from a device tensor, bf16 autocast, channels-
+    last, eager or graphed) against fp32_reference, within bf16's precision: each step's loss within 3%, the
+    20 steps' weight update in the same direction (cosine > 0.8: Adam turns small gradients into full-size
+    steps, so bf16's rounding shows more in the update than in the gradient) and of the same size (within
+    15%). Then the bf16 evaluation and learning-speed pass (data.predict, train.record_learning_speed) against
+    the same model in fp32: logits within 5% of their norm, and the same predicted class (and so the same
+    learning-speed bit) for at least 90% of the images."""
+    import data as D
+    import train
+
+    losses, params, _, speed, _, _, model, loader = gpu_runs(cuda_graph)
+    ref_losses, start, ref_params, _, _ = fp32_reference()
+    assert torch.allclose(torch.diff(losses, prepend=torch.zeros(1, device=losses.device)), ref_losses, rtol=3e-2)
+    update, ref_update = params - start, ref_params - start
+    assert F.cosine_similarity(update, ref_update, dim=0) > 0.8
+    assert abs(update.norm() / ref_update.norm() - 1) < 0.15
+    model.eval()
+    with strict_fp32(), torch.no_grad():
+        x = loader.normalize(loader.x)
+        want = model(x).float()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = model(x).float()
+    assert (got - want).norm() < 5e-2 * want.norm()
+    pred = D.predict(model, loader.x, loader, autocast_dtype=torch.bfloat16)
+    assert (pred == want.argmax(1)).float().mean() > 0.9
+    train.record_learning_speed(model, loader, speed, torch.bfloat16)  # one exact epoch (Eq. 6)
+    assert (speed.by_epoch[-1] == (want.argmax(1) == loader.y)).float().mean() > 0.9
+
+
 @needs_cuda
 def test_gpu_graphed_step_has_no_host_sync_and_one_graph_launch():
-    *_, step, it = gpu_runs(True, steps=5)  # warmed up and captured
+    *_, step, it, _, _ = gpu_runs(True, steps=5)  # warmed up and captured
     idx = [next(it) for _ in range(3)]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

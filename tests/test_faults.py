@@ -6,11 +6,13 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,11 +81,20 @@ def bad_train_inputs(root):
         (cont + ["--data-dir", b], "trained on other data (sha256 not the same)"),
         (["--device", "cuda:7"], "--device cuda:7"),
         (["--out", str(root / "old")], "already holds a finished run"),
+        (["--batch-size", "1"], "--batch-size must be >= 2 (BatchNorm needs 2 values per channel)"),
+        (["--width", "100000"], "training needs at least"),  # before the data is decoded
+        (["--image-size", "100000"], "training needs at least"),
+        (["--task", "1", "--init", "old", "--old-ckpt", str(root / "old")],
+         f"--old-ckpt {root / 'old'} is a folder: give the checkpoint in it, {old}"),
+        (["--stop-at-acc-of", str(root / "edited")], "edited: its log's summary has max_acc = high"),
     ]
     return [(["--data-dir", a] + extra if "--data-dir" not in extra else extra, msg) for extra, msg in cases]
 
 
 def test_bad_train_inputs_exit_2_with_one_line_and_write_nothing(world, capsys):
+    if not (world / "edited").exists():  # a finished run whose summary was edited by hand
+        shutil.copytree(world / "old", world / "edited")
+        edit_log(world / "edited" / "log.jsonl", summary=lambda x: {**x, "max_acc": "high"})
     for extra, msg in bad_train_inputs(world):
         out = ["--out", str(world / "bad")] if "--out" not in extra else []
         before = tree_hash(world)
@@ -192,6 +203,9 @@ def test_bad_driver_inputs_exit_2_before_anything(world, capsys):
         (["--gpus", "", "--device", "cuda"], "--gpus"),
         (["--runs", str(world / "afile")], "--runs"),
         (["--results", str(world / "afile" / "x")], "--results"),
+        (["--batch-size", "1"], "--batch-size must be >= 2"),
+        (["--width", "100000"], "training needs at least"),
+        (["--batch-size", "20"], "--batch-size 20 is larger than 2+2/seed0/old's training data (16 examples)"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "no CUDA device"))
@@ -207,6 +221,35 @@ def test_bad_driver_inputs_exit_2_before_anything(world, capsys):
                        text=True)
     assert r.returncode == 2 and r.stderr.startswith("reproduce.sh: error: argument --plan: invalid choice")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_no_gpu_message_is_the_plans_size(world, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(driver_argv(world, "a", "runs_bad", "res_bad") + ["--device", "auto"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "5 runs of up to 12 iterations: about 1 second on a CPU" in err and "days" not in err, err
+    assert not (world / "runs_bad").exists()
+
+
+def test_ctrl_c_is_one_line_and_the_rerun_trains(world):
+    out = world / "interrupted"
+    argv = [sys.executable, os.path.join(ROOT, "train.py"), *TRAIN, "--data-dir", str(world / "a" / "syn"),
+            "--out", str(out)]
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 - a background job ignores it
+    proc = subprocess.Popen(argv + ["--iters", "1000000"], stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    part, deadline = out / "log.jsonl.part", time.time() + 600
+    while proc.poll() is None and time.time() < deadline:  # until it trains: the header and a first evaluation
+        if part.exists() and len(part.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait() == 130 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("train.py: interrupted;") and not (out / ".lock").exists()
+    r = subprocess.run(argv, capture_output=True, text=True)  # the unfinished run starts again
+    assert r.returncode == 0 and speedup.is_finished(out), r.stderr
 
 
 def test_list_into_a_closed_pipe_is_quiet(world):
@@ -343,3 +386,206 @@ def test_forward_backward_takes_a_compiled_module():
         want = 2 * model(x)
     assert torch.allclose(logits, want) and torch.allclose(loss, torch.nn.functional.cross_entropy(want, y))
     assert model.fc.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------ image folders
+
+def test_16_bit_grayscale_images_are_scaled_not_clipped(tmp_path):
+    """Pillow's convert("RGB") clips mode I;16 at 255: every pixel of a 16-bit grayscale PNG came out white."""
+    from PIL import Image
+
+    write_folder(tmp_path / "syn", num_classes=2, n_train=2, n_test=1)
+    wide = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / "syn" / "train" / "c0" / "0000.png")  # a 16-bit PNG (mode I;16)
+    assert Image.open(tmp_path / "syn" / "train" / "c0" / "0000.png").mode in ("I;16", "I")
+    (x, _), _, _ = D.load_dataset("folder", str(tmp_path / "syn"))
+    want = torch.from_numpy(np.round(wide / 257).astype(np.uint8))
+    assert all(torch.equal(x[0, c], want) for c in range(3))  # gray, 0..255, no clipping
+    Image.fromarray(wide.astype(np.float32)).save(tmp_path / "syn" / "train" / "c1" / "0002.tif")  # mode F
+    with pytest.raises(ValueError, match=r"0002\.tif: F images of floating-point pixels are not supported"):
+        D.load_dataset("folder", str(tmp_path / "syn"))
+
+
+def test_archive_side_folders_are_not_data(tmp_path):
+    """A zip made on macOS holds __MACOSX/<class>/._<image> beside the class folders: not a class, not a
+    domain, and ._* files inside a class folder are not images."""
+    d = tmp_path / "syn"
+    write_folder(d, num_classes=2, n_train=3, n_test=1)
+    for split in ("train", "test"):
+        (d / split / "__MACOSX" / "c0").mkdir(parents=True)
+        (d / split / "__MACOSX" / "c0" / "._0000.png").write_bytes(b"\0\5\26\7resource fork")
+        (d / split / "c0" / "._0000.png").write_bytes(b"\0\5\26\7resource fork")
+    assert D.num_classes_of("folder", str(d)) == 2
+    (_, y), _, names = D.load_dataset("folder", str(d))
+    assert names == ["c0", "c1"] and len(y) == 6
+    shutil.copytree(d / "train", tmp_path / "flat")  # one level: <class>/<image>, cut by the seeded split
+    assert D.load_dataset("folder", str(tmp_path / "flat"))[2] == ["c0", "c1"]
+
+
+# ------------------------------------------------------------------------------------------ a runs folder
+
+def copy_runs(world, name):
+    """A copy of the finished runs of the reference plan (runs_ref), to break."""
+    shutil.copytree(world / "runs_ref", world / name)
+    return world / name
+
+
+def edit_log(log, header=lambda h: h, evals=lambda e: e, summary=lambda s: s):
+    edits = {"header": header, "eval": evals, "summary": summary}
+    lines = [edits.get(x["event"], lambda x: x)(x) for x in (json.loads(x) for x in open(log))]
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+def hold_lock(folder):
+    """The lock of a live process on folder/.lock (returns the open file; closing it releases the lock)."""
+    os.makedirs(folder, exist_ok=True)
+    f = open(os.path.join(folder, ".lock"), "w")
+    f.write("12345")
+    f.flush()
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def broken_runs_folders(world):
+    """(name, how to break a copy of runs_ref, extra driver flags, expected exit code, phrase of the one line)."""
+    log = os.path.join("2+2", "seed0", "scratch", "log.jsonl")
+
+    def cut(runs, name="2+2/seed0/continuous"):  # an unfinished run: the driver has work to do
+        (runs / name / "log.jsonl").unlink()
+
+    return [
+        ("no_group", lambda r: edit_log(r / log, header=lambda h: without(h, "group")), [], 2,
+         f"{log}: the header has no group"),
+        ("no_group", None, ["--report-only"], 2, f"{log}: the header has no group"),
+        ("acc_text", lambda r: edit_log(r / log, evals=lambda e: {**e, "acc": "high"}), [], 2,
+         f"{log}: evaluation at iteration 0 has acc = high"),
+        ("acc_text", None, ["--report-only"], 2, f"{log}: evaluation at iteration 0 has acc = high"),
+        ("empty", lambda r: shutil.rmtree(r) or r.mkdir(), ["--report-only"], 2,
+         "no finished run of plan table2a in"),
+        ("mistyped", lambda r: shutil.rmtree(r), ["--report-only"], 2, "no finished run of plan table2a in"),
+        ("locked", lambda r: cut(r) or hold_lock(r), [], 2, "is in use by another reproduce.sh (pid 12345)"),
+    ]
+
+
+def test_broken_runs_folders_are_one_line_and_touch_nothing(world, uninterrupted, capsys):
+    """A hand-edited log, an empty or mistyped runs folder, a runs folder in use by another driver: one line,
+    exit 2, and neither a finished run nor an existing table is touched."""
+    shutil.copytree(world / "res_ref", world / "res_broken")  # a table of numbers, which must stay
+    held = []
+    for name, breaks, extra, code, phrase in broken_runs_folders(world):
+        runs = world / f"runs_{name}"
+        if breaks is not None:
+            held.append(breaks(copy_runs(world, runs.name)))
+        before, tables = tree_hash(world / "runs_ref"), tree_hash(world / "res_broken")
+        runs_before = tree_hash(runs) if runs.exists() else None
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(driver_argv(world, "a", runs.name, "res_broken") + extra)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == code and phrase in err and len(err.splitlines()) == 1, (name, extra, err)
+        assert tree_hash(world / "res_broken") == tables and tree_hash(world / "runs_ref") == before, name
+        assert (tree_hash(runs) if runs.exists() else None) == runs_before, name
+        if "--report-only" not in extra and name != "locked":
+            run = str(runs / "2+2" / "seed0" / "scratch")  # speedup.py says the same of the same log
+            assert speedup.main([run, "--reference", "scratch"]) == 2
+            err = capsys.readouterr().err.strip()
+            assert phrase in err and len(err.splitlines()) == 1, err
+    for f in held:
+        if f is not None:
+            f.close()
+
+
+def test_a_report_from_fewer_runs_keeps_the_fuller_table(world, uninterrupted, capsys):
+    runs = copy_runs(world, "runs_fewer")
+    argv = driver_argv(world, "a", "runs_fewer", "res_fewer") + ["--report-only"]
+    assert reproduce.main(argv) == 0
+    full = (world / "res_fewer" / "table2a_folder.md").read_text()
+    assert ", 5 finished run(s);" in full
+    shutil.rmtree(runs / "2+2" / "seed0" / "continuous+init+reg+data+x0.5")
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "was made from 5 finished runs, this one from 4; the old table is kept as table2a_folder.prev.md" in err
+    assert (world / "res_fewer" / "table2a_folder.prev.md").read_text() == full
+
+
+def old_hash(runs):
+    from checks import weights_hash
+
+    return weights_hash(torch.load(runs / "2+2" / "seed0" / "old" / "ckpt.pt", weights_only=True))
+
+
+CONTINUED = ("continuous", "continuous+init+reg+data", "continuous+init+reg+data+x0.5")
+
+
+def test_runs_from_an_old_model_that_changed_are_trained_again(world, uninterrupted, capsys):
+    """The old model trained again (on a GPU: to other weights): the runs continued from the previous one are
+    trained again from the new one; the scratch run, which does not read it, is kept."""
+    runs = copy_runs(world, "runs_lineage")
+    old = runs / "2+2" / "seed0" / "old" / "ckpt.pt"
+    ckpt = torch.load(old, weights_only=True)
+    assert speedup.read_log(runs / "2+2" / "seed0" / "continuous")[0]["old_weights_sha256"] == old_hash(runs)
+    ckpt["model"]["fc.bias"] += 0.01
+    torch.save(ckpt, old)
+    scratch = tree_hash(runs / "2+2" / "seed0" / "scratch")
+    with pytest.raises(SystemExit) as e:  # a report alone would mix the two lineages: refused
+        reproduce.main(driver_argv(world, "a", "runs_lineage", "res_lineage") + ["--report-only"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "was continued from another" in err and len(err.splitlines()) == 1, err
+    assert not (world / "res_lineage").exists()
+    assert reproduce.main(driver_argv(world, "a", "runs_lineage", "res_lineage")) == 0
+    out = capsys.readouterr().out
+    assert out.count("training it again") == 3, out
+    for label in CONTINUED:
+        assert speedup.read_log(runs / "2+2" / "seed0" / label)[0]["old_weights_sha256"] == old_hash(runs), label
+    assert tree_hash(runs / "2+2" / "seed0" / "scratch") == scratch
+
+
+def test_a_finished_old_model_without_its_checkpoint_is_trained_again(world, uninterrupted, capsys):
+    runs = copy_runs(world, "runs_no_ckpt")
+    (runs / "2+2" / "seed0" / "old" / "ckpt.pt").unlink()
+    (runs / "2+2" / "seed0" / "continuous" / "log.jsonl").unlink()  # a run that needs it is still to do
+    assert reproduce.main(driver_argv(world, "a", "runs_no_ckpt", "res_no_ckpt")) == 0
+    assert "the ckpt.pt that later runs start from is gone; training it again" in capsys.readouterr().out
+    assert (runs / "2+2" / "seed0" / "old" / "ckpt.pt").is_file()
+    for label in CONTINUED:  # kept (the same weights again, on a CPU) or trained again: never mixed
+        assert speedup.read_log(runs / "2+2" / "seed0" / label)[0]["old_weights_sha256"] == old_hash(runs), label
+
+
+# ------------------------------------------------------------------------------------------ a full disk
+
+def test_a_full_disk_is_one_line_up_front(world, monkeypatch, capsys):
+    import shutil as sh
+
+    usage = sh.disk_usage(world)
+    monkeypatch.setattr(sh, "disk_usage", lambda path: usage._replace(free=10 * 2 ** 20))
+    before = tree_hash(world)
+    assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(world / "full"),
+                              "--width", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "full: 10 MiB free on its disk, the run writes about" in err and len(err.splitlines()) == 1, err
+    assert tree_hash(world) == before and not (world / "full").exists()
+    monkeypatch.setattr(sh, "disk_usage", lambda path: usage._replace(free=2 ** 20))
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(driver_argv(world, "a", "runs_full", "res_full"))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "runs_full: 1 MiB free on its disk, its 5 unfinished runs write about" in err, err
+    assert tree_hash(world) == before and not (world / "runs_full").exists()
+
+
+def test_a_failed_write_is_one_line_and_leaves_no_lock_or_part(world, monkeypatch, capsys):
+    import errno
+
+    def full(obj, f, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    out = world / "nospace"
+    assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"train.py: error: cannot write {out}/ckpt.pt.tmp"), err
+    assert err.endswith("No space left on device (ENOSPC); the run is not finished"), err
+    assert os.listdir(out) == []  # no .lock, no log.jsonl.part, no half-written checkpoint

@@ -14,7 +14,7 @@ from resnet import resnet18
 from sampler import unpack_bits
 
 COMMON = ["--dataset", "cifar10", "--no-download", "--split", "6+4", "--width", "8", "--batch-size", "32",
-          "--eval-every", "20", "--quiet"]
+          "--eval-every", "20", "--quiet", "--device", "cpu"]  # on a GPU machine too: fp32, deterministic
 
 
 @pytest.fixture(scope="module")
