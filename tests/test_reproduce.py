@@ -123,6 +123,29 @@ def test_refuses_to_run_on_cpu_without_asking(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_finished_runs_from_before_a_switch_at_its_old_behaviour_are_kept(table, capsys):
+    # --keep-optimizer-state and --per-class came later; their defaults (a fresh Adam, every training image) are
+    # what a run did before them, so a log without those keys is the planned run and is neither refused nor redone
+    log = table["root"] / "runs" / "6+4" / "seed0" / "continuous+init" / "log.jsonl"
+    original = log.read_text()
+    lines = original.splitlines()
+    header = json.loads(lines[0])
+    for key in ("keep_optimizer_state", "per_class"):
+        del header["group"][key]
+    edited = "\n".join([json.dumps(header)] + lines[1:]) + "\n"
+    log.write_text(edited)
+    try:
+        assert reproduce.main(table["argv"]) == 0
+        assert log.read_text() == edited  # kept as it is, not trained again
+        header["group"]["keep_optimizer_state"] = True  # but another value is another configuration
+        log.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(table["argv"])
+        assert e.value.code == 2 and "keep_optimizer_state: True vs planned False" in capsys.readouterr().err
+    finally:
+        log.write_text(original)
+
+
 def test_finished_runs_of_the_old_behaviour_are_refused(table, capsys):
     # a log written before a switch existed (here: BatchNorm statistics under shrink-perturb) has no value for it:
     # the driver must refuse it rather than mix it into a table of the new behaviour
