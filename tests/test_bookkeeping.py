@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import data as D
-import reproduce
 import speedup
 import train
 from conftest import write_folder
-from report import fig7_verdicts
+from repro import reproduce
+from repro.report import fig7_verdicts
 
 
 def test_training_seconds_leave_out_evaluation_learning_speed_and_the_probe(tmp_path, monkeypatch):
