@@ -325,7 +325,7 @@ class Loader:
         return self.normalize(x), self.y[idx], idx
 
 
-EVAL_BATCH = {"cuda": 1000, "cpu": 200}  # a CPU's caches favour small batches (1.3x over 1000, width 16, 16 px)
+EVAL_BATCH = {"cuda": 1000, "cpu": 200}  # one CPU thread's caches favour small batches (1.3x, width 16, 16 px)
 
 
 @torch.no_grad()

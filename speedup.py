@@ -103,14 +103,23 @@ def read_lines(run_dir):
         raise ValueError(f"cannot read log {path}: {e}") from None
 
 
+# train.py flags added after runs were logged, at the value every run had before them (a fresh Adam, the whole
+# training set): a log without the key ran with that value, so its runs stay comparable with newer ones. A flag
+# whose default changed what runs do (--sp-keep-bn-stats) is not here: a log without it is another configuration.
+SAME_AS_BEFORE = {"keep_optimizer_state": False, "per_class": 0}
+
+
 def read_log(run_dir):
-    """A run's log.jsonl -> (header, evaluations, summary or None). Raises ValueError on a bad file."""
+    """A run's log.jsonl -> (header, evaluations, summary or None), the header's method configuration completed
+    by SAME_AS_BEFORE. Raises ValueError on a bad file."""
     path, lines = read_lines(run_dir)
     odd = next((i for i, x in enumerate(lines) if not isinstance(x, dict)), None)
     if odd is not None:
         raise ValueError(f"{path}: line {odd + 1} is not a JSON object")
     if not lines or lines[0].get("event") != "header":
         raise ValueError(f"{path} does not start with a header line")
+    if isinstance(lines[0].get("group"), dict):
+        lines[0]["group"] = {**SAME_AS_BEFORE, **lines[0]["group"]}
     evals = [x for x in lines if x.get("event") == "eval"]
     summary = next((x for x in lines if x.get("event") == "summary"), None)
     return lines[0], evals, summary

@@ -45,10 +45,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # generator, so a run with it trains exactly as one without; reproduce.check_matches checks it separately)
 NOT_METHOD = ("seed", "split_seed", "out", "overwrite", "device", "compile", "cuda_graph", "label", "data_dir",
               "old_ckpt", "stop_at_acc_of", "download", "quiet", "grad_norms")
-# flags added after runs were logged whose default is what every run did before them (a fresh Adam; the whole
-# training set): a log without the key ran with that value, so a finished run stays comparable. A flag whose
-# default changed the behaviour (--sp-keep-bn-stats) is not here: a log without it is another configuration.
-SAME_AS_BEFORE = {"keep_optimizer_state": False, "per_class": 0}
 AMP = {"bf16": torch.bfloat16, "fp32": None}  # autocast dtype of the forward pass (None: plain fp32)
 
 

@@ -166,7 +166,7 @@ def plan_runs(plans=None):
         args = argparse.Namespace(dataset=dataset, split=split, compare_to=None, chain_scale=1.0,
                                   chain_stop="schedule", **{k: scale[k] for k in ("seeds", "iters", "width",
                                                                                   "per_class", "image_size")})
-        runs = [parse_or_raise(r.flags) for r in P.PLANS[plan](args, "runs")]
+        runs = [parse_or_raise(["--iters", str(scale["iters"])] + r.flags) for r in P.PLANS[plan](args, "runs")]
         out[plan] = [(run_length(a), a.learning_speed == "exact") for a in runs]
     return out
 

@@ -322,7 +322,9 @@ def report_laptop(runs, args, runs_dir, results_dir):
         d = os.path.join(runs_dir, r.name)
         if S.is_finished(d):
             summaries.setdefault(r.label, []).append(S.read_log(d)[2])
-    notes = ["Training accuracy of the final model on its own training images (unaugmented), mean ± s.e. over "
+    notes = ["In brackets: the paper's Table 2a, CIFAR-10 (8+2) at full size (50,000 images, 32 px, width 64, "
+             "39,100 iterations), not at this scale.", "",
+             "Training accuracy of the final model on its own training images (unaugmented), mean ± s.e. over "
              "seeds:", ""]
     for row, label in [("Old model", "old")] + P.TABLE2A_ROWS:
         accs = [s["train_acc"] for s in summaries.get(label, []) if s.get("train_acc") is not None]

@@ -87,7 +87,7 @@ def check_matches(run, argv, runs_dir, ident):
     header = read_checked(os.path.join(runs_dir, run.name))
     check_data(run, header, runs_dir, ident)
     want = {k: v for k, v in planned.items() if k not in train.NOT_METHOD}
-    got = {**train.SAME_AS_BEFORE, **header["group"]}
+    got = header["group"]  # completed by speedup.SAME_AS_BEFORE
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     if planned.get("grad_norms") and not header["config"].get("grad_norms"):  # not a method flag: not in diff
         die(f"{os.path.join(runs_dir, run.name)} holds a finished run without the --grad-norms probe the plan "

@@ -343,6 +343,10 @@ def test_bench_projects_train_pys_evaluations_and_each_plans_run_lengths():
     # and x0.75 rows, and the other 16 rows at full length, none recording
     assert sorted(runs) == sorted(5 * ([(39100.0, True)] + [(9775.0, False)] * 4 + [(19550.0, False)] * 2
                                        + [(29325.0, False)] + [(39100.0, False)] * 16))
+    # the laptop plan at its own length: per seed the old model (recording), Scratch, Continuous, Ours (x1) and
+    # Ours (x0.5); and the plateau check, twice as long
+    assert sorted(plan_runs(["laptop"])["laptop"]) == sorted(3 * ([(3910.0, True)] + [(3910.0, False)] * 3
+                                                                  + [(1955.0, False)]) + [(7820.0, False)])
 
 
 @pytest.mark.parametrize("device, msg", [("foo", "unknown device 'foo'"), ("cuda:99", "--device cuda:99")])

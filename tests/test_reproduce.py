@@ -125,7 +125,8 @@ def test_refuses_to_run_on_cpu_without_asking(tmp_path):
 
 def test_finished_runs_from_before_a_switch_at_its_old_behaviour_are_kept(table, capsys):
     # --keep-optimizer-state and --per-class came later; their defaults (a fresh Adam, every training image) are
-    # what a run did before them, so a log without those keys is the planned run and is neither refused nor redone
+    # what a run did before them, so a log without those keys is the planned run: neither refused nor redone, and
+    # its table the same as before (one seed without the keys, the other with them: still one row)
     log = table["root"] / "runs" / "6+4" / "seed0" / "continuous+init" / "log.jsonl"
     original = log.read_text()
     lines = original.splitlines()
@@ -135,8 +136,10 @@ def test_finished_runs_from_before_a_switch_at_its_old_behaviour_are_kept(table,
     edited = "\n".join([json.dumps(header)] + lines[1:]) + "\n"
     log.write_text(edited)
     try:
+        before = (table["root"] / "res" / "table1.csv").read_text()
         assert reproduce.main(table["argv"]) == 0
         assert log.read_text() == edited  # kept as it is, not trained again
+        assert (table["root"] / "res" / "table1.csv").read_text() == before
         header["group"]["keep_optimizer_state"] = True  # but another value is another configuration
         log.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
         with pytest.raises(SystemExit) as e:
