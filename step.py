@@ -93,3 +93,28 @@ def make_optimizer(model, lr, device, cuda_graph):
     lr_t = torch.tensor(float(lr), device=device)
     kw = {"fused": True, "capturable": cuda_graph} if device.type == "cuda" else {"foreach": False}
     return torch.optim.Adam(model.parameters(), lr=lr_t, betas=(0.9, 0.999), weight_decay=0, **kw)
+
+
+def adam_state(model, opt):
+    """Adam's per-parameter state by parameter name, on the CPU: what --keep-optimizer-state continues."""
+    return {name: {"step": float(opt.state[p]["step"]), "exp_avg": opt.state[p]["exp_avg"].detach().cpu(),
+                   "exp_avg_sq": opt.state[p]["exp_avg_sq"].detach().cpu()}
+            for name, p in model.named_parameters() if p in opt.state}
+
+
+def load_adam_state_(model, opt, saved):
+    """An old run's Adam moments and step count (adam_state) into opt, for every parameter: Sec. 2.1's
+    optimizer continued instead of restarted. The rows of a grown head that are new (Sec. 3.1) start with zero
+    moments, as a fresh Adam's. The step count is a float32 tensor on the parameter's device where Adam is fused
+    or capturable (the graphed step reads it there), else on the CPU, as torch's Adam keeps it."""
+    group = opt.param_groups[0]
+    on_device = group.get("fused") or group.get("capturable")
+    for name, p in model.named_parameters():
+        old = saved[name]
+        moments = {}
+        for key in ("exp_avg", "exp_avg_sq"):
+            buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf[: len(old[key])].copy_(old[key])  # the head's first rows are the old classes' (grow_head)
+            moments[key] = buf
+        step = torch.tensor(old["step"], dtype=torch.float32, device=p.device if on_device else "cpu")
+        opt.state[p] = {"step": step, **moments}

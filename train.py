@@ -37,7 +37,7 @@ from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights,
 from schedule import lr_at
 from shrink_perturb import shrink_perturb_
 from speedup import OneLineParser, is_finished, read_log, replace_atomic
-from step import build_step, make_optimizer
+from step import adam_state, build_step, load_adam_state_, make_optimizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # config keys of seeds (init, data order, class order), paths and how a run executes: runs that differ only in these
@@ -92,35 +92,6 @@ def starting_point(args, task):
     if args.init == "shrink_perturb" or args.sp:  # --sp: shrink-perturb a scratch init too (Table 1)
         shrink_perturb_(model, args.sp_alpha, args.sp_beta, keep_bn_stats=args.sp_keep_bn_stats)  # Eq. 4
     return model, anchor
-
-
-def adam_state(model, opt):
-    """Adam's per-parameter state by parameter name, on the CPU: what --keep-optimizer-state continues."""
-    return {name: {"step": float(opt.state[p]["step"]), "exp_avg": opt.state[p]["exp_avg"].detach().cpu(),
-                   "exp_avg_sq": opt.state[p]["exp_avg_sq"].detach().cpu()}
-            for name, p in model.named_parameters() if p in opt.state}
-
-
-def keep_optimizer_state_(args, task, model, opt):
-    """--keep-optimizer-state: the old run's Adam moments and step count (Sec. 2.1's optimizer, continued
-    instead of restarted) for every parameter; the rows of the grown head that are new (Sec. 3.1) start with
-    zero moments, as a fresh Adam's. The step count is a float32 tensor on the parameter's device where Adam is
-    fused or capturable (the graphed step reads it there), else on the CPU, as torch's Adam keeps it."""
-    saved = task.old.get("optimizer")
-    if not saved:
-        raise UsageError(f"--keep-optimizer-state: checkpoint {args.old_ckpt} holds no optimizer state (its run "
-                         "recorded no learning speed: --learning-speed off)")
-    group = opt.param_groups[0]
-    on_device = group.get("fused") or group.get("capturable")
-    for name, p in model.named_parameters():
-        old = saved[name]
-        moments = {}
-        for key in ("exp_avg", "exp_avg_sq"):
-            buf = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf[: len(old[key])].copy_(old[key])  # the head's first rows are the old classes' (grow_head)
-            moments[key] = buf
-        step = torch.tensor(old["step"], dtype=torch.float32, device=p.device if on_device else "cpu")
-        opt.state[p] = {"step": step, **moments}
 
 
 def objective(args, model, anchor):
@@ -408,8 +379,11 @@ def main(args):
     loader = D.Loader(task.d.x, task.d.y, device, seed=args.seed + 1, mean=mean, std=std)
     speed = LearningSpeed(len(task.d.y), device)                                  # Eq. 6, for the next task
     opt = make_optimizer(model, args.lr, device, args.cuda_graph)                # App. A.2
-    if args.keep_optimizer_state:
-        keep_optimizer_state_(args, task, model, opt)
+    if args.keep_optimizer_state:  # the old run's Adam (docs/choices.md: optimizer of a continued run)
+        if not task.old.get("optimizer"):
+            raise UsageError(f"--keep-optimizer-state: checkpoint {args.old_ckpt} holds no optimizer state (its run "
+                             "recorded no learning speed: --learning-speed off)")
+        load_adam_state_(model, opt, task.old["optimizer"])
     step, loss_sum = build_step(model, opt, loader, args.batch_size, reg, args.reg_lambda, AMP[args.amp],
                                 speed if args.learning_speed == "online" else None,
                                 torch.compile(model) if args.compile else None, args.cuda_graph)

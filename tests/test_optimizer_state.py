@@ -1,14 +1,13 @@
 """--keep-optimizer-state: a continued run starts from the old run's Adam moments and step count (default: a
 fresh Adam), the grown head's new rows from zero moments."""
 import math
-import types
 
 import torch
 
 import train
 from conftest import write_folder
 from resnet import grow_head, resnet18
-from step import make_optimizer
+from step import load_adam_state_, make_optimizer
 
 
 def test_kept_state_is_what_the_next_adam_update_uses():
@@ -17,8 +16,7 @@ def test_kept_state_is_what_the_next_adam_update_uses():
              for name, p in model.named_parameters()}
     grow_head(model, 3)  # one new class: fc gains a row
     opt = make_optimizer(model, 1e-3, torch.device("cpu"), False)
-    args = types.SimpleNamespace(old_ckpt="old.pt")
-    train.keep_optimizer_state_(args, types.SimpleNamespace(old={"optimizer": saved}), model, opt)
+    load_adam_state_(model, opt, saved)
     w = model.fc.weight
     assert torch.equal(opt.state[w]["exp_avg"][:2], torch.full((2, w.shape[1]), 0.2))
     assert torch.equal(opt.state[w]["exp_avg"][2:], torch.zeros(1, w.shape[1]))  # the new row: a fresh start
