@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data as D
+import resnet
 import train
 from conftest import ROOT, write_cifar
 from repro import plans, reproduce
@@ -139,7 +140,18 @@ def test_laptop_quick_end_to_end(tmp_path, no_checksum, capsys):
     assert f"{best(plateau) - best(one):+.2f} points" in md
     accs = [logs[f"8+2/seed{s}/old"][-1]["train_acc"] for s in (0, 1)]
     assert "- Old model: {:.2f} ± {:.2f} (2 seeds)".format(np.mean(accs), np.std(accs, ddof=1) / math.sqrt(2)) in md
-    # the train_acc of a run is its final model's accuracy on its (unaugmented) training images
+    # the train_acc of a run is its final model's accuracy on its (unaugmented) training images: recomputed here
+    # from its checkpoint, with the normalisation written out (population mean and std of the task's images)
+    ckpt = torch.load(runs / "8+2/seed0/scratch/ckpt.pt", weights_only=False)
+    (x, y), _, _ = D.load_for_split("cifar10", str(tmp_path / "data"), "8+2", 16, False, 12)
+    x, y = x[ckpt["index"]], torch.tensor([ckpt["class_order"].index(int(c)) for c in y[ckpt["index"]]])
+    px = x.double().numpy() / 255
+    mean, std = px.mean(axis=(0, 2, 3), keepdims=True), px.std(axis=(0, 2, 3), keepdims=True)
+    model = resnet.resnet18(ckpt["num_classes"], ckpt["width"], ckpt["stem"]).eval()
+    model.load_state_dict(ckpt["model"])
+    with torch.no_grad():
+        hit = model(torch.from_numpy((px - mean) / std).float()).argmax(1) == y
+    assert logs["8+2/seed0/scratch"][-1]["train_acc"] == pytest.approx(100 * hit.double().mean().item())
     assert all(0 <= lines[-1]["train_acc"] <= 100 for lines in logs.values())
 
 
