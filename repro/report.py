@@ -317,11 +317,14 @@ def report_fig7(runs, args, runs_dir, results_dir):
 def report_laptop(runs, args, runs_dir, results_dir):
     """The laptop plan: Table 2a's section (report_sections), each row's final training accuracy, and the
     plateau check: seed 0's scratch model at twice the iterations against seed 0's scratch model."""
-    summaries = {}
+    summaries, made_with = {}, set()
     for r in runs:
         d = os.path.join(runs_dir, r.name)
         if S.is_finished(d):
-            summaries.setdefault(r.label, []).append(S.read_log(d)[2])
+            header, _, summary = S.read_log(d)
+            summaries.setdefault(r.label, []).append(summary)
+            v = header.get("versions", {})
+            made_with.add((v.get("torch"), v.get("python"), v.get("device"), (v.get("git_commit") or "?")[:7]))
     notes = ["In brackets: the paper's Table 2a, CIFAR-10 (8+2) at full size (50,000 images, 32 px, width 64, "
              "39,100 iterations), not at this scale.", "",
              "Training accuracy of the final model on its own training images (unaugmented), mean ± s.e. over "
@@ -338,6 +341,9 @@ def report_laptop(runs, args, runs_dir, results_dir):
                       f"{2 * args.iters} (schedule stretched): {a2 - a1:+.2f} points, {verdict}."]
     else:
         notes += ["", "Plateau check (seed 0, scratch at twice the iterations): (not run)"]
+    if made_with:  # the logs' headers: what a reader needs to rerun them
+        notes += ["", "Made with (from the runs' headers): " + "; ".join(
+            f"torch {t}, Python {py}, {dev}, code of commit {c}" for t, py, dev, c in sorted(made_with, key=str)) + "."]
     report_sections(runs, args, runs_dir, results_dir, notes + [""])
 
 

@@ -4,6 +4,7 @@ table rebuilt byte for byte from the committed logs."""
 import json
 import math
 import os
+import platform
 import shlex
 import shutil
 
@@ -138,6 +139,9 @@ def test_laptop_quick_end_to_end(tmp_path, no_checksum, capsys):
     best = lambda lines: max(x["acc"] for x in lines if x["event"] == "eval")  # noqa: E731
     assert f"{best(one):.2f} at 24 iterations, {best(plateau):.2f} at 48" in md
     assert f"{best(plateau) - best(one):+.2f} points" in md
+    commit = (plateau[0]["versions"]["git_commit"] or "?")[:7]  # every run of the plan is of this checkout
+    assert (f"Made with (from the runs' headers): torch {torch.__version__}, Python {platform.python_version()}, "
+            f"cpu, code of commit {commit}.") in md
     accs = [logs[f"8+2/seed{s}/old"][-1]["train_acc"] for s in (0, 1)]
     assert "- Old model: {:.2f} ± {:.2f} (2 seeds)".format(np.mean(accs), np.std(accs, ddof=1) / math.sqrt(2)) in md
     # the train_acc of a run is its final model's accuracy on its (unaugmented) training images: recomputed here
