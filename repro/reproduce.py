@@ -342,7 +342,7 @@ def build_parser():
     a("--plan", default="table1", choices=list(P.PLANS),
       help="table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7), "
            "appendix (App. A.3-A.6), analysis (Figs. 11, 14, 15), laptop (Table 2a's CIFAR-10 rows sized for a "
-           "CPU: 3 seeds, 250 images per class, 16 px, width 16, 3,910 iterations)")
+           "CPU: 3 seeds, 100 images per class, 16 px, width 16, 3,910 iterations)")
     a("--seeds", type=int, help="number of seeds (0..seeds-1); each seed has its own class order (default: 5; "
                                 "laptop: 3)")
     a("--iters", type=int, help="iterations per run; the schedule scales with it (default: 39,100; laptop: 3,910)")
@@ -359,7 +359,7 @@ def build_parser():
                                      "laptop, else 32)")
     a("--per-class", type=int,
       help="train on this many images of each class (a fixed seeded subset, the same for every run; 0: all; "
-           "default: 0, laptop: 250)")
+           "default: 0, laptop: 100)")
     a("--stem", default="auto", choices=["auto", *STEMS],
       help="ResNet-18 stem; auto: cifar up to 32x32 images, imagenet (7x7 stride 2 + max-pool) above")
     a("--compare-to", choices=sorted(P.TABLE2A), help="table2a: the paper's row to print beside ours")

@@ -84,7 +84,7 @@ def test_laptop_plan_runs_and_settings(capsys):
         assert (a.dataset, a.split, a.batch_size, a.lr, a.lr_min, a.schedule) == ("cifar10", "8+2", 128, 1e-3, 1e-6,
                                                                                  "cosine")
         assert (a.sp_alpha, a.sp_beta, a.reg_lambda, a.eh_c, a.eh_r) == (0.4, 0.001, 0.01, 0.2, 0.1)
-        assert (a.width, a.image_size, a.per_class, a.eval_every, a.amp) == (16, 16, 250, 78, "fp32")
+        assert (a.width, a.image_size, a.per_class, a.eval_every, a.amp) == (16, 16, 100, 78, "fp32")
         assert a.iters == (7820 if a.label == plans.PLATEAU else 3910)
         assert a.seed == a.split_seed and a.seed in (0, 1, 2)
     assert math.ceil(3910 / 78) + 1 >= 50  # L99 / L100 resolved by at least 50 evaluations
