@@ -5,6 +5,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 
@@ -105,7 +106,7 @@ def test_laptop_writes_its_own_results_folder_only_at_its_setting():
         return reproduce.resolve(args)[1]
 
     assert results() == os.path.join("results", "laptop")
-    for extra in (["--width", "8"], ["--per-class", "100"], ["--image-size", "32"], ["--seeds", "2"]):
+    for extra in (["--width", "8"], ["--per-class", "250"], ["--image-size", "32"], ["--seeds", "2"]):
         assert results(*extra) != os.path.join("results", "laptop"), extra
 
 
@@ -169,3 +170,23 @@ def test_report_only_rebuilds_the_committed_laptop_table(tmp_path):
                                   str(tmp_path / "res")]) == 0
     for name in ("laptop.md", "laptop.csv"):
         assert (tmp_path / "res" / name).read_bytes() == open(os.path.join(LAPTOP, name), "rb").read(), name
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(LAPTOP, "laptop.md")), reason="no committed laptop table")
+def test_readme_result_is_the_committed_laptop_table():
+    """The README's result table carries the committed table's cells, column by column (no stale numbers)."""
+    def table(text, after):
+        lines = text[text.index(after):].splitlines()
+        start = next(i for i, x in enumerate(lines) if x.startswith("| Row |"))
+        end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+        rows = [[c.strip() for c in x.strip("|").split("|")] for x in lines[start:end]]
+        return rows[0], {r[0]: r for r in rows[2:]}
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    head, ours = table(readme, "<!-- result -->")
+    full_head, full = table(open(os.path.join(LAPTOP, "laptop.md"), encoding="utf-8").read(), "| Row |")
+    assert set(ours) == {"Scratch", "Continuous", "Ours (x1)", "Ours (x0.5)"} and set(ours) <= set(full)
+    for row, cells in ours.items():
+        assert cells == [full[row][full_head.index(h)] for h in head], row
+    seeds = re.search(r"(\d+) seed\(s\)", open(os.path.join(LAPTOP, "laptop.md"), encoding="utf-8").read()).group(1)
+    assert f"3,910 iterations = 500 epochs, {seeds} seeds;" in readme
