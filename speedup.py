@@ -243,15 +243,14 @@ def row_stats(groups, label, reference, rs=(99, 100), target="max"):
     cur, ref, left_out = paired(groups, label, reference)
     if not cur:
         return None
-    groups = {label: cur, reference: ref}
-    ref_it, ref_acc = mean_curve(groups[reference])
-    _, ref_sec = mean_curve(groups[reference], "train_seconds")
-    it, acc = mean_curve(groups[label])
-    _, sec = mean_curve(groups[label], "train_seconds")
-    m, se, m_it = max_of_mean(groups[label])
-    _, ref_se, _ = max_of_mean(groups[reference])
+    ref_it, ref_acc = mean_curve(ref)
+    _, ref_sec = mean_curve(ref, "train_seconds")
+    it, acc = mean_curve(cur)
+    _, sec = mean_curve(cur, "train_seconds")
+    m, se, m_it = max_of_mean(cur)
+    _, ref_se, _ = max_of_mean(ref)
     a_ref = reference_accuracy(ref_acc, target)
-    row = {"label": label, "n": len(groups[label]), "left_out": left_out, "max_acc": m, "max_acc_se": se,
+    row = {"label": label, "n": len(cur), "left_out": left_out, "max_acc": m, "max_acc_se": se,
            "max_acc_iter": m_it, "final_acc": acc[-1], "a_scratch": a_ref}
     for r in rs:
         row[f"L{r}_seeds"], row[f"L{r}_seeds_se"], row[f"L{r}_seeds_reached"] = per_seed_speedups(cur, ref, r, target)
