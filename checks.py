@@ -11,7 +11,7 @@ import shutil
 import torch
 
 import data as D
-from speedup import is_finished
+from runlog import is_finished
 
 
 class UsageError(Exception):
@@ -68,14 +68,20 @@ def check_config(args, num_classes=None):
         raise UsageError(f"--task {args.task} is out of range: split {args.split} has tasks 0..{n_tasks - 1}")
 
 
+def nearest_existing(path):
+    """`path` or its nearest ancestor that exists: what a folder not yet made would be created in."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return probe
+
+
 def check_out_writable(path, flag="--out"):
     """That `path` is, or can be made, a folder we can write into, without creating anything (bad input must
     leave no trace): the nearest existing ancestor decides."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{flag} {path} exists and is not a folder")
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
+    probe = nearest_existing(path)
     if not os.path.isdir(probe):
         raise UsageError(f"cannot create {flag} {path}: {probe} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):  # also false on a read-only mount (EROFS)
@@ -85,10 +91,7 @@ def check_out_writable(path, flag="--out"):
 def check_space(path, need, what="the run writes"):
     """That the disk of `path` (or of its nearest existing ancestor) has `need` bytes free: a full disk is one
     line up front, not a run that trains to its end and then cannot save."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(nearest_existing(path)).free
     if free < need:
         raise UsageError(f"{path}: {free / 2 ** 20:,.0f} MiB free on its disk, {what} about "
                          f"{need / 2 ** 20:,.0f} MiB")
