@@ -5,7 +5,12 @@ L2-init's gradient 2 * lambda * (theta - theta_0) is added after backward (l2ini
 makes it fast: the batch is gathered and augmented on the GPU from the uint8 training set (data.Loader), the
 forward pass runs under bf16 autocast, Adam is fused, and nothing in the step waits for the host, so the same
 body can be recorded once as a CUDA graph and replayed (--cuda-graph).
+
+Between steps, train.py's loop times the passes over the training images that are not training (timed_eval):
+the learning speed at each epoch's end (Eq. 6) and the final model's training accuracy.
 """
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -118,3 +123,35 @@ def load_adam_state_(model, opt, saved):
             moments[key] = buf
         step = torch.tensor(old["step"], dtype=torch.float32, device=p.device if on_device else "cpu")
         opt.state[p] = {"step": step, **moments}
+
+
+# ------------------------------------------------- between steps: timed passes over the training images
+
+def timed_eval(model, device, fn):
+    """fn() with the model in eval mode; returns (its result, its seconds). A GPU sync on each side: the steps
+    queued before it are training time, not its own (the caller keeps these seconds out of training time)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda device: None)
+    sync(device)
+    t = time.perf_counter()
+    model.eval()
+    out = fn()
+    model.train()
+    sync(device)
+    return out, time.perf_counter() - t
+
+
+def train_correct(model, loader, amp):
+    """bool [N]: whether the model classifies each of its training images right, unaugmented, in eval mode."""
+    return D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y
+
+
+def record_learning_speed(model, loader, speed, amp):
+    """Eq. 6's f^i at the end of an epoch (train_correct, into `speed`). Returns its seconds."""
+    return timed_eval(model, loader.device, lambda: speed.record_epoch(train_correct(model, loader, amp)))[1]
+
+
+def train_accuracy(model, loader, amp):
+    """Accuracy (%) of the final model on its own training images (train_correct): whether the budget reached the
+    plateau where the model fits its data, as the paper's 100 epochs do."""
+    hit = timed_eval(model, loader.device, lambda: train_correct(model, loader, amp))[0]
+    return 100.0 * hit.double().mean().item()

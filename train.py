@@ -36,8 +36,10 @@ from resnet import STEMS, grow_head, resnet18, stem_for
 from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
 from shrink_perturb import shrink_perturb_
-from speedup import OneLineParser, is_finished, read_log, replace_atomic
-from step import adam_state, build_step, load_adam_state_, make_optimizer
+from runlog import is_finished, read_log, replace_atomic
+from speedup import OneLineParser
+from step import (adam_state, build_step, load_adam_state_, make_optimizer, record_learning_speed, timed_eval,
+                  train_accuracy)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # config keys of seeds (init, data order, class order), paths and how a run executes: runs that differ only in these
@@ -265,34 +267,6 @@ def train_loop(args, task, parts, log):
         if parts.target is not None and acc >= parts.target:
             break  # --stop-at-acc-of: the reference's accuracy is reached; the run ends (and is charged) here
     return best, acc, it + 1, time.perf_counter() - t0, train_seconds, record_seconds
-
-
-def timed_eval(model, device, fn):
-    """fn() with the model in eval mode; returns (its result, its seconds). A GPU sync on each side: the steps
-    queued before it are training time, not its own (the caller keeps these seconds out of training time)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda device: None)
-    sync(device)
-    t = time.perf_counter()
-    model.eval()
-    out = fn()
-    model.train()
-    sync(device)
-    return out, time.perf_counter() - t
-
-
-def record_learning_speed(model, loader, speed, amp):
-    """Eq. 6's f^i at the end of an epoch: every training image, unaugmented, classified in eval mode. Returns
-    its seconds."""
-    correct = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y  # noqa: E731
-    return timed_eval(model, loader.device, lambda: speed.record_epoch(correct()))[1]
-
-
-def train_accuracy(model, loader, amp):
-    """Accuracy (%) of the final model on its own training images, unaugmented, in eval mode: whether the budget
-    reached the plateau where the model fits its data, as the paper's 100 epochs do."""
-    predict = lambda: D.predict(model, loader.x, loader, autocast_dtype=amp)  # noqa: E731
-    hit = timed_eval(model, loader.device, lambda: predict() == loader.y)[0]
-    return 100.0 * hit.double().mean().item()
 
 
 def grad_norm_probe(args, task, model, loader, log):

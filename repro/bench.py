@@ -29,7 +29,8 @@ from l2init import paired, snapshot
 from resnet import resnet18
 from sampler import batches, easy_hard_weights
 from shrink_perturb import shrink_perturb_
-from speedup import OneLineParser, write_atomic
+from runlog import write_atomic
+from speedup import OneLineParser
 from step import build_step, make_optimizer
 from train import HelpFormatter, parse_or_raise, run_length
 

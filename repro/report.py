@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 
+import runlog
 import speedup as S
 
 from . import plans as P
@@ -23,12 +24,12 @@ PAPER = ["paper_max_acc", "paper_L99", "paper_L100"]
 
 def finished(runs, runs_dir):
     """The folders of the finished runs among `runs`."""
-    return [d for d in (os.path.join(runs_dir, r.name) for r in runs) if S.is_finished(d)]
+    return [d for d in (os.path.join(runs_dir, r.name) for r in runs) if runlog.is_finished(d)]
 
 
 def collect(runs, runs_dir):
     """{label: [(header, evals), ...]} of the finished runs among `runs`."""
-    return S.group_runs(finished(runs, runs_dir))
+    return runlog.group_runs(finished(runs, runs_dir))
 
 
 def cells(st, paper=None, seconds=False):
@@ -83,8 +84,8 @@ def write(results_dir, name, title, args, md, csv, speedups=True):
     md = head + note * speedups + md
     os.makedirs(results_dir, exist_ok=True)
     keep_fuller(results_dir, name, n)
-    S.write_atomic(os.path.join(results_dir, f"{name}.md"), "\n".join(md) + "\n")
-    S.write_atomic(os.path.join(results_dir, f"{name}.csv"), "\n".join(csv) + "\n")
+    runlog.write_atomic(os.path.join(results_dir, f"{name}.md"), "\n".join(md) + "\n")
+    runlog.write_atomic(os.path.join(results_dir, f"{name}.csv"), "\n".join(csv) + "\n")
     print("\n".join(md), flush=True)
 
 
@@ -107,7 +108,7 @@ def keep_fuller(results_dir, name, n):
     for ext in ("md", "csv"):
         path = os.path.join(results_dir, f"{name}.{ext}")
         if os.path.exists(path):
-            S.replace_atomic(os.path.join(results_dir, f"{name}.prev.{ext}"), lambda tmp: shutil.copyfile(path, tmp))
+            runlog.replace_atomic(os.path.join(results_dir, f"{name}.prev.{ext}"), lambda tmp: shutil.copyfile(path, tmp))
     print(f"reproduce.sh: warning: {results_dir}/{name}.md was made from {before} finished runs, this one from {n}; "
           f"the old table is kept as {name}.prev.md", file=sys.stderr)
 
@@ -320,8 +321,8 @@ def report_laptop(runs, args, runs_dir, results_dir):
     summaries, made_with = {}, set()
     for r in runs:
         d = os.path.join(runs_dir, r.name)
-        if S.is_finished(d):
-            header, _, summary = S.read_log(d)
+        if runlog.is_finished(d):
+            header, _, summary = runlog.read_log(d)
             summaries.setdefault(r.label, []).append(summary)
             v = header.get("versions", {})
             made_with.add((v.get("torch"), v.get("python"), v.get("device"), (v.get("git_commit") or "?")[:7]))
@@ -334,8 +335,8 @@ def report_laptop(runs, args, runs_dir, results_dir):
         notes.append(f"- {row}: " + ("{:.2f} ± {:.2f}".format(*S.mean_se(accs)) + f" ({len(accs)} seeds)" if accs
                                       else "(not run)"))
     one = {r.label: os.path.join(runs_dir, r.name) for r in runs if r.seed == 0 and r.label in ("scratch", P.PLATEAU)}
-    if all(S.is_finished(d) for d in one.values()) and len(one) == 2:
-        a1, a2 = (S.read_log(one[lab])[2]["max_acc"] for lab in ("scratch", P.PLATEAU))
+    if all(runlog.is_finished(d) for d in one.values()) and len(one) == 2:
+        a1, a2 = (runlog.read_log(one[lab])[2]["max_acc"] for lab in ("scratch", P.PLATEAU))
         verdict = "on the plateau (< 1 point)" if a2 - a1 < 1 else "NOT on the plateau (>= 1 point)"
         notes += ["", f"Plateau check (seed 0, scratch): Max Acc {a1:.2f} at {args.iters} iterations, {a2:.2f} at "
                       f"{2 * args.iters} (schedule stretched): {a2 - a1:+.2f} points, {verdict}."]
@@ -365,7 +366,7 @@ def pyplot():
 def save(fig, path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
-    S.replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    runlog.replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     pyplot().close(fig)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 import analysis as A
+import runlog
 import speedup as S
 from sampler import LearningSpeed, unpack_bits
 
@@ -19,7 +20,7 @@ SCRATCH, NAIVE = P.ANALYSIS_LABELS
 
 def events(run_dir, event):
     """The lines of one kind ('eval', 'grad_norms', ...) of a run's log.jsonl."""
-    return [e for e in S.read_lines(run_dir)[1] if e.get("event") == event]
+    return [e for e in runlog.read_lines(run_dir)[1] if e.get("event") == event]
 
 
 def mean_over_seeds(curves, field):

@@ -23,6 +23,7 @@ import torch
 
 import checks
 import data
+import runlog
 import speedup as S
 from resnet import STEMS, stem_for
 import train
@@ -87,7 +88,7 @@ def check_matches(run, argv, runs_dir, ident):
     header = read_checked(os.path.join(runs_dir, run.name))
     check_data(run, header, runs_dir, ident)
     want = {k: v for k, v in planned.items() if k not in train.NOT_METHOD}
-    got = header["group"]  # completed by speedup.SAME_AS_BEFORE
+    got = header["group"]  # completed by runlog.SAME_AS_BEFORE
     diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
     if planned.get("grad_norms") and not header["config"].get("grad_norms"):  # not a method flag: not in diff
         die(f"{os.path.join(runs_dir, run.name)} holds a finished run without the --grad-norms probe the plan "
@@ -102,9 +103,9 @@ def read_checked(run_dir):
     """A finished run's header, after checking every field the driver and the tables read (a hand-edited log:
     one line naming the file and the field)."""
     try:
-        header, evals, _ = S.read_log(run_dir)
+        header, evals, _ = runlog.read_log(run_dir)
         path = os.path.join(run_dir, "log.jsonl")
-        S.check_log(path, header, evals)
+        runlog.check_log(path, header, evals)
         if not isinstance(header.get("config"), dict) or not isinstance(header["config"].get("seed"), int):
             raise ValueError(f"{path}: the header has no config with a seed (not a train.py log?)")
     except ValueError as e:
@@ -125,7 +126,7 @@ def execute(runs, args, runs_dir):
     done, pending, hashes, ran = set(), set(), {}, set()
     for r in sorted(runs, key=lambda r: depth(r, by_name)):
         run_dir = os.path.join(runs_dir, r.name)
-        if not S.is_finished(run_dir):
+        if not runlog.is_finished(run_dir):
             continue
         check_matches(r, argvs[r.name], runs_dir, args.data_identity)
         if os.path.join(run_dir, "ckpt.pt") in started_from and not os.path.isfile(os.path.join(run_dir, "ckpt.pt")):
@@ -152,7 +153,7 @@ def execute(runs, args, runs_dir):
         ran.add(r.name)
         k = len(done) + len(failed)
         if ok:
-            s = S.read_log(os.path.join(runs_dir, r.name))[2]
+            s = runlog.read_log(os.path.join(runs_dir, r.name))[2]
             walls.append(wall)
             left = total - k
             eta = left * (sum(walls) / len(walls)) / len(args.slots)
@@ -227,7 +228,7 @@ def same_lineage(run, old_ckpt, runs_dir, hashes, retrained):
     its old model was trained again by this driver. hashes: a cache {path: hash}."""
     if old_ckpt is None:
         return True
-    recorded = S.read_log(os.path.join(runs_dir, run.name))[0].get("old_weights_sha256")
+    recorded = runlog.read_log(os.path.join(runs_dir, run.name))[0].get("old_weights_sha256")
     if recorded is None:
         return not retrained
     if old_ckpt not in hashes:
@@ -244,7 +245,7 @@ def check_lineages(runs, args, runs_dir):
     hashes = {}
     for r in runs:
         old = old_ckpt_of(train_argv(r, args, runs_dir))
-        if old and os.path.isfile(old) and S.is_finished(os.path.join(runs_dir, r.name)) and \
+        if old and os.path.isfile(old) and runlog.is_finished(os.path.join(runs_dir, r.name)) and \
                 not same_lineage(r, old, runs_dir, hashes, retrained=False):
             die(f"{os.path.join(runs_dir, r.name)} was continued from another {old} than the one there now; run "
                 "without --report-only to train it again")
@@ -530,7 +531,7 @@ def main(argv=None):
         num_classes, args.data_identity = prepare_data(args, runs)
         check_splits(runs, num_classes)
         check_runs(runs, args, runs_dir, num_classes)
-        todo = [r for r in runs if not S.is_finished(os.path.join(runs_dir, r.name))]
+        todo = [r for r in runs if not runlog.is_finished(os.path.join(runs_dir, r.name))]
         try:  # a full disk up front; one driver per runs folder (a second would find every unfinished run in use)
             checks.check_space(runs_dir, len(todo) * run_bytes(args), f"its {len(todo)} unfinished runs write")
             lock = checks.lock_run(runs_dir, what="another reproduce.sh")
@@ -553,7 +554,7 @@ def main(argv=None):
         return 1
     try:
         REPORTS[args.plan](runs, args, runs_dir, results_dir)
-    except ValueError as e:  # a log the tables cannot read (speedup.check_log says which and why)
+    except ValueError as e:  # a log the tables cannot read (runlog.check_log says which and why)
         die(str(e))
     print(f"results in {results_dir}/", flush=True)
     return 1 if failed else 0

@@ -82,7 +82,7 @@ def test_probe_changes_nothing_of_the_training(runs):
 def test_logged_grad_norms_are_the_final_models_per_example_norms(runs):
     g = lines(runs["probed"], "grad_norms")
     assert [e["iter"] for e in g] == [0, 1, 2, 5, 10, 12] == A.probe_iterations(12)
-    assert all(e["seconds"] > 0 for e in g)  # timed (and kept out of train_seconds by train.timed_eval)
+    assert all(e["seconds"] > 0 for e in g)  # timed (and kept out of train_seconds by step.timed_eval)
     last = g[-1]
     model, d, norm = final_model_and_data(runs["probed"], runs["root"])
     # the probe: every old (40 < 256) and every new (20) training example, old first

@@ -13,6 +13,7 @@ import pytest
 from l2init import add_l2_init_grad_, l2_init_penalty, paired, snapshot
 from resnet import resnet18
 from sampler import LearningSpeed, batches
+import step
 from step import build_step, forward_backward, make_optimizer
 
 
@@ -190,11 +191,10 @@ def test_gpu_training_evaluation_and_learning_speed_match_an_fp32_reference(cuda
     last, eager or graphed) against fp32_reference, within bf16's precision: each step's loss within 3%, the
     20 steps' weight update in the same direction (cosine > 0.8: Adam turns small gradients into full-size
     steps, so bf16's rounding shows more in the update than in the gradient) and of the same size (within
-    15%). Then the bf16 evaluation and learning-speed pass (data.predict, train.record_learning_speed) against
+    15%). Then the bf16 evaluation and learning-speed pass (data.predict, step.record_learning_speed) against
     the same model in fp32: logits within 5% of their norm, and the same predicted class (and so the same
     learning-speed bit) for at least 90% of the images."""
     import data as D
-    import train
 
     losses, params, _, speed, _, _, model, loader = gpu_runs(cuda_graph)
     ref_losses, start, ref_params, _, _ = fp32_reference()
@@ -211,7 +211,7 @@ def test_gpu_training_evaluation_and_learning_speed_match_an_fp32_reference(cuda
     assert (got - want).norm() < 5e-2 * want.norm()
     pred = D.predict(model, loader.x, loader, autocast_dtype=torch.bfloat16)
     assert (pred == want.argmax(1)).float().mean() > 0.9
-    train.record_learning_speed(model, loader, speed, torch.bfloat16)  # one exact epoch (Eq. 6)
+    step.record_learning_speed(model, loader, speed, torch.bfloat16)  # one exact epoch (Eq. 6)
     assert (speed.by_epoch[-1] == (want.argmax(1) == loader.y)).float().mean() > 0.9
 
 

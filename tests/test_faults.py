@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import data as D
+import runlog
 import speedup
 import step
 import train
@@ -125,12 +126,12 @@ def test_a_run_folder_belongs_to_one_process(world, capsys):
         assert err == f"train.py: error: {world / 'locked'} is in use by another training process (pid 12345)"
     assert not (world / "locked" / "log.jsonl.part").exists()
     # the lock file of a dead process (nobody holds it) is taken over, and removed when the run ends
-    assert train.cli(argv) == 0 and speedup.is_finished(world / "locked")
+    assert train.cli(argv) == 0 and runlog.is_finished(world / "locked")
     assert sorted(os.listdir(world / "locked")) == ["ckpt.pt", "log.jsonl"]
 
 
 def test_log_and_checkpoint_record_the_data(world):
-    header = speedup.read_log(world / "old")[0]
+    header = runlog.read_log(world / "old")[0]
     x, y, names = D.load_dataset("folder", str(world / "a" / "syn"))
     # by hand: shape and dtype, then the images and labels of train and test, hashed in that order
     h = hashlib.sha256()
@@ -249,7 +250,7 @@ def test_ctrl_c_is_one_line_and_the_rerun_trains(world):
     assert proc.wait() == 130 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("train.py: interrupted;") and not (out / ".lock").exists()
     r = subprocess.run(argv, capture_output=True, text=True)  # the unfinished run starts again
-    assert r.returncode == 0 and speedup.is_finished(out), r.stderr
+    assert r.returncode == 0 and runlog.is_finished(out), r.stderr
 
 
 def test_list_into_a_closed_pipe_is_quiet(world):
@@ -307,7 +308,7 @@ def test_killed_driver_takes_its_workers_and_the_rerun_mixes_nothing(world, unin
     for p, b in finished.items():
         assert p.read_bytes() == b, p  # finished runs are neither run again nor touched
     logs = list(runs.glob("*/*/*/log.jsonl"))
-    assert len(logs) == 5 and all(speedup.is_finished(p) for p in logs)
+    assert len(logs) == 5 and all(runlog.is_finished(p) for p in logs)
     assert not list(runs.rglob("*.part")) and not list(runs.rglob(".lock"))
     table = list(csv.DictReader(open(world / "res_kill" / "table2a_folder.csv")))
     assert [[r[k] for k in KEYS] for r in table] == [[r[k] for k in KEYS] for r in uninterrupted]
@@ -527,7 +528,7 @@ def test_runs_from_an_old_model_that_changed_are_trained_again(world, uninterrup
     runs = copy_runs(world, "runs_lineage")
     old = runs / "2+2" / "seed0" / "old" / "ckpt.pt"
     ckpt = torch.load(old, weights_only=True)
-    assert speedup.read_log(runs / "2+2" / "seed0" / "continuous")[0]["old_weights_sha256"] == old_hash(runs)
+    assert runlog.read_log(runs / "2+2" / "seed0" / "continuous")[0]["old_weights_sha256"] == old_hash(runs)
     ckpt["model"]["fc.bias"] += 0.01
     torch.save(ckpt, old)
     scratch = tree_hash(runs / "2+2" / "seed0" / "scratch")
@@ -540,7 +541,7 @@ def test_runs_from_an_old_model_that_changed_are_trained_again(world, uninterrup
     out = capsys.readouterr().out
     assert out.count("training it again") == 3, out
     for label in CONTINUED:
-        assert speedup.read_log(runs / "2+2" / "seed0" / label)[0]["old_weights_sha256"] == old_hash(runs), label
+        assert runlog.read_log(runs / "2+2" / "seed0" / label)[0]["old_weights_sha256"] == old_hash(runs), label
     assert tree_hash(runs / "2+2" / "seed0" / "scratch") == scratch
 
 
@@ -552,7 +553,7 @@ def test_a_finished_old_model_without_its_checkpoint_is_trained_again(world, uni
     assert "the ckpt.pt that later runs start from is gone; training it again" in capsys.readouterr().out
     assert (runs / "2+2" / "seed0" / "old" / "ckpt.pt").is_file()
     for label in CONTINUED:  # kept (the same weights again, on a CPU) or trained again: never mixed
-        assert speedup.read_log(runs / "2+2" / "seed0" / label)[0]["old_weights_sha256"] == old_hash(runs), label
+        assert runlog.read_log(runs / "2+2" / "seed0" / label)[0]["old_weights_sha256"] == old_hash(runs), label
 
 
 # ------------------------------------------------------------------------------------------ a full disk

@@ -279,7 +279,7 @@ def test_schedule_rejects_bad_input():
 
 # ---------------------------------------------------------------- copy-alone imports
 
-@pytest.mark.parametrize("module", ["shrink_perturb", "l2init", "sampler", "schedule", "speedup"])
+@pytest.mark.parametrize("module", ["shrink_perturb", "l2init", "sampler", "schedule", "speedup", "runlog"])
 def test_module_imports_alone(tmp_path, module):
     shutil.copy(os.path.join(ROOT, f"{module}.py"), tmp_path)
     r = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=tmp_path, capture_output=True, text=True,

@@ -1,11 +1,13 @@
-"""speedup.py (Eq. 1, Eq. 2) on hand-made curves with known answers, and its CLI on hand-written logs."""
+"""speedup.py (Eq. 1, Eq. 2) on hand-made curves with known answers, and its CLI on hand-written logs (read by
+runlog.py, whose atomic write is tested here too)."""
 import json
 import math
 import os
 
 import pytest
 
-from speedup import csv_line, iterations_to_reach, main, replace_atomic, row_stats, speedup, speedup_cost
+from runlog import replace_atomic
+from speedup import csv_line, iterations_to_reach, main, row_stats, speedup, speedup_cost
 
 IT = [0, 100, 200, 300, 400]
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import step
 import train
 from conftest import ROOT, write_cifar
 from resnet import resnet18
@@ -263,7 +264,7 @@ def test_timed_eval_runs_in_eval_mode_and_returns_its_seconds():
         time.sleep(0.05)
         return model.training
 
-    was_training, seconds = train.timed_eval(model, torch.device("cpu"), work)
+    was_training, seconds = step.timed_eval(model, torch.device("cpu"), work)
     assert was_training is False and model.training and 0.05 <= seconds < 5
 
 
