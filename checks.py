@@ -47,6 +47,8 @@ def check_config(args, num_classes=None):
          "--sp is for --init scratch (use --init shrink_perturb to continue)"),
         (args.init == "scratch" or args.old_ckpt, f"--init {args.init} needs --old-ckpt (the task-1 checkpoint)"),
         (args.init == "scratch" or args.task > 0, f"--init {args.init} needs --task >= 1 (task 0 has no old model)"),
+        (not (args.keep_optimizer_state and args.init == "scratch"),
+         "--keep-optimizer-state needs --init old or shrink_perturb (a scratch run has no old Adam)"),
         (args.sampler == "uniform" or args.task > 0,
          f"--sampler {args.sampler} needs --task >= 1 (no old examples at task 0)"),
         (args.sampler != "easy_hard" or args.old_ckpt,
@@ -250,5 +252,8 @@ def load_old(args, groups, order, ident):
         raise UsageError(f"checkpoint {path} is of task {ckpt['task']}, task {args.task} needs task {args.task - 1}")
     if args.sampler == "easy_hard" and ckpt["config"].get("learning_speed") == "off":
         raise UsageError(f"checkpoint {path} recorded no learning speed (it ran --learning-speed off)")
+    if args.keep_optimizer_state and not ckpt.get("optimizer"):
+        raise UsageError(f"--keep-optimizer-state: checkpoint {path} holds no optimizer state (its run recorded no "
+                         "learning speed: --learning-speed off)")
     ckpt["weights_sha256"] = weights_hash(ckpt)  # recorded in the log: the lineage this run continues
     return ckpt

@@ -54,6 +54,11 @@ def is_finished(run_dir):
         return False
 
 
+def is_number(v):
+    """Whether a logged value is a finite number (JSON's true/false are not; NaN and Infinity are refused)."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def check_log(path, header, evals):
     """What a table needs of a log, as one readable ValueError: a label, a method configuration, and at least
     one evaluation with a finite accuracy and training time."""
@@ -67,7 +72,7 @@ def check_log(path, header, evals):
     for e in evals:
         for key in ("iter", "acc", "train_seconds"):
             v = e.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not is_number(v):
                 raise ValueError(f"{path}: evaluation at iteration {e.get('iter')} has {key} = {v}")
 
 

@@ -36,7 +36,7 @@ from resnet import STEMS, grow_head, resnet18, stem_for
 from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
 from shrink_perturb import shrink_perturb_
-from runlog import is_finished, read_log, replace_atomic
+from runlog import is_finished, is_number, read_log, replace_atomic
 from speedup import OneLineParser
 from step import (adam_state, build_step, load_adam_state_, make_optimizer, record_learning_speed, timed_eval,
                   train_accuracy)
@@ -144,7 +144,7 @@ def stop_accuracy(args):
         acc = read_log(args.stop_at_acc_of)[2].get("max_acc")
     except ValueError as e:
         raise UsageError(f"--stop-at-acc-of: {e}") from None
-    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+    if not is_number(acc):
         raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: its log's summary has max_acc = {acc}")
     return acc
 
@@ -337,8 +337,6 @@ def main(args):
     """Run one training job; returns the summary dict. Raises UsageError on bad input."""
     t_start = time.perf_counter()
     validate(args)
-    if args.keep_optimizer_state and args.init == "scratch":
-        raise UsageError("--keep-optimizer-state needs --init old or shrink_perturb (a scratch run has no old Adam)")
     device = resolve_device(args.device)
     settle_for_device(args, device)
     check_memory(args.width, args.image_size, args.batch_size, args.stem, device)
@@ -354,9 +352,6 @@ def main(args):
     speed = LearningSpeed(len(task.d.y), device)                                  # Eq. 6, for the next task
     opt = make_optimizer(model, args.lr, device, args.cuda_graph)                # App. A.2
     if args.keep_optimizer_state:  # the old run's Adam (docs/choices.md: optimizer of a continued run)
-        if not task.old.get("optimizer"):
-            raise UsageError(f"--keep-optimizer-state: checkpoint {args.old_ckpt} holds no optimizer state (its run "
-                             "recorded no learning speed: --learning-speed off)")
         load_adam_state_(model, opt, task.old["optimizer"])
     step, loss_sum = build_step(model, opt, loader, args.batch_size, reg, args.reg_lambda, AMP[args.amp],
                                 speed if args.learning_speed == "online" else None,

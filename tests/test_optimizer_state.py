@@ -2,8 +2,10 @@
 fresh Adam), the grown head's new rows from zero moments."""
 import math
 
+import pytest
 import torch
 
+import checks
 import train
 from conftest import write_folder
 from resnet import grow_head, resnet18
@@ -49,7 +51,10 @@ def test_checkpoint_holds_adam_state_and_a_run_continues_it(tmp_path, capsys):
     assert kept["config"]["label"] == "continuous + adam-state"
     capsys.readouterr()
     assert train.cli(common + ["--task", "1", "--keep-optimizer-state", "--out", str(tmp_path / "s")]) == 2
-    assert capsys.readouterr().err.strip().count("\n") == 0
+    err = capsys.readouterr().err.strip()  # refused by check_config, before anything is read or written
+    assert err.count("\n") == 0 and "no old Adam" in err and not (tmp_path / "s").exists()
+    with pytest.raises(checks.UsageError, match="no old Adam"):
+        checks.check_config(train.parse_or_raise(["--task", "1", "--keep-optimizer-state"]))
     # a run without a learning speed saves no Adam state either (nothing continues from it in the plans)
     assert train.cli(common + ["--task", "0", "--learning-speed", "off", "--out", str(tmp_path / "off")]) == 0
     capsys.readouterr()
