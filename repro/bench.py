@@ -36,7 +36,7 @@ from train import HelpFormatter, parse_or_raise, run_length
 
 from . import plans as P
 
-PAPER_ITERS, EVAL_EVERY = 39100, 200
+PAPER_RUN = (P.PAPER_SCALE["iters"], False, P.PAPER_SCALE["eval_every"])  # one x1 run of Table 1
 
 
 def cpu_name():
@@ -157,7 +157,8 @@ def time_ours(args, device, method="scratch", cuda_graph=False, n_test=10000, am
 
 
 def plan_runs(plans=None):
-    """{plan: [(iterations, records the exact learning speed) of each run]} of every plan of reproduce.sh (or
+    """{plan: [(iterations, records the exact learning speed, evaluation interval) of each run]} of every plan of
+    reproduce.sh (or
     those named), at each plan's own size (plans.PAPER_SCALE / SCALES), as train.py reads each run's flags
     (train.run_length: shortened schedules end early); Fig. 6's chain is counted in full (an upper bound)."""
     out = {}
@@ -168,16 +169,17 @@ def plan_runs(plans=None):
                                   chain_stop="schedule", **{k: scale[k] for k in ("seeds", "iters", "width",
                                                                                   "per_class", "image_size")})
         runs = [parse_or_raise(["--iters", str(scale["iters"])] + r.flags) for r in P.PLANS[plan](args, "runs")]
-        out[plan] = [(run_length(a), a.learning_speed == "exact") for a in runs]
+        out[plan] = [(run_length(a), a.learning_speed == "exact", scale["eval_every"]) for a in runs]
     return out
 
 
-def plan_seconds(runs, ms, eval_ms, eval_every=EVAL_EVERY, n_test=10000):
+def plan_seconds(runs, ms, eval_ms, n_test=10000):
     """Projected seconds of plan_runs' runs one at a time: their steps, their evaluations (train.py's: at
-    iteration 0, every eval_every and at the end), and the exact learning-speed passes (one eval pass over the
-    N training images per epoch of N / 128 steps: 128 / n_test of an evaluation per step, whatever N)."""
+    iteration 0, every eval_every of the run's plan and at the end), and the exact learning-speed passes (one
+    eval pass over the N training images per epoch of N / 128 steps: 128 / n_test of an evaluation per step,
+    whatever N). runs: plan_runs' (iterations, records, eval_every)."""
     return sum(iters * ms / 1000 + (math.ceil(iters / eval_every) + 1) * eval_ms / 1000
-               + records * iters * 128 / n_test * eval_ms / 1000 for iters, records in runs)
+               + records * iters * 128 / n_test * eval_ms / 1000 for iters, records, eval_every in runs)
 
 
 def time_typical(args, device):
@@ -257,8 +259,15 @@ def cpu_figures(args, argv, device, out, flops):
     out["matmul_tflops_bf16"] = ceil["bf16"]
     print(f"ceilings : fp32 {ceil['fp32'] * 1000:6.1f} GFLOP/s | bf16 {ceil['bf16'] * 1000:6.1f} GFLOP/s "
           f"({cores} threads, 1024 x 1024 matmul, measured)", flush=True)
-    configs = [("fp32 channels_last", None, torch.channels_last, False),
-               ("fp32 contiguous", None, torch.contiguous_format, False),
+    def show(name, amp, ms, eval_ms):
+        pct = 100 * flops * args.batch_size / (ms / 1000) / 1e12 / ceil["bf16" if amp else "fp32"]
+        out[f"cpu_{name.replace(' ', '_')}"] = {"ms_per_iter": ms, "eval_ms": eval_ms, "pct_ceiling": pct}
+        print(f"{name:19s}: {ms:8.2f} ms/it | {args.batch_size / ms * 1000:7.0f} img/s | {pct:4.1f}% of the "
+              f"{'bf16' if amp else 'fp32'} ceiling | eval {eval_ms:7.1f} ms / 10,000", flush=True)
+
+    base = out["ours_eager"]  # main's timing of this step: fp32, channels_last, the CPU's evaluation batch
+    show("fp32 channels_last", None, base["ms_per_iter"], base["eval_ms"])
+    configs = [("fp32 contiguous", None, torch.contiguous_format, False),
                ("bf16 channels_last", torch.bfloat16, torch.channels_last, False),
                ("fp32 compiled", None, torch.channels_last, True)]
     for name, amp, fmt, comp in configs:
@@ -270,20 +279,17 @@ def cpu_figures(args, argv, device, out, flops):
             continue
         finally:
             args.compile = False
-        pct = 100 * flops * args.batch_size / (ms / 1000) / 1e12 / ceil["bf16" if amp else "fp32"]
-        out[f"cpu_{name.replace(' ', '_')}"] = {"ms_per_iter": ms, "eval_ms": eval_ms, "pct_ceiling": pct}
-        print(f"{name:19s}: {ms:8.2f} ms/it | {args.batch_size / ms * 1000:7.0f} img/s | {pct:4.1f}% of the "
-              f"{'bf16' if amp else 'fp32'} ceiling | eval {eval_ms:7.1f} ms / 10,000", flush=True)
-    for batch in (D.EVAL_BATCH["cpu"], D.EVAL_BATCH["cuda"]):
-        eval_ms = time_ours(args, device, "ours", eval_batch=batch)[1]
+        show(name, amp, ms, eval_ms)
+    gpu_batch = D.EVAL_BATCH["cuda"]
+    for batch, eval_ms in ((D.EVAL_BATCH["cpu"], base["eval_ms"]),
+                           (gpu_batch, time_ours(args, device, "ours", eval_batch=gpu_batch)[1])):
         out[f"cpu_eval_ms_batch{batch}"] = eval_ms
         print(f"eval batch {batch:4d}: {eval_ms:7.1f} ms / 10,000 test images (fp32 channels_last)", flush=True)
-    ms, eval_ms = out["cpu_fp32_channels_last"]["ms_per_iter"], out[f"cpu_eval_ms_batch{D.EVAL_BATCH['cpu']}"]
+    ms, eval_ms = base["ms_per_iter"], base["eval_ms"]
     runs = plan_runs(["laptop"])["laptop"]
-    every = P.SCALES["laptop"]["eval_every"]
-    total = plan_seconds(runs, ms, eval_ms, every)
-    steps = plan_seconds(runs, ms, 0, every)
-    evals = plan_seconds([(i, False) for i, _ in runs], 0, eval_ms, every)
+    total = plan_seconds(runs, ms, eval_ms)
+    steps = plan_seconds(runs, ms, 0)
+    evals = plan_seconds([(i, False, every) for i, _, every in runs], 0, eval_ms)
     out["laptop"] = {"one_at_a_time_h": total / 3600, "eval_share": evals / total,
                      "learning_speed_share": (total - steps - evals) / total}
     print(f"laptop   : {len(runs)} runs, {total / 3600:.2f} h one at a time at this size ({args.width} wide, "
@@ -361,7 +367,7 @@ def main(argv=None):
             tflops = flops * args.batch_size / (ms / 1000) / 1e12
             r = out[key] = {"ms_per_iter": ms, "images_per_s": args.batch_size / ms * 1000, "eval_ms": eval_ms,
                             "tflops": tflops, "pct_ceiling": 100 * tflops / ceiling, "peak_gib": peak,
-                            "full_run_s": plan_seconds([(PAPER_ITERS, False)], ms, eval_ms)}  # one x1 run
+                            "full_run_s": plan_seconds([PAPER_RUN], ms, eval_ms)}
             print(f"{key:14s}: {ms:8.3f} ms/it | {r['images_per_s']:9.0f} img/s | {tflops:6.3g} TFLOP/s "
                   f"({r['pct_ceiling']:4.1f}% of ceiling) | eval {eval_ms:7.1f} ms / 10,000 "
                   f"| peak {peak:.2f} GiB | full run {r['full_run_s']:7.1f} s", flush=True)
@@ -372,7 +378,7 @@ def main(argv=None):
     for plan, rs in runs.items():
         hours = out["plans_h_one_at_a_time"][plan] = plan_seconds(rs, ms, eval_ms) / 3600
         print(f"projected: {plan:9s} {len(rs):4d} runs, {hours:6.2f} h one at a time ({key})", flush=True)
-    table1_iters = sum(iters for iters, _ in runs["table1"])
+    table1_iters = sum(iters for iters, _, _ in runs["table1"])
     if not args.no_typical:
         tms = time_typical(args, device)
         out.update(typical_ms_per_iter=tms, speedup_over_typical=tms / ms)

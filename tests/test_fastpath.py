@@ -335,18 +335,21 @@ def test_bench_projects_train_pys_evaluations_and_each_plans_run_lengths():
     # by hand, 2 ms a step, 100 ms an evaluation: 400 steps = 0.8 s and evaluations at 0, 200, 400 = 0.3 s;
     # 1000 steps = 2 s, evaluations at 0, 200, ..., 1000 = 0.6 s, learning-speed passes 1000 * 128 / 10,000
     # evaluations = 1.28 s; 300 steps = 0.6 s, evaluations at 0, 200, 300 = 0.3 s
-    assert plan_seconds([(400, False), (1000, True), (300, False)], 2, 100) == pytest.approx(0.8 + 0.3 + 2 + 0.6
-                                                                                            + 1.28 + 0.6 + 0.3)
+    assert plan_seconds([(400, False, 200), (1000, True, 200), (300, False, 200)], 2, 100) == \
+        pytest.approx(0.8 + 0.3 + 2 + 0.6 + 1.28 + 0.6 + 0.3)
+    # each run at its own plan's interval: 300 steps every 78 = evaluations at 0, 78, 156, 234, 300 = 0.5 s
+    assert plan_seconds([(300, False, 78)], 2, 100) == pytest.approx(0.6 + 0.5)
     runs = plan_runs()["table1"]
     # per seed: the old model (full length, records the learning speed for easy/hard), Table 1's x0.25 rows
     # (Naive and all four methods, each continuous and scratch: 4 runs at 39,100 / 4 = 9,775), the figures' x0.5
     # and x0.75 rows, and the other 16 rows at full length, none recording
-    assert sorted(runs) == sorted(5 * ([(39100.0, True)] + [(9775.0, False)] * 4 + [(19550.0, False)] * 2
-                                       + [(29325.0, False)] + [(39100.0, False)] * 16))
+    assert sorted(runs) == sorted(5 * ([(39100.0, True, 200)] + [(9775.0, False, 200)] * 4
+                                       + [(19550.0, False, 200)] * 2 + [(29325.0, False, 200)]
+                                       + [(39100.0, False, 200)] * 16))
     # the laptop plan at its own length: per seed the old model (recording), Scratch, Continuous, Ours (x1) and
     # Ours (x0.5); and the plateau check, twice as long
-    assert sorted(plan_runs(["laptop"])["laptop"]) == sorted(3 * ([(3910.0, True)] + [(3910.0, False)] * 3
-                                                                  + [(1955.0, False)]) + [(7820.0, False)])
+    assert sorted(plan_runs(["laptop"])["laptop"]) == sorted(3 * ([(3910.0, True, 78)] + [(3910.0, False, 78)] * 3
+                                                                  + [(1955.0, False, 78)]) + [(7820.0, False, 78)])
 
 
 @pytest.mark.parametrize("device, msg", [("foo", "unknown device 'foo'"), ("cuda:99", "--device cuda:99")])
