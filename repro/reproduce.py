@@ -47,10 +47,11 @@ def die(msg):
 def train_argv(run, args, runs_dir):
     """The full train.py command line of a run (without --device)."""
     return ["--dataset", args.dataset, "--data-dir", args.data_dir, "--no-download", "--image-size",
-            str(args.image_size), *(["--per-class", str(args.per_class)] if args.per_class else []), "--stem", args.stem, "--split", run.split,
-            "--split-seed", str(run.seed), "--seed", str(run.seed), "--iters", str(args.iters),
-            "--eval-every", str(args.eval_every), "--batch-size", str(args.batch_size), "--width", str(args.width),
-            "--amp", args.amp, "--label", run.label, "--out", os.path.join(runs_dir, run.name), *run.flags] + \
+            str(args.image_size), *(["--per-class", str(args.per_class)] if args.per_class else []),
+            "--stem", args.stem, "--split", run.split, "--split-seed", str(run.seed), "--seed", str(run.seed),
+            "--iters", str(args.iters), "--eval-every", str(args.eval_every), "--batch-size", str(args.batch_size),
+            "--width", str(args.width), "--amp", args.amp, "--label", run.label,
+            "--out", os.path.join(runs_dir, run.name), *run.flags] + \
         ["--cuda-graph"] * args.cuda_graph
 
 
@@ -122,7 +123,8 @@ def execute(runs, args, runs_dir):
     by_name = {r.name: r for r in runs}
     argvs = {r.name: train_argv(r, args, runs_dir) for r in runs}
     old_ckpts = {r.name: old_ckpt_of(argvs[r.name]) for r in runs}
-    started_from = set(old_ckpts.values())  # the checkpoints some run starts from (or samples by)
+    # the checkpoints an unfinished run starts from (or samples by): a finished seed's old model may go
+    started_from = {old_ckpts[r.name] for r in runs if not runlog.is_finished(os.path.join(runs_dir, r.name))}
     done, pending, hashes, ran = set(), set(), {}, set()
     for r in sorted(runs, key=lambda r: depth(r, by_name)):
         run_dir = os.path.join(runs_dir, r.name)
@@ -225,8 +227,9 @@ def old_ckpt_of(argv):
 def same_lineage(run, old_ckpt, runs_dir, hashes, retrained):
     """Whether a finished run started from the old model now at old_ckpt: the weights hash its log recorded
     (checks.weights_hash) against the checkpoint's. A log from before the hash was recorded passes unless
-    its old model was trained again by this driver. hashes: a cache {path: hash}."""
-    if old_ckpt is None:
+    its old model was trained again by this driver; so does a run whose old checkpoint is gone (nothing to
+    differ from: the old model was not trained again). hashes: a cache {path: hash}."""
+    if old_ckpt is None or not os.path.isfile(old_ckpt):
         return True
     recorded = runlog.read_log(os.path.join(runs_dir, run.name))[0].get("old_weights_sha256")
     if recorded is None:
@@ -245,7 +248,7 @@ def check_lineages(runs, args, runs_dir):
     hashes = {}
     for r in runs:
         old = old_ckpt_of(train_argv(r, args, runs_dir))
-        if old and os.path.isfile(old) and runlog.is_finished(os.path.join(runs_dir, r.name)) and \
+        if runlog.is_finished(os.path.join(runs_dir, r.name)) and \
                 not same_lineage(r, old, runs_dir, hashes, retrained=False):
             die(f"{os.path.join(runs_dir, r.name)} was continued from another {old} than the one there now; run "
                 "without --report-only to train it again")
@@ -560,14 +563,16 @@ def main(argv=None):
     return 1 if failed else 0
 
 
-# training FLOPs per image of ResNet-18 at width 64 on 32x32 images with the CIFAR stem (forward 0.56 GFLOPs,
-# backward twice that), and what a CPU sustains on it: a rough guide for cpu_time, not a measurement
-TRAIN_FLOPS, CPU_FLOPS = 1.7e9, 1e11
+# training FLOPs per image of ResNet-18 at width 64 on 32x32 images with the CIFAR stem (forward 0.56 GMACs = 1.1
+# GFLOPs, backward twice that: bench.flops_per_image counts 3.33e9), and what a CPU sustains on it (the laptop plan:
+# 4e14 FLOPs in 77 min on 2 cores, 0.9e11 FLOP/s): a rough guide for cpu_time, not a measurement
+TRAIN_FLOPS, CPU_FLOPS = 3.3e9, 1e11
 
 
 def cpu_time(runs, args):
-    """Roughly how long the plan's runs take on a CPU, in words ('3 minutes', '2.5 days'): iterations x batch x
-    TRAIN_FLOPS, scaled by width^2 and the number of pixels the stem leaves, over CPU_FLOPS."""
+    """Roughly how long the plan's runs take on a CPU, in words ('3 minutes', '3 days'): iterations x batch x
+    TRAIN_FLOPS, scaled by width^2 and the number of pixels the stem leaves, over CPU_FLOPS; every run counted
+    at --iters (shortened schedules end sooner: an upper bound)."""
     pixels = (args.image_size / (1 if args.stem == "cifar" else 4) / 32) ** 2
     seconds = len(runs) * args.iters * args.batch_size * TRAIN_FLOPS * (args.width / 64) ** 2 * pixels / CPU_FLOPS
     for unit, size in (("weeks", 604800), ("days", 86400), ("hours", 3600), ("minutes", 60)):

@@ -546,14 +546,37 @@ def test_runs_from_an_old_model_that_changed_are_trained_again(world, uninterrup
 
 
 def test_a_finished_old_model_without_its_checkpoint_is_trained_again(world, uninterrupted, capsys):
+    """Only when a run still to do needs it: the old model is trained again (on a CPU to the same weights, so the
+    two finished runs continued from it are checked against the new checkpoint and kept, their logs untouched)."""
     runs = copy_runs(world, "runs_no_ckpt")
-    (runs / "2+2" / "seed0" / "old" / "ckpt.pt").unlink()
-    (runs / "2+2" / "seed0" / "continuous" / "log.jsonl").unlink()  # a run that needs it is still to do
+    seed = runs / "2+2" / "seed0"
+    (seed / "old" / "ckpt.pt").unlink()
+    (seed / "continuous" / "log.jsonl").unlink()  # a run that needs it is still to do
+    kept = {label: (seed / label / "log.jsonl").read_bytes() for label in CONTINUED[1:]}
     assert reproduce.main(driver_argv(world, "a", "runs_no_ckpt", "res_no_ckpt")) == 0
-    assert "the ckpt.pt that later runs start from is gone; training it again" in capsys.readouterr().out
-    assert (runs / "2+2" / "seed0" / "old" / "ckpt.pt").is_file()
-    for label in CONTINUED:  # kept (the same weights again, on a CPU) or trained again: never mixed
-        assert runlog.read_log(runs / "2+2" / "seed0" / label)[0]["old_weights_sha256"] == old_hash(runs), label
+    out = capsys.readouterr().out
+    assert "the ckpt.pt that later runs start from is gone; training it again" in out
+    assert out.count("kept: its old model was trained again to the same weights") == 2, out
+    assert all((seed / label / "log.jsonl").read_bytes() == log for label, log in kept.items())
+    assert (seed / "old" / "ckpt.pt").is_file()
+    for label in CONTINUED:
+        assert runlog.read_log(seed / label)[0]["old_weights_sha256"] == old_hash(runs), label
+
+
+def test_a_finished_seed_without_its_old_checkpoint_is_kept_whole(world, uninterrupted, capsys):
+    """Every run of the seed finished (logs kept, checkpoints not, as tools/gpu_check.sh carries them): nothing
+    needs the old checkpoint, so nothing is trained again, and --report-only reads the same runs."""
+    runs = copy_runs(world, "runs_logs_only")
+    for ckpt in runs.rglob("ckpt.pt"):
+        ckpt.unlink()
+    before = tree_hash(runs)
+    assert reproduce.main(driver_argv(world, "a", "runs_logs_only", "res_logs_only")) == 0
+    out = capsys.readouterr().out
+    assert "0 to run" in out and "training it again" not in out, out
+    assert tree_hash(runs) == before
+    assert reproduce.main(driver_argv(world, "a", "runs_logs_only", "res_logs_only2") + ["--report-only"]) == 0
+    assert (world / "res_logs_only2" / "table2a_folder.csv").read_text() == \
+        (world / "res_ref" / "table2a_folder.csv").read_text()
 
 
 # ------------------------------------------------------------------------------------------ a full disk

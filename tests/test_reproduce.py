@@ -123,6 +123,22 @@ def test_refuses_to_run_on_cpu_without_asking(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_cpu_time_by_hand():
+    """The no-GPU message's estimate: runs x iterations x batch x 3.3e9 FLOPs (ResNet-18, width 64, 32 px),
+    scaled by width^2 and pixels, at 1e11 FLOP/s. Table 1: 120 x 39,100 x 128 x 3.3e9 / 1e11 = 1.98e7 s = 32.8
+    weeks; the laptop plan's 16 runs: 16 x 3,910 x 128 x 3.3e9 / 16 / 4 / 1e11 = 4,129 s = 68.8 minutes (measured
+    on 2 cores: 76.7)."""
+    from argparse import Namespace
+
+    paper = Namespace(iters=39100, batch_size=128, width=64, image_size=32, stem="cifar")
+    assert reproduce.cpu_time([None] * 120, paper) == "33 weeks"
+    laptop = Namespace(iters=3910, batch_size=128, width=16, image_size=16, stem="cifar")
+    assert reproduce.cpu_time([None] * 16, laptop) == "69 minutes"
+    assert reproduce.cpu_time([None], Namespace(**{**vars(laptop), "iters": 200})) == "13 seconds"
+    big = Namespace(iters=39100, batch_size=128, width=64, image_size=128, stem="imagenet")  # 128 / 4 = 32 px left
+    assert reproduce.cpu_time([None] * 3, big) == reproduce.cpu_time([None] * 3, paper) == "6 days"
+
+
 def test_finished_runs_from_before_a_switch_at_its_old_behaviour_are_kept(table, capsys):
     # --keep-optimizer-state and --per-class came later; their defaults (a fresh Adam, every training image) are
     # what a run did before them, so a log without those keys is the planned run: neither refused nor redone, and
