@@ -108,7 +108,8 @@ def keep_fuller(results_dir, name, n):
     for ext in ("md", "csv"):
         path = os.path.join(results_dir, f"{name}.{ext}")
         if os.path.exists(path):
-            runlog.replace_atomic(os.path.join(results_dir, f"{name}.prev.{ext}"), lambda tmp: shutil.copyfile(path, tmp))
+            runlog.replace_atomic(os.path.join(results_dir, f"{name}.prev.{ext}"),
+                                  lambda tmp: shutil.copyfile(path, tmp))
     print(f"reproduce.sh: warning: {results_dir}/{name}.md was made from {before} finished runs, this one from {n}; "
           f"the old table is kept as {name}.prev.md", file=sys.stderr)
 
@@ -318,25 +319,30 @@ def report_fig7(runs, args, runs_dir, results_dir):
 def report_laptop(runs, args, runs_dir, results_dir):
     """The laptop plan: Table 2a's section (report_sections), each row's final training accuracy, and the
     plateau check: seed 0's scratch model at twice the iterations against seed 0's scratch model."""
-    summaries, made_with = {}, set()
+    train_accs, best, made_with = {}, {}, set()
     for r in runs:
         d = os.path.join(runs_dir, r.name)
-        if runlog.is_finished(d):
-            header, _, summary = runlog.read_log(d)
-            summaries.setdefault(r.label, []).append(summary)
-            v = header.get("versions", {})
-            made_with.add((v.get("torch"), v.get("python"), v.get("device"), (v.get("git_commit") or "?")[:7]))
+        if not runlog.is_finished(d):
+            continue
+        header, _, summary = runlog.read_log(d)
+        for key in ("max_acc", "train_acc"):  # train_acc: None in logs older than it
+            v = summary.get(key)
+            if not runlog.is_number(v) and (key == "max_acc" or v is not None):  # a hand-edited log: one line
+                raise ValueError(f"{os.path.join(d, 'log.jsonl')}: its summary has {key} = {v}")
+        train_accs.setdefault(r.label, []).append(summary.get("train_acc"))
+        best[r.label, r.seed] = summary["max_acc"]
+        v = header.get("versions", {})
+        made_with.add((v.get("torch"), v.get("python"), v.get("device"), (v.get("git_commit") or "?")[:7]))
     notes = ["In brackets: the paper's Table 2a, CIFAR-10 (8+2) at full size (50,000 images, 32 px, width 64, "
              "39,100 iterations), not at this scale.", "",
              "Training accuracy of the final model on its own training images (unaugmented), mean ± s.e. over "
              "seeds:", ""]
     for row, label in [("Old model", "old")] + P.TABLE2A_ROWS:
-        accs = [s["train_acc"] for s in summaries.get(label, []) if s.get("train_acc") is not None]
+        accs = [a for a in train_accs.get(label, []) if a is not None]
         notes.append(f"- {row}: " + ("{:.2f} ± {:.2f}".format(*S.mean_se(accs)) + f" ({len(accs)} seeds)" if accs
                                       else "(not run)"))
-    one = {r.label: os.path.join(runs_dir, r.name) for r in runs if r.seed == 0 and r.label in ("scratch", P.PLATEAU)}
-    if all(runlog.is_finished(d) for d in one.values()) and len(one) == 2:
-        a1, a2 = (runlog.read_log(one[lab])[2]["max_acc"] for lab in ("scratch", P.PLATEAU))
+    a1, a2 = best.get(("scratch", 0)), best.get((P.PLATEAU, 0))
+    if a1 is not None and a2 is not None:
         verdict = "on the plateau (< 1 point)" if a2 - a1 < 1 else "NOT on the plateau (>= 1 point)"
         notes += ["", f"Plateau check (seed 0, scratch): Max Acc {a1:.2f} at {args.iters} iterations, {a2:.2f} at "
                       f"{2 * args.iters} (schedule stretched): {a2 - a1:+.2f} points, {verdict}."]

@@ -1,6 +1,8 @@
 """The laptop plan (Table 2a's CIFAR-10 rows sized for a CPU): its run list and settings, the training subset
 (--per-class), CIFAR at another resolution, the plan end to end on synthetic CIFAR pickles, and the committed
-table rebuilt byte for byte from the committed logs."""
+table rebuilt byte for byte from the committed logs and its numbers recomputed from them independently."""
+import csv
+import glob
 import json
 import math
 import os
@@ -8,6 +10,7 @@ import platform
 import re
 import shlex
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ import torch
 import data as D
 import resnet
 import train
-from conftest import ROOT, write_cifar
+from conftest import ROOT, curves, independent_max_acc, independent_speedup, write_cifar
 from repro import plans, reproduce
 
 LAPTOP = os.path.join(ROOT, "results", "laptop")
@@ -36,6 +39,10 @@ def test_take_per_class_keeps_n_of_each_class_from_one_seeded_permutation():
     assert torch.equal(pos3, pos3.sort().values)  # in the dataset's own order
     assert set(pos3.tolist()) <= set(pos5.tolist())  # the first n of one permutation: nested subsets
     assert torch.equal(D.take_per_class((x, y), 3, names)[0], x3)  # the same subset every time
+    # which images: the first 3 of each class in torch.randperm(21) of a generator seeded 0, written out here
+    perm = torch.randperm(21, generator=torch.Generator().manual_seed(0)).tolist()
+    want = sorted(p for c in range(3) for p in [p for p in perm if y[p] == c][:3])
+    assert pos3.tolist() == want and want != sorted(p for c in range(3) for p in (y == c).nonzero()[:3, 0].tolist())
     assert D.take_per_class((x, y), 0, names)[0] is x
     with pytest.raises(ValueError, match="class 'b' has only 5 training images"):
         D.take_per_class((x, y), 6, names)
@@ -48,6 +55,8 @@ def test_per_class_changes_the_data_identity(tmp_path, no_checksum):
     assert len(sub[0][1]) == 40 and torch.equal(sub[1][0], full[1][0])  # the test set is whole
     a, b = D.identity(*full), D.identity(*sub, per_class=4)
     assert b["per_class"] == 4 and b["num_train"] == 40 and D.identity_diff(b, a) is not None
+    # the per_class key is what tells a subset from a whole dataset of the same images
+    assert D.identity_diff(D.identity(*sub, per_class=4), D.identity(*sub)) is not None
 
 
 # ------------------------------------------------------------------------------------ CIFAR resized
@@ -88,7 +97,7 @@ def test_laptop_plan_runs_and_settings(capsys):
         assert (a.width, a.image_size, a.per_class, a.eval_every, a.amp) == (16, 16, 100, 78, "fp32")
         assert a.iters == (7820 if a.label == plans.PLATEAU else 3910)
         assert a.seed == a.split_seed and a.seed in (0, 1, 2)
-    assert math.ceil(3910 / 78) + 1 >= 50  # L99 / L100 resolved by at least 50 evaluations
+    assert all(math.ceil(a.iters / a.eval_every) + 1 >= 50 for a in runs)  # L99 / L100: 50 evaluations or more
     ours, half = by[plans.OURS][0], by[plans.OURS + "+x0.5"][0]
     assert (ours.init, ours.reg, ours.sampler, ours.schedule_scale) == ("shrink_perturb", "l2init", "easy_hard", 1.0)
     assert (half.init, half.reg, half.sampler, half.schedule_scale) == ("shrink_perturb", "l2init", "easy_hard", 0.5)
@@ -139,8 +148,11 @@ def test_laptop_quick_end_to_end(tmp_path, no_checksum, capsys):
     assert plateau[0]["data"]["per_class"] == 12 and plateau[0]["data"]["num_train"] == 120
     best = lambda lines: max(x["acc"] for x in lines if x["event"] == "eval")  # noqa: E731
     assert f"{best(one):.2f} at 24 iterations, {best(plateau):.2f} at 48" in md
-    assert f"{best(plateau) - best(one):+.2f} points" in md
+    gain = best(plateau) - best(one)
+    assert f"{gain:+.2f} points, {'on' if gain < 1 else 'NOT on'} the plateau" in md
     commit = (plateau[0]["versions"]["git_commit"] or "?")[:7]  # every run of the plan is of this checkout
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert commit == (head[:7] or "?")  # "?" only outside a git checkout
     assert (f"Made with (from the runs' headers): torch {torch.__version__}, Python {platform.python_version()}, "
             f"cpu, code of commit {commit}.") in md
     accs = [logs[f"8+2/seed{s}/old"][-1]["train_acc"] for s in (0, 1)]
@@ -158,6 +170,19 @@ def test_laptop_quick_end_to_end(tmp_path, no_checksum, capsys):
         hit = model(torch.from_numpy((px - mean) / std).float()).argmax(1) == y
     assert logs["8+2/seed0/scratch"][-1]["train_acc"] == pytest.approx(100 * hit.double().mean().item())
     assert all(0 <= lines[-1]["train_acc"] <= 100 for lines in logs.values())
+    # run again: the finished --per-class runs are recognised as the same data and configuration, and kept
+    before = {p: p.read_bytes() for p in runs.rglob("log.jsonl")}
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    assert "11 already finished, 0 to run" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in runs.rglob("log.jsonl")} == before
+    # a summary edited by hand: one line naming the file and the field, not a traceback
+    log = runs / "8+2/seed0/scratch-2x-iters/log.jsonl"
+    log.write_text(log.read_text().replace('"max_acc": ', '"max_acc": "high", "was": '))
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(argv + ["--report-only"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "max_acc = high" in err, err
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(LAPTOP, "laptop.md")), reason="no committed laptop table")
@@ -170,6 +195,25 @@ def test_report_only_rebuilds_the_committed_laptop_table(tmp_path):
                                   str(tmp_path / "res")]) == 0
     for name in ("laptop.md", "laptop.csv"):
         assert (tmp_path / "res" / name).read_bytes() == open(os.path.join(LAPTOP, name), "rb").read(), name
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(LAPTOP, "laptop.md")), reason="no committed laptop table")
+def test_committed_laptop_table_agrees_with_its_logs_recomputed_independently():
+    """Each row's Max Acc (± s.e.) and L99 / L100 of the committed table, recomputed from the committed logs with
+    Eq. 1-2 written again (conftest), not with the code that wrote the table."""
+    seeds = sorted(glob.glob(os.path.join(LAPTOP, "logs", "8+2", "seed*")))
+    runs = {label: [curves(os.path.join(s, label)) for s in seeds] for label in
+            ("scratch", "continuous", plans.OURS, plans.OURS + "+x0.5")}
+    rows = list(csv.DictReader(open(os.path.join(LAPTOP, "laptop.csv"), encoding="utf-8")))
+    assert sorted(r["label"] for r in rows) == sorted(runs) and all(int(r["n"]) == len(seeds) for r in rows)
+    for row in rows:
+        cur = runs[row["label"]]
+        acc, se = independent_max_acc(cur)
+        assert float(row["max_acc"]) == pytest.approx(acc, abs=1e-3) and float(row["max_acc_se"]) == \
+            pytest.approx(se, abs=1e-5), row["label"]
+        for r in (99, 100):
+            want = independent_speedup(runs["scratch"], cur, r)
+            assert (row[f"L{r}"] == "") if want is None else float(row[f"L{r}"]) == pytest.approx(want, rel=1e-5)
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(LAPTOP, "laptop.md")), reason="no committed laptop table")
