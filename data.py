@@ -42,10 +42,11 @@ def load_dataset(name, data_dir, image_size=32, download=True):
     """Returns ((train_x uint8 [N,3,H,W], train_y int64 [N]), (test_x, test_y), class_names).
 
     cifar10 / cifar100 go through torchvision's dataset classes, so downloading and checksums are the
-    library's; an image_size other than 32 resizes them once here (resize_uint8). folder reads data_dir/train/<class>/* and data_dir/test/<class>/*, or data_dir/<class>/* cut
-    per class into train and test (folder.seeded_split), resized to image_size x image_size (the whole image,
-    squashed, as Downsampled ImageNet does), and caches the decoded tensors in one file next to the data (or,
-    if that folder is read-only, in ~/.cache/same-accuracy/; see folder.cache_paths)."""
+    library's; an image_size other than 32 resizes them once here (resize_uint8). folder reads
+    data_dir/train/<class>/* and data_dir/test/<class>/*, or data_dir/<class>/* cut per class into train and test
+    (folder.seeded_split), resized to image_size x image_size (the whole image, squashed, as Downsampled ImageNet
+    does), and caches the decoded tensors in one file next to the data (or, if that folder is read-only, in
+    ~/.cache/same-accuracy/; see folder.cache_paths)."""
     if name in ("cifar10", "cifar100"):
         import torchvision  # only here: the method modules and tests of other parts do not need it
 

@@ -20,6 +20,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".
 # the images are test images, chosen with this seed (seeded_split)
 TEST_FRACTION, TEST_SEED = 0.2, 0
 
+
 def _is_junk(name):
     """An archiver's or a desktop's side file or folder, not data: macOS's __MACOSX/ and ._* resource forks,
     and hidden names (.DS_Store, .ipynb_checkpoints/)."""

@@ -141,7 +141,8 @@ def timed_eval(model, device, fn):
 
 
 def train_correct(model, loader, amp):
-    """bool [N]: whether the model classifies each of its training images right, unaugmented, in eval mode."""
+    """bool [N]: whether the model classifies each of its training images right, unaugmented (in timed_eval: in
+    eval mode)."""
     return D.predict(model, loader.x, loader, autocast_dtype=amp) == loader.y
 
 

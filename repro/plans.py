@@ -345,7 +345,8 @@ def plan_fig6(args, runs_dir):
 ANALYSIS_LABELS = ["scratch", "continuous+gradnorms"]
 
 
-SECTIONS = {"table2a": sections_table2a, "laptop": sections_laptop, "table2b": sections_table2b, "appendix": sections_appendix}
+SECTIONS = {"table2a": sections_table2a, "laptop": sections_laptop, "table2b": sections_table2b,
+            "appendix": sections_appendix}
 PLANS = {"table1": rows_plan(TABLE1_LABELS), "table2a": sections_plan(sections_table2a),
          "table2b": sections_plan(sections_table2b), "fig6": plan_fig6, "fig7": plan_fig7,
          "appendix": sections_plan(sections_appendix), "analysis": rows_plan(ANALYSIS_LABELS),

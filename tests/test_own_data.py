@@ -1,5 +1,6 @@
 """docs/reproducing.md's "Your own data": its exact commands, end to end, on a tiny synthetic image folder
-(10 classes, width 8, a few iterations), and the resulting table checked against the runs' logs, recomputed independently."""
+(10 classes, width 8, a few iterations), and the resulting table checked against the runs' logs, recomputed
+independently."""
 import csv
 import json
 import os
