@@ -35,6 +35,7 @@ from step import build_step, make_optimizer
 from train import HelpFormatter, parse_or_raise, run_length
 
 from . import plans as P
+from . import reproduce
 
 PAPER_RUN = (P.PAPER_SCALE["iters"], False, P.PAPER_SCALE["eval_every"])  # one x1 run of Table 1
 
@@ -158,18 +159,14 @@ def time_ours(args, device, method="scratch", cuda_graph=False, n_test=10000, am
 
 def plan_runs(plans=None):
     """{plan: [(iterations, records the exact learning speed, evaluation interval) of each run]} of every plan of
-    reproduce.sh (or
-    those named), at each plan's own size (plans.PAPER_SCALE / SCALES), as train.py reads each run's flags
+    reproduce.sh (or those named) at its default setting, from the train.py command lines the driver gives them
     (train.run_length: shortened schedules end early); Fig. 6's chain is counted in full (an upper bound)."""
     out = {}
     for plan in plans or P.PLAN_DEFAULTS:
-        dataset, split = P.PLAN_DEFAULTS[plan]
-        scale = P.SCALES.get(plan, P.PAPER_SCALE)
-        args = argparse.Namespace(dataset=dataset, split=split, compare_to=None, chain_scale=1.0,
-                                  chain_stop="schedule", **{k: scale[k] for k in ("seeds", "iters", "width",
-                                                                                  "per_class", "image_size")})
-        runs = [parse_or_raise(["--iters", str(scale["iters"])] + r.flags) for r in P.PLANS[plan](args, "runs")]
-        out[plan] = [(run_length(a), a.learning_speed == "exact", scale["eval_every"]) for a in runs]
+        args = reproduce.build_parser().parse_args(["--plan", plan, "--device", "cpu"])
+        runs_dir, _ = reproduce.resolve(args)
+        runs = [parse_or_raise(reproduce.train_argv(r, args, runs_dir)) for r in P.PLANS[plan](args, runs_dir)]
+        out[plan] = [(run_length(a), a.learning_speed == "exact", a.eval_every) for a in runs]
     return out
 
 
