@@ -160,13 +160,18 @@ def check_task(args, d):
                          f"({len(d.y)} examples)")
 
 
+def num_weights(width):
+    """About how many weights ResNet-18 has at a base width: 11.2M at 64, growing as width^2."""
+    return 11.2e6 * (width / 64) ** 2
+
+
 def memory_needed(width, image_size, batch_size, stem):
     """A lower bound on the bytes that training a ResNet-18 takes: its weights, gradients and Adam's two
     moments in fp32 (about 11.2M weights at width 64, growing as width^2), and per image of a batch the
     activations kept for the backward pass (at 2 bytes, as bf16; the stem's output and about 8 tensors of each
     stage's size; the ImageNet stem shrinks the image 4x). The real need is larger: this refuses only sizes
     that cannot fit."""
-    params = 11.2e6 * (width / 64) ** 2
+    params = num_weights(width)
     s = image_size if stem == "cifar" else image_size / 4
     per_image = 3 * width * s * s + sum(8 * width * 2 ** i * (s / 2 ** i) ** 2 for i in range(4))
     return 16 * params + 2 * batch_size * per_image

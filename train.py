@@ -296,9 +296,10 @@ class WriteError(Exception):
 
 
 def bytes_to_write(model, anchor, args, n_train):
-    """About what a run writes: ckpt.pt (the weights, their init, the learning speed and the example index:
-    save_results) and its log (under a megabyte)."""
+    """About what a run writes: ckpt.pt (the weights, their init, Adam's two moments where the run records a
+    learning speed, the learning speed and the example index: save_results) and its log (under a megabyte)."""
     tensors = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *anchor.values()])
+    tensors += 2 * 4 * sum(p.numel() for p in model.parameters()) * (args.learning_speed != "off")  # adam_state
     epochs = run_length(args) * args.batch_size // n_train + 1
     return tensors + n_train * (8 + 8 + 4) + epochs * (n_train // 8 + 1) + 2 ** 20
 

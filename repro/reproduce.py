@@ -214,9 +214,9 @@ def execute(runs, args, runs_dir):
 
 
 def run_bytes(args):
-    """About what one run writes: its ckpt.pt holds the weights and their init (about 11.2M fp32 values each
-    at width 64, growing as width^2; train.bytes_to_write counts them exactly) and a log."""
-    return 2 * 4 * 11.2e6 * (args.width / 64) ** 2 + 2 ** 20
+    """About what one run writes: its ckpt.pt holds the weights, their init and Adam's two moments, fp32 values
+    each (train.bytes_to_write counts them exactly), and a log."""
+    return 4 * 4 * checks.num_weights(args.width) + 2 ** 20
 
 
 def old_ckpt_of(argv):
@@ -415,8 +415,6 @@ def resolve(args):
         args.jobs_per_gpu = (os.cpu_count() or 1) if laptop_on_cpu else 1
     if min(args.seeds, args.iters, args.width, args.batch_size, args.jobs_per_gpu, args.image_size) < 1:
         die("--seeds, --iters, --width, --batch-size, --jobs-per-gpu and --image-size must be >= 1")
-    if args.per_class < 0:
-        die("--per-class must be >= 0 (0: every training image)")
     if args.amp == "auto":  # explicit in every command, so a finished run's log can be checked against the plan
         args.amp = "fp32" if args.device == "cpu" else "bf16"
     args.stem = stem_for(args.image_size) if args.stem == "auto" else args.stem  # explicit too, as --amp
@@ -603,20 +601,21 @@ def prepare_data(args, runs=()):
         die(f"cannot load {args.dataset} from {args.data_dir}: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
     for r in sorted(runs, key=lambda r: r.task):  # train.py's check_task, before the first run
-        n = training_examples(train, len(classes), domains, r)
-        if args.batch_size > n:
-            die(f"--batch-size {args.batch_size} is larger than {r.name}'s training data ({n} examples)")
+        try:
+            checks.check_task(argparse.Namespace(batch_size=args.batch_size, task=r.task),
+                              task_labels(train, test, len(classes), domains, r))
+        except checks.UsageError as e:
+            die(f"{r.name}: {e}")
     return found
 
 
-def training_examples(train, num_classes, domains, run):
-    """How many training examples `run` has: its task's cumulative classes (or domains) of the split."""
+def task_labels(train, test, num_classes, domains, run):
+    """The task data of `run` as train.py selects it (data.task_data / domain_task_data), without the images."""
+    strip = lambda part: (torch.empty(len(part[1]), 0), *part[1:])  # noqa: E731 - labels (and domains) only
     if domains:
-        return int((train[2] <= run.task).sum())
-    groups, order = data.parse_split(run.split, num_classes), data.class_order(num_classes, run.seed)
-    wanted = torch.zeros(num_classes, dtype=torch.bool)
-    wanted[torch.as_tensor(order[:sum(groups[:run.task + 1])])] = True
-    return int(wanted[train[1]].sum())
+        return data.domain_task_data(strip(train), strip(test), num_classes, len(domains), run.task)
+    return data.task_data(strip(train), strip(test), data.parse_split(run.split, num_classes),
+                          data.class_order(num_classes, run.seed), run.task)
 
 
 if __name__ == "__main__":

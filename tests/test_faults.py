@@ -205,8 +205,9 @@ def test_bad_driver_inputs_exit_2_before_anything(world, capsys):
         (["--runs", str(world / "afile")], "--runs"),
         (["--results", str(world / "afile" / "x")], "--results"),
         (["--batch-size", "1"], "--batch-size must be >= 2"),
+        (["--per-class", "-1"], "--per-class must be >= 0"),
         (["--width", "100000"], "training needs at least"),
-        (["--batch-size", "20"], "--batch-size 20 is larger than 2+2/seed0/old's training data (16 examples)"),
+        (["--batch-size", "20"], "2+2/seed0/old: --batch-size 20 is larger than task 0's training data (16 examples)"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "no CUDA device"))

@@ -1,4 +1,5 @@
 """train.py end to end on a tiny learnable dataset in the CIFAR-10 on-disk format (width-8 ResNet, CPU)."""
+import argparse
 import json
 import math
 import os
@@ -52,6 +53,19 @@ def read(run_dir):
 
 def ckpt(run_dir):
     return torch.load(run_dir / "ckpt.pt", weights_only=True)
+
+
+def test_the_space_check_counts_what_a_run_writes(chain):
+    """bytes_to_write (the free-space check's need) is at least what a finished run left, ckpt.pt (with Adam's
+    moments) and log.jsonl, and above it by no more than its 1 MiB allowance for the log and pickling."""
+    for name in ("old", "ours", "scratch"):
+        c = ckpt(chain[name])
+        model = resnet18(c["num_classes"], width=8)
+        model.load_state_dict(c["model"])
+        args = argparse.Namespace(**c["config"])
+        need = train.bytes_to_write(model, c["init"], args, len(c["index"]))
+        written = sum(os.path.getsize(chain[name] / f) for f in ("ckpt.pt", "log.jsonl"))
+        assert written <= need <= written + 2 ** 20, (name, written, need)
 
 
 def test_checkpoints_of_the_chain(chain):
