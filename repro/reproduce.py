@@ -402,11 +402,11 @@ def resolve(args):
     scale = P.SCALES.get(args.plan, P.PAPER_SCALE)
     if args.quick:
         args.seeds, args.iters = min(args.seeds or scale["seeds"], 2), args.iters or scale["quick_iters"]
-    if args.eval_every is None:  # the plan's number of evaluations per run, whatever its length
-        args.eval_every = max(1, round((args.iters or scale["iters"]) * scale["eval_every"] / scale["iters"]))
     for key in ("seeds", "iters", "width", "per_class", "image_size"):
         if getattr(args, key) is None:
             setattr(args, key, scale[key])
+    if args.eval_every is None:  # the plan's number of evaluations per run, whatever its length
+        args.eval_every = max(1, round(args.iters * scale["eval_every"] / scale["iters"]))
     args.image_size = P.image_size(args) if args.image_size is None else args.image_size
     if args.device == "auto" and args.plan == "laptop" and not torch.cuda.is_available():
         args.device = "cpu"  # the CPU-sized plan: a CPU is the hardware it is for
