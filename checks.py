@@ -3,6 +3,7 @@ configuration (check_config, which reproduce.sh also runs over every planned run
 (writable, not a finished run; lock_run then holds it for one process), the device, the task's data and the old
 checkpoint (load_old: the same lineage, classes, data and examples). All but the lock write nothing.
 """
+import argparse
 import hashlib
 import math
 import os
@@ -16,6 +17,11 @@ from runlog import is_finished
 
 class UsageError(Exception):
     """Bad input: reported as one line on stderr with exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block (train.py, reproduce.sh, repro.table)
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 FLOATS = {"sp_alpha": (0, 1), "sp_beta": (0, None), "reg_lambda": (0, None), "eh_c": (0, 1), "eh_r": (0, None),

@@ -7,7 +7,7 @@ a reader, or a killed process, never sees half a file).
                {"event": "eval", "iter", "acc", "train_seconds", ...}         one per evaluation
                {"event": "summary", "max_acc", ...}                           last: the run is finished
 
-Standard library only: speedup.py's command line and the driver (repro/) read logs through it.
+Standard library only: train.py, checks.py and the driver (repro/: its tables, repro.table) read logs through it.
 """
 import json
 import math

@@ -21,15 +21,11 @@ the seeds both have (a failed run must not compare 4 seeds with 5).
 The same ratios in measured training seconds (the logs' train_seconds at those iterations) show whether the
 savings survive in wall-clock time when some methods cost more per iteration.
 
-The functions import only the standard library and numpy (copy this file alone to use them); a table takes runs
-as {label: [(header, evaluations), ...]}, as runlog.group_runs reads them from train.py's log.jsonl files. The
-command line reads those logs (it needs runlog.py beside it):
-    python speedup.py runs/*/ --reference scratch [--target max|final] [--md table.md] [--csv table.csv]
+Standard library and numpy only: copy this file alone to use it. A table takes runs as {label: [(header,
+evaluations), ...]}, as runlog.group_runs reads them from train.py's log.jsonl files; `python -m repro.table
+RUNS... --reference scratch` prints one from run folders.
 """
-import argparse
 import math
-import os
-import sys
 
 import numpy as np
 
@@ -216,43 +212,3 @@ def to_csv(rows, rs=(99, 100)):
     cols = ["label", "n", "left_out", "max_acc", "max_acc_se"] + \
         [f"L{r}{kind}" for kind in ("", "_seconds", "_fragile", "_seeds", "_seeds_se", "_seeds_reached") for r in rs]
     return "\n".join([",".join(cols)] + [csv_line(row[c] for c in cols) for row in rows]) + "\n"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block: train.py and reproduce.sh use it too
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def main(argv=None):
-    p = OneLineParser(description="L99/L100 speed-ups (paper Eq. 1-2) from train.py run folders.")
-    p.add_argument("runs", nargs="+", help="run folders (each holding log.jsonl) or log files")
-    p.add_argument("--reference", required=True, help="label of the reference runs (e.g. scratch)")
-    p.add_argument("--target", default="max", choices=["max", "final"],
-                   help="a_scratch of Eq. 2: the reference's maximum or its final accuracy")
-    p.add_argument("--md", help="also write the table as Markdown to this file")
-    p.add_argument("--csv", help="also write the table as CSV to this file")
-    args = p.parse_args(argv)
-    from runlog import group_runs, write_atomic  # the command line only: the functions above stand alone
-
-    try:
-        for flag, path in (("--md", args.md), ("--csv", args.csv)):  # before the work, not after the table
-            folder = os.path.dirname(os.path.abspath(path)) if path else None
-            if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-                raise ValueError(f"{flag} {path}: folder {folder} does not exist or is not writable")
-        groups = group_runs(args.runs, warn=lambda m: print(f"speedup.py: warning: {m}", file=sys.stderr))
-        if args.reference not in groups:
-            raise ValueError(f"reference '{args.reference}' not among the runs ({', '.join(sorted(groups))})")
-        rows = [row_stats(groups, label, args.reference, target=args.target) for label in groups]
-        md = to_markdown(rows) + FRAGILE_NOTE + SEEDS_NOTE
-        for path, text in ((args.md, md), (args.csv, to_csv(rows) if args.csv else None)):
-            if path:
-                write_atomic(path, text)
-    except (ValueError, KeyError, OSError) as e:
-        print(f"speedup.py: error: {e}", file=sys.stderr)
-        return 2
-    print(md, end="")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,8 +28,8 @@ import types
 import torch
 
 import analysis
-from checks import (UsageError, check_memory, check_space, check_task, load_old, lock_run, resolve_device, unlock_run,
-                    validate)
+from checks import (OneLineParser, UsageError, check_memory, check_space, check_task, load_old, lock_run,
+                    resolve_device, unlock_run, validate)
 import data as D
 from l2init import paired, paired_penalty, snapshot
 from resnet import STEMS, grow_head, resnet18, stem_for
@@ -37,7 +37,6 @@ from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights,
 from schedule import lr_at
 from shrink_perturb import shrink_perturb_
 from runlog import is_finished, is_number, read_log, replace_atomic
-from speedup import OneLineParser
 from step import (adam_state, build_step, load_adam_state_, make_optimizer, record_learning_speed, timed_eval,
                   train_accuracy)
 
@@ -453,7 +452,7 @@ def build_parser():
     a("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
     a("--out", default="runs/run", help="output folder for log.jsonl and ckpt.pt")
     a("--overwrite", action="store_true", help="replace a finished run in --out")
-    a("--label", help="row name used by speedup.py (default: 'old' for --task 0, 'scratch', 'continuous' for "
+    a("--label", help="row name in the tables (repro.table) (default: 'old' for --task 0, 'scratch', 'continuous' for "
                        "--init old, else made from the method flags)")
     a("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     a("--amp", default="auto", choices=["auto", "bf16", "fp32"],

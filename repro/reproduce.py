@@ -341,7 +341,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, train.HelpFormatter):
 
 
 def build_parser():
-    p = S.OneLineParser(prog="reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
+    p = checks.OneLineParser(prog="reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--plan", default="table1", choices=list(P.PLANS),
       help="table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7), "

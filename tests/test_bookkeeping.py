@@ -1,6 +1,6 @@
 """What feeds the tables besides Eq. 1-2: the training-seconds bookkeeping (every 'seconds' column), the logged
 learning rates of the multistep schedule (App. A.6, Fig. 13), the default evaluation interval (the resolution of
-L99 / L100), speedup.py's refusal of runs on other data, Fig. 7's two verdicts, and the pixels of a resized
+L99 / L100), repro.table's refusal of runs on other data, Fig. 7's two verdicts, and the pixels of a resized
 image folder."""
 import json
 import time
@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import data as D
-import speedup
 import train
 from conftest import write_folder
-from repro import reproduce
+from repro import reproduce, table
 from repro.report import fig7_verdicts
 
 
@@ -84,9 +83,9 @@ def test_speedup_refuses_runs_trained_on_different_data(tmp_path, capsys):
         return str(tmp_path / name)
 
     same = [run("s", "scratch", 0, "aaa"), run("o", "ours", 0, "aaa")]
-    assert speedup.main(same + ["--reference", "scratch"]) == 0
+    assert table.main(same + ["--reference", "scratch"]) == 0
     capsys.readouterr()
-    assert speedup.main(same + [run("x", "ours", 1, "bbb"), "--reference", "scratch"]) == 2
+    assert table.main(same + [run("x", "ours", 1, "bbb"), "--reference", "scratch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("were trained on different data") and "/x" in err[0]
 

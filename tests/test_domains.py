@@ -14,10 +14,9 @@ import torch
 
 import data as D
 import folder
-import speedup
 import train
 from conftest import ROOT, curves, independent_max_acc, independent_speedup, synthetic_images, write_folder
-from repro import plans, reproduce
+from repro import plans, reproduce, table
 from resnet import resnet18
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -160,7 +159,7 @@ FIG7 = ["--plan", "fig7", "--dataset", "folder", "--image-size", "32", "--width"
 
 def test_fig7_plan(domains, capsys):
     """Fig. 7 end to end: an old model on product images per seed, then Scratch, Naive and Ours on both domains;
-    the table's numbers recomputed from the logs, the figure drawn, speedup.py agreeing."""
+    the table's numbers recomputed from the logs, the figure drawn, repro.table agreeing."""
     res, runs = domains / "res7", domains / "runs7"
     argv = FIG7 + ["--data-dir", str(domains / "data"), "--split", "+".join(DOMAINS), "--runs", str(runs),
                    "--results", str(res)]
@@ -194,9 +193,9 @@ def test_fig7_plan(domains, capsys):
     margin = np.hypot(float(rows[2]["max_acc_se"]), float(rows[1]["max_acc_se"]))
     assert f"Naive is **{speed}**" in md
     assert f"**{'higher' if gap > margin else 'not higher'}** beyond one standard error" in md
-    # speedup.py reads the same logs to the same L99
+    # repro.table reads the same logs to the same L99
     capsys.readouterr()
-    assert speedup.main([str(p) for p in (runs / "+".join(DOMAINS)).glob("seed*/*") if p.name != "old"]
+    assert table.main([str(p) for p in (runs / "+".join(DOMAINS)).glob("seed*/*") if p.name != "old"]
                         + ["--reference", "scratch", "--csv", str(domains / "s.csv")]) == 0
     ours = next(r for r in csv.DictReader(open(domains / "s.csv")) if r["label"] == plans.OURS)
     for k in ("L99", "L100", "max_acc"):

@@ -18,11 +18,10 @@ import torch
 
 import data as D
 import runlog
-import speedup
 import step
 import train
 from conftest import ROOT, write_folder
-from repro import reproduce
+from repro import reproduce, table
 
 TRAIN = ["--dataset", "folder", "--split", "2+2", "--width", "8", "--batch-size", "8", "--iters", "4",
          "--eval-every", "4", "--no-download", "--quiet", "--device", "cpu"]
@@ -330,7 +329,7 @@ def test_two_datasets_of_one_folder_name_never_share_runs(world, uninterrupted, 
     assert tree_hash(world / "runs_ref") == before and not (world / "res_other").exists()
 
 
-# ------------------------------------------------------------------------------------------ speedup.py
+# ------------------------------------------------------------------------------------ repro.table
 
 def write_log(path, header=None, evals=None, summary=True):
     path.mkdir(parents=True)
@@ -353,14 +352,14 @@ def test_speedup_bad_logs(tmp_path, capsys):
         ([ok, "--md", str(tmp_path / "missing" / "t.md")], "does not exist"),
     ]
     for argv, msg in cases:
-        assert speedup.main(argv + ["--reference", "scratch"]) == 2, argv
+        assert table.main(argv + ["--reference", "scratch"]) == 2, argv
         out, err = capsys.readouterr()
         assert msg in err and len(err.strip().splitlines()) == 1 and out == "", (argv, err)
     assert not (tmp_path / "missing").exists()
     # the same folder twice counts once; an unfinished run is left out with a warning
     unfinished = write_log(tmp_path / "unfinished", header={"event": "header", "label": "x", "group": {}},
                            summary=False)
-    assert speedup.main([ok, ok + "/log.jsonl", unfinished, "--reference", "scratch"]) == 0
+    assert table.main([ok, ok + "/log.jsonl", unfinished, "--reference", "scratch"]) == 0
     out, err = capsys.readouterr()
     assert "| scratch | 1 |" in out and "given twice" in err and "unfinished" in err
 
@@ -491,8 +490,8 @@ def test_broken_runs_folders_are_one_line_and_touch_nothing(world, uninterrupted
         assert tree_hash(world / "res_broken") == tables and tree_hash(world / "runs_ref") == before, name
         assert (tree_hash(runs) if runs.exists() else None) == runs_before, name
         if "--report-only" not in extra and name != "locked":
-            run = str(runs / "2+2" / "seed0" / "scratch")  # speedup.py says the same of the same log
-            assert speedup.main([run, "--reference", "scratch"]) == 2
+            run = str(runs / "2+2" / "seed0" / "scratch")  # repro.table says the same of the same log
+            assert table.main([run, "--reference", "scratch"]) == 2
             err = capsys.readouterr().err.strip()
             assert phrase in err and len(err.splitlines()) == 1, err
     for f in held:

@@ -1,6 +1,7 @@
 """Each method module against an independent hand computation."""
 import copy
 import math
+import ast
 import os
 import shutil
 import subprocess
@@ -279,9 +280,16 @@ def test_schedule_rejects_bad_input():
 
 # ---------------------------------------------------------------- copy-alone imports
 
-@pytest.mark.parametrize("module", ["shrink_perturb", "l2init", "sampler", "schedule", "speedup", "runlog"])
+@pytest.mark.parametrize("module", ["shrink_perturb", "l2init", "sampler", "schedule", "speedup", "runlog",
+                                    "analysis"])
 def test_module_imports_alone(tmp_path, module):
     shutil.copy(os.path.join(ROOT, f"{module}.py"), tmp_path)
     r = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=tmp_path, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": ""})
     assert r.returncode == 0, r.stderr
+    # nor anywhere inside it (an import in a function would only fail when that function runs)
+    project = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")} | {"repro", "tools", "tests"}
+    tree = ast.parse(open(os.path.join(ROOT, f"{module}.py")).read())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names] + \
+        [n.module or "." for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.split(".")[0] in project or n.startswith(".")], names

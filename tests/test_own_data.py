@@ -9,8 +9,8 @@ import shlex
 
 import pytest
 
-import speedup
 import train
+from repro import table
 from conftest import ROOT, curves, independent_max_acc, independent_speedup, write_folder
 
 TINY = ["--width", "8", "--iters", "12", "--eval-every", "3", "--batch-size", "16", "--quiet", "--device", "cpu"]
@@ -26,12 +26,12 @@ def readme_commands(block=0):
 
 def test_readme_commands_for_your_own_data(tmp_path, monkeypatch, capsys):
     cmds = readme_commands()
-    assert [c[:2] for c in cmds] == [["python", "train.py"]] * 4 + [["python", "speedup.py"]]
+    assert [c[:2] for c in cmds] == [["python", "train.py"]] * 4 + [["python", "-m"]]
     monkeypatch.chdir(tmp_path)
     write_folder(tmp_path / "my_images", num_classes=10, n_train=8, n_test=4)
     for cmd in cmds[:4]:  # the page's flags as written; only the size of the run is shrunk
         assert train.cli(cmd[2:] + TINY) == 0, cmd
-    assert speedup.main(cmds[4][2:]) == 0
+    assert table.main(cmds[4][3:]) == 0
     out = capsys.readouterr().out
     runs = tmp_path / "runs" / "mine"
     headers = {n: json.loads(open(runs / n / "log.jsonl").readline()) for n in ("old", "naive", "ours", "scratch")}
@@ -64,13 +64,13 @@ def test_readme_commands_for_a_new_domain(tmp_path, monkeypatch, capsys):
     from test_domains import write_domains
 
     cmds = readme_commands(1)
-    assert [c[:2] for c in cmds] == [["python", "train.py"]] * 4 + [["python", "speedup.py"]]
+    assert [c[:2] for c in cmds] == [["python", "train.py"]] * 4 + [["python", "-m"]]
     monkeypatch.chdir(tmp_path)
     domains = cmds[0][cmds[0].index("--split") + 1].split("+")
     write_domains(tmp_path / "my_domains", num_classes=3, n=10, size=32, names=domains)
     for cmd in cmds[:4]:
         assert train.cli(cmd[2:] + TINY) == 0, cmd
-    assert speedup.main(cmds[4][2:]) == 0
+    assert table.main(cmds[4][3:]) == 0
     runs = tmp_path / "runs" / "dom"
     headers = {n: json.loads(open(runs / n / "log.jsonl").readline()) for n in ("old", "naive", "ours", "scratch")}
     assert {h["num_classes"] for h in headers.values()} == {3}  # the head does not grow: no class is new

@@ -1,13 +1,14 @@
-"""speedup.py (Eq. 1, Eq. 2) on hand-made curves with known answers, and its CLI on hand-written logs (read by
-runlog.py, whose atomic write is tested here too)."""
+"""speedup.py (Eq. 1, Eq. 2) on hand-made curves with known answers, and repro.table's command line on
+hand-written logs (read by runlog.py, whose atomic write is tested here too)."""
 import json
 import math
 import os
 
 import pytest
 
+from repro.table import main
 from runlog import replace_atomic
-from speedup import csv_line, iterations_to_reach, main, row_stats, speedup, speedup_cost
+from speedup import csv_line, iterations_to_reach, row_stats, speedup, speedup_cost
 
 IT = [0, 100, 200, 300, 400]
 
