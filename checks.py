@@ -1,10 +1,10 @@
-"""Checks of train.py's input, each failing as a one-line UsageError (exit code 2, no traceback): the
-configuration (check_config, which reproduce.sh also runs over every planned run before the first), --out
-(writable, not a finished run; lock_run then holds it for one process), the device, the task's data and the old
-checkpoint (load_old: the same lineage, classes, data and examples). All but the lock write nothing.
+"""Checks of train.py's input, each failing as a one-line UsageError (exit code 2, no traceback): the command
+line (OneLineParser), the configuration (check_config, which reproduce.sh also runs over every planned run before
+the first), --out (writable, not a finished run; runlog.lock_run then holds it for one process), the free space,
+the run to stop at (--stop-at-acc-of), the device and its memory, the task's data. None of them writes anything;
+the old checkpoint's checks are ckpt.load_old's.
 """
 import argparse
-import hashlib
 import math
 import os
 import shutil
@@ -12,11 +12,7 @@ import shutil
 import torch
 
 import data as D
-from runlog import is_finished
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr with exit code 2."""
+from runlog import UsageError, is_finished, is_number, read_log  # noqa: F401 (UsageError: checks.UsageError)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -113,57 +109,27 @@ def validate(args):
         raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
 
 
-def lock_run(out, overwrite=False, what="another training process"):
-    """Make --out and lock it for this process (out/.lock, flock: the kernel drops it when the process dies,
-    however it dies, so a stale lock file is simply taken over). Returns the handle for unlock_run.
-
-    Two processes training into one folder would both write log.jsonl.part and corrupt it; the second
-    gets a one-line error instead. The finished-run check is repeated under the lock: another process may
-    have finished this run since validate()."""
-    import fcntl
-
-    try:
-        os.makedirs(out, exist_ok=True)
-        path = os.path.join(out, ".lock")
-        while True:
-            f = open(path, "a+")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "?"
-                f.close()
-                raise UsageError(f"{out} is in use by {what} (pid {holder})") from None
-            if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
-                break
-            f.close()  # the holder removed the file as we opened it: lock the new one
-    except OSError as e:
-        raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    if is_finished(out) and not overwrite:
-        unlock_run(f)
-        raise UsageError(f"{out} already holds a finished run (use --overwrite to replace it)")
-    return f
-
-
-def unlock_run(handle):
-    """Remove the lock file while holding it (a process waiting on the old file re-checks: see lock_run)."""
-    try:
-        os.remove(handle.name)
-    except OSError:
-        pass
-    handle.close()
-
-
 def check_task(args, d):
     """Checks that need the task's data: a batch must fit in it (uniform sampling draws each batch without
     replacement from one stream of epochs, so a larger batch would repeat examples within the batch)."""
     if args.batch_size > len(d.y):
         raise UsageError(f"--batch-size {args.batch_size} is larger than task {args.task}'s training data "
                          f"({len(d.y)} examples)")
+
+
+def stop_accuracy(args):
+    """The accuracy at which to stop early (--stop-at-acc-of: that finished run's maximum), or None."""
+    if not args.stop_at_acc_of:
+        return None
+    if not is_finished(args.stop_at_acc_of):
+        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
+    try:
+        acc = read_log(args.stop_at_acc_of)[2].get("max_acc")
+    except ValueError as e:
+        raise UsageError(f"--stop-at-acc-of: {e}") from None
+    if not is_number(acc):
+        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: its log's summary has max_acc = {acc}")
+    return acc
 
 
 def num_weights(width):
@@ -215,56 +181,3 @@ def resolve_device(name):
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
     return dev
-
-
-def weights_hash(ckpt):
-    """sha256 of what a continued run takes from a checkpoint: the weights, their random init (L2-init's
-    anchor) and the learning speed. A log records its old model's (train.open_log), so that a run continued
-    from an old model that was trained again since is noticed (reproduce.execute)."""
-    h = hashlib.sha256()
-    for part in ("model", "init", "learning_speed"):
-        for name, t in sorted(ckpt[part].items()):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_old(args, groups, order, ident):
-    """--old-ckpt, the task-1 checkpoint, after checking that it belongs to this run's lineage and data (ident:
-    the dataset's identity, data.identity) and task, so that it was trained on exactly this task's old examples
-    in their order (data.task_data selects them from these alone), and, for easy/hard sampling, recorded their
-    learning speed."""
-    path = args.old_ckpt
-    if os.path.isdir(path):
-        inside = os.path.join(path, "ckpt.pt")
-        raise UsageError(f"--old-ckpt {path} is a folder: give the checkpoint in it, {inside}"
-                         + ("" if os.path.isfile(inside) else " (not there yet: is that run finished?)"))
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path} not found")
-    mine = {"dataset": args.dataset, "groups": groups, "class_order": order, "width": args.width,
-            "image_size": args.image_size, "stem": args.stem}  # the class names are in the data identity
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        missing = [k for k in ("model", "init", "learning_speed", "task", "data", "config", *mine)
-                   if k not in ckpt]
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-    if missing:
-        raise UsageError(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
-    for key, value in mine.items():
-        if ckpt[key] != value:
-            raise UsageError(f"checkpoint {path} is from a different {key.replace('_', ' ')} "
-                             f"({str(ckpt[key])[:60]} vs {str(value)[:60]})")
-    what = D.identity_diff(ckpt["data"], ident)
-    if what:
-        raise UsageError(f"checkpoint {path} was trained on other data ({what} not the same)")
-    if ckpt["task"] != args.task - 1:
-        raise UsageError(f"checkpoint {path} is of task {ckpt['task']}, task {args.task} needs task {args.task - 1}")
-    if args.sampler == "easy_hard" and ckpt["config"].get("learning_speed") == "off":
-        raise UsageError(f"checkpoint {path} recorded no learning speed (it ran --learning-speed off)")
-    if args.keep_optimizer_state and not ckpt.get("optimizer"):
-        raise UsageError(f"--keep-optimizer-state: checkpoint {path} holds no optimizer state (its run recorded no "
-                         "learning speed: --learning-speed off)")
-    ckpt["weights_sha256"] = weights_hash(ckpt)  # recorded in the log: the lineage this run continues
-    return ckpt

@@ -1,18 +1,26 @@
-"""A run folder as train.py leaves it, and what reads it: its log.jsonl (read_log; is_finished: the summary line
-is written last, so a log without it is a run that did not finish), the runs of a table grouped by row over seeds
-(group_runs, refusing what would mix configurations, data or copies of one run), and atomic writes (replace_atomic:
-a reader, or a killed process, never sees half a file).
+"""A run folder as train.py writes and leaves it, and what reads it: its log.jsonl (read_log; is_finished: the
+summary line is written last, so a log without it is a run that did not finish), the runs of a table grouped by
+row over seeds (group_runs, refusing what would mix configurations, data or copies of one run), the log being
+written (LogWriter: log.jsonl.part, renamed when the run is finished) under the folder's lock (lock_run: one
+process per run folder), and atomic writes (replace_atomic: a reader, or a killed process, never sees half a
+file).
 
     log.jsonl: {"event": "header", "label", "config", "group", "data", ...}   the run's configuration
                {"event": "eval", "iter", "acc", "train_seconds", ...}         one per evaluation
                {"event": "summary", "max_acc", ...}                           last: the run is finished
 
-Standard library only: train.py, checks.py and the driver (repro/: its tables, repro.table) read logs through it.
+Standard library only: train.py, checks.py and the driver (repro/: its tables, repro.table) go through it.
 """
+import contextlib
 import json
 import math
 import os
 import sys
+
+
+class UsageError(Exception):
+    """Bad input (here: a run folder in use, finished, or not writable): one line on stderr, exit code 2."""
+
 
 def read_lines(run_dir):
     """(path, every line of a run's log.jsonl as a dict). Raises ValueError on a file it cannot parse."""
@@ -129,3 +137,85 @@ def write_atomic(path, text):
             f.write(text)
 
     replace_atomic(path, write)
+
+
+def lock_run(out, overwrite=False, what="another training process"):
+    """Make --out and lock it for this process (out/.lock, flock: the kernel drops it when the process dies,
+    however it dies, so a stale lock file is simply taken over). Returns the handle for unlock_run.
+
+    Two processes training into one folder would both write log.jsonl.part and corrupt it; the second
+    gets a one-line error instead. The finished-run check is repeated under the lock: another process may
+    have finished this run since validate()."""
+    import fcntl
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, ".lock")
+        while True:
+            f = open(path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                f.close()
+                raise UsageError(f"{out} is in use by {what} (pid {holder})") from None
+            if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                break
+            f.close()  # the holder removed the file as we opened it: lock the new one
+    except OSError as e:
+        raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    if is_finished(out) and not overwrite:
+        unlock_run(f)
+        raise UsageError(f"{out} already holds a finished run (use --overwrite to replace it)")
+    return f
+
+
+def unlock_run(handle):
+    """Remove the lock file while holding it (a process waiting on the old file re-checks: see lock_run)."""
+    try:
+        os.remove(handle.name)
+    except OSError:
+        pass
+    handle.close()
+
+
+class LogWriter:
+    """A run's log.jsonl.part, under the folder's lock from open to close: log(record) appends one JSON line and
+    flushes it; finish() renames the file to log.jsonl, the mark of a finished run; close(discard=True) leaves no
+    half-written run behind. A failed write is an OSError naming the file."""
+
+    def __init__(self, out, overwrite=False):
+        self.lock = lock_run(out, overwrite)
+        self.path, self.done = os.path.join(out, "log.jsonl.part"), os.path.join(out, "log.jsonl")
+        try:
+            self.f = open(self.path, "w")
+        except OSError:
+            unlock_run(self.lock)
+            raise
+
+    def __call__(self, record):
+        try:
+            self.f.write(json.dumps(record) + "\n")
+            self.f.flush()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, self.path) from None
+
+    def finish(self):
+        os.replace(self.path, self.done)
+        self.close()
+
+    def close(self, discard=False):
+        try:
+            self.f.close()  # flushes: fails too on a full disk
+        except OSError:
+            pass
+        finally:
+            if discard:
+                with contextlib.suppress(OSError):
+                    os.remove(self.path)
+            unlock_run(self.lock)

@@ -7,13 +7,15 @@ forward pass runs under bf16 autocast, Adam is fused, and nothing in the step wa
 body can be recorded once as a CUDA graph and replayed (--cuda-graph).
 
 Between steps, train.py's loop times the passes over the training images that are not training (timed_eval):
-the learning speed at each epoch's end (Eq. 6) and the final model's training accuracy.
+the learning speed at each epoch's end (Eq. 6), the final model's training accuracy, and with --grad-norms the
+gradient-norm probe (App. A.7).
 """
 import time
 
 import torch
 import torch.nn.functional as F
 
+import analysis
 import data as D
 from l2init import add_l2_init_grad_
 
@@ -156,3 +158,25 @@ def train_accuracy(model, loader, amp):
     plateau where the model fits its data, as the paper's 100 epochs do."""
     hit = timed_eval(model, loader.device, lambda: train_correct(model, loader, amp))[0]
     return 100.0 * hit.double().mean().item()
+
+
+def grad_norm_probe(model, loader, d, n_iters, log):
+    """probe(it): at the log-spaced iterations of analysis.probe_iterations(n_iters), log the per-example gradient
+    norms of a fixed probe of the task's (d: data.task_data) old and new training examples (App. A.7, Fig. 14;
+    analysis.grad_norm_summary). Returns the seconds it took (0 elsewhere), so that the caller can keep it out
+    of the training time."""
+    at = set(analysis.probe_iterations(n_iters))
+    idx = analysis.probe_set(d.is_old).to(loader.device)
+    x, y = loader.normalize(loader.x[idx]), loader.y[idx]  # unaugmented, as the evaluation sees them
+    n_old = int(d.is_old[idx.cpu()].sum())  # probe_set puts the old examples first
+
+    def probe(it):
+        if it not in at:
+            return 0.0
+        # eval mode: BatchNorm's running statistics, so one example's gradient is its own (analysis.py)
+        rec, seconds = timed_eval(model, loader.device,
+                                  lambda: analysis.grad_norm_summary(model, x, y, n_old, d.num_classes))
+        log({"event": "grad_norms", "iter": it, **rec, "num_old_classes": d.num_old_classes, "seconds": seconds})
+        return seconds
+
+    return probe

@@ -11,12 +11,10 @@ the run's length (Sec. 3.4, schedule.py), the loop over the training step (step.
 the command line (argparse with the paper's defaults of App. A.2, row labels, device settings; bad input is refused
 in one line by checks.py). A run records the learning speed of all its training examples (Eq. 6) so that the next
 task can sample by it (unless --learning-speed off), and writes log.jsonl (header, one line per evaluation, summary)
-and ckpt.pt into --out, both atomically.
+and ckpt.pt into --out, both atomically (runlog.py, ckpt.py).
 """
 import argparse
-import contextlib
 import errno
-import json
 import math
 import os
 import platform
@@ -27,17 +25,17 @@ import types
 
 import torch
 
-import analysis
-from checks import (OneLineParser, UsageError, check_memory, check_space, check_task, load_old, lock_run,
-                    resolve_device, unlock_run, validate)
+from checks import (OneLineParser, UsageError, check_memory, check_space, check_task, resolve_device, stop_accuracy,
+                    validate)
+from ckpt import bytes_to_write, load_old, write_ckpt
 import data as D
 from l2init import paired, paired_penalty, snapshot
 from resnet import STEMS, grow_head, resnet18, stem_for
 from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
 from shrink_perturb import shrink_perturb_
-from runlog import is_finished, is_number, read_log, replace_atomic
-from step import (adam_state, build_step, load_adam_state_, make_optimizer, record_learning_speed, timed_eval,
+from runlog import LogWriter
+from step import (adam_state, build_step, grad_norm_probe, load_adam_state_, make_optimizer, record_learning_speed,
                   train_accuracy)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -133,23 +131,8 @@ def lr_of(args, it):
     return lr_at(it, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule)
 
 
-def stop_accuracy(args):
-    """The accuracy at which to stop early (--stop-at-acc-of: that finished run's maximum), or None."""
-    if not args.stop_at_acc_of:
-        return None
-    if not is_finished(args.stop_at_acc_of):
-        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
-    try:
-        acc = read_log(args.stop_at_acc_of)[2].get("max_acc")
-    except ValueError as e:
-        raise UsageError(f"--stop-at-acc-of: {e}") from None
-    if not is_number(acc):
-        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: its log's summary has max_acc = {acc}")
-    return acc
-
-
 def open_log(args, task, config, device):
-    """log.jsonl.part with its header line; returns write(record). Renamed to log.jsonl only when finished."""
+    """The run's log (runlog.LogWriter: log.jsonl.part, renamed to log.jsonl only when finished) with its header."""
     d = task.d
     header = {
         "event": "header", "label": config["label"], "config": config,
@@ -158,32 +141,14 @@ def open_log(args, task, config, device):
         "num_classes": d.num_classes, "num_old_classes": d.num_old_classes,
         "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(d.test_y),
         "num_test_all": len(task.test[1]), "planned_iters": run_length(args), "data": task.ident,
-        "old_weights_sha256": task.old["weights_sha256"] if task.old else None,  # checks.weights_hash
+        "old_weights_sha256": task.old["weights_sha256"] if task.old else None,  # ckpt.weights_hash
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
                      "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else platform.processor() or "cpu"},
     }
-    lock = lock_run(args.out, args.overwrite)  # one process per run folder
-    f = open(os.path.join(args.out, "log.jsonl.part"), "w")
-
-    def write(rec):
-        try:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, f.name) from None
-
-    def close():
-        try:
-            f.close()  # flushes: fails too on a full disk
-        except OSError:
-            pass
-        finally:
-            unlock_run(lock)
-
-    write.close = close
-    write(header)
-    return write
+    log = LogWriter(args.out, args.overwrite)  # one process per run folder
+    log(header)
+    return log
 
 
 def ends_epoch(it, batch_size, n_train):
@@ -230,7 +195,7 @@ def train_loop(args, task, parts, log):
         return accs[0]
 
     acc = evaluate(0, loss=None, lr=lr_of(args, 0), wall=0.0, train_seconds=0.0, images_per_s=None)  # the start
-    probe = grad_norm_probe(args, task, model, loader, log) if args.grad_norms else None  # App. A.7
+    probe = grad_norm_probe(model, loader, task.d, n_iters, log) if args.grad_norms else None  # App. A.7
     if probe is not None:
         probe(0)
     best, n_since, train_seconds, record_seconds = (acc, 0), 0, 0.0, 0.0
@@ -268,39 +233,8 @@ def train_loop(args, task, parts, log):
     return best, acc, it + 1, time.perf_counter() - t0, train_seconds, record_seconds
 
 
-def grad_norm_probe(args, task, model, loader, log):
-    """probe(it): at the log-spaced iterations of analysis.probe_iterations, log the per-example gradient norms
-    of a fixed probe of old and new training examples (App. A.7, Fig. 14; analysis.grad_norm_summary). Returns
-    the seconds it took (0 elsewhere), so that the caller can keep it out of the training time."""
-    d = task.d
-    at = set(analysis.probe_iterations(run_length(args)))
-    idx = analysis.probe_set(d.is_old).to(loader.device)
-    x, y = loader.normalize(loader.x[idx]), loader.y[idx]  # unaugmented, as the evaluation sees them
-    n_old = int(d.is_old[idx.cpu()].sum())  # probe_set puts the old examples first
-
-    def probe(it):
-        if it not in at:
-            return 0.0
-        # eval mode: BatchNorm's running statistics, so one example's gradient is its own (analysis.py)
-        rec, seconds = timed_eval(model, loader.device,
-                                  lambda: analysis.grad_norm_summary(model, x, y, n_old, d.num_classes))
-        log({"event": "grad_norms", "iter": it, **rec, "num_old_classes": d.num_old_classes, "seconds": seconds})
-        return seconds
-
-    return probe
-
-
 class WriteError(Exception):
     """A file of the run could not be written (a full disk): one line, exit code 1."""
-
-
-def bytes_to_write(model, anchor, args, n_train):
-    """About what a run writes: ckpt.pt (the weights, their init, Adam's two moments where the run records a
-    learning speed, the learning speed and the example index: save_results) and its log (under a megabyte)."""
-    tensors = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *anchor.values()])
-    tensors += 2 * 4 * sum(p.numel() for p in model.parameters()) * (args.learning_speed != "off")  # adam_state
-    epochs = run_length(args) * args.batch_size // n_train + 1
-    return tensors + n_train * (8 + 8 + 4) + epochs * (n_train // 8 + 1) + 2 ** 20
 
 
 def save_results(args, task, model, anchor, speed, summary, config, log, opt=None):
@@ -317,20 +251,9 @@ def save_results(args, task, model, anchor, speed, summary, config, log, opt=Non
         "config": config, "summary": summary,
         "optimizer": adam_state(model, opt) if opt is not None and args.learning_speed != "off" else None,
     }
-    replace_atomic(os.path.join(args.out, "ckpt.pt"), lambda tmp: save_to(ckpt, tmp))
+    write_ckpt(ckpt, os.path.join(args.out, "ckpt.pt"))
     log(summary)
-    os.replace(os.path.join(args.out, "log.jsonl.part"), os.path.join(args.out, "log.jsonl"))
-    log.close()
-
-
-def save_to(obj, path):
-    """torch.save through a Python file: a failed write is an OSError naming the file and its errno (torch.save
-    to a path reports a full disk as 'unexpected pos ...')."""
-    try:
-        with open(path, "wb") as f:
-            torch.save(obj, f)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from None
+    log.finish()
 
 
 def main(args):
@@ -357,7 +280,8 @@ def main(args):
                                 speed if args.learning_speed == "online" else None,
                                 torch.compile(model) if args.compile else None, args.cuda_graph)
     config = dict(vars(args))  # what ran, settled for the device
-    check_space(args.out, bytes_to_write(model, anchor, args, len(task.d.y)))
+    check_space(args.out, bytes_to_write(model, anchor, len(task.d.y), run_length(args) * args.batch_size,
+                                         adam=args.learning_speed != "off"))  # as save_results writes
     log = open_log(args, task, config, device)
     setup_seconds = time.perf_counter() - t_start
     if not args.quiet:
@@ -371,9 +295,7 @@ def main(args):
                    "learning_speed_seconds": ls_seconds, "train_acc": train_accuracy(model, loader, AMP[args.amp])}
         save_results(args, task, model, anchor, speed, summary, config, log, opt)
     except OSError as e:  # a full disk, a lost mount: one line naming the file, and no half-written run left
-        log.close()
-        with contextlib.suppress(OSError):
-            os.remove(os.path.join(args.out, "log.jsonl.part"))
+        log.close(discard=True)
         raise WriteError(f"cannot write {e.filename or args.out}: {e.strerror or e} "
                          f"({errno.errorcode.get(e.errno, e.errno)}); the run is not finished") from None
     except BaseException:

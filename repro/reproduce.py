@@ -22,9 +22,9 @@ import time
 import torch
 
 import checks
+import ckpt
 import data
 import runlog
-import speedup as S
 from resnet import STEMS, stem_for
 import train
 
@@ -215,7 +215,7 @@ def execute(runs, args, runs_dir):
 
 def run_bytes(args):
     """About what one run writes: its ckpt.pt holds the weights, their init and Adam's two moments, fp32 values
-    each (train.bytes_to_write counts them exactly), and a log."""
+    each (ckpt.bytes_to_write counts them exactly), and a log."""
     return 4 * 4 * checks.num_weights(args.width) + 2 ** 20
 
 
@@ -226,7 +226,7 @@ def old_ckpt_of(argv):
 
 def same_lineage(run, old_ckpt, runs_dir, hashes, retrained):
     """Whether a finished run started from the old model now at old_ckpt: the weights hash its log recorded
-    (checks.weights_hash) against the checkpoint's. A log from before the hash was recorded passes unless
+    (ckpt.weights_hash) against the checkpoint's. A log from before the hash was recorded passes unless
     its old model was trained again by this driver; so does a run whose old checkpoint is gone (nothing to
     differ from: the old model was not trained again). hashes: a cache {path: hash}."""
     if old_ckpt is None or not os.path.isfile(old_ckpt):
@@ -236,7 +236,7 @@ def same_lineage(run, old_ckpt, runs_dir, hashes, retrained):
         return not retrained
     if old_ckpt not in hashes:
         try:
-            hashes[old_ckpt] = checks.weights_hash(torch.load(old_ckpt, map_location="cpu", weights_only=True))
+            hashes[old_ckpt] = ckpt.weights_hash(torch.load(old_ckpt, map_location="cpu", weights_only=True))
         except Exception:  # noqa: BLE001 - gone or unreadable: not the model it started from
             hashes[old_ckpt] = None
     return recorded == hashes[old_ckpt]
@@ -535,14 +535,14 @@ def main(argv=None):
         todo = [r for r in runs if not runlog.is_finished(os.path.join(runs_dir, r.name))]
         try:  # a full disk up front; one driver per runs folder (a second would find every unfinished run in use)
             checks.check_space(runs_dir, len(todo) * run_bytes(args), f"its {len(todo)} unfinished runs write")
-            lock = checks.lock_run(runs_dir, what="another reproduce.sh")
+            lock = runlog.lock_run(runs_dir, what="another reproduce.sh")
         except checks.UsageError as e:
             die(str(e))
         try:
             with stop_on_signals():
                 failed = execute(runs, args, runs_dir)
         finally:
-            checks.unlock_run(lock)
+            runlog.unlock_run(lock)
     else:
         check_lineages(runs, args, runs_dir)
         failed = set()

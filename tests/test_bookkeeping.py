@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import analysis
 import data as D
 import train
 from conftest import write_folder
@@ -39,7 +40,7 @@ def test_training_seconds_leave_out_evaluation_learning_speed_and_the_probe(tmp_
 
     monkeypatch.setattr(train, "build_step", timed_build_step)
     monkeypatch.setattr(D, "predict", costs(100.0, D.predict))
-    monkeypatch.setattr(train.analysis, "grad_norm_summary", costs(10000.0, train.analysis.grad_norm_summary))
+    monkeypatch.setattr(analysis, "grad_norm_summary", costs(10000.0, analysis.grad_norm_summary))
     out = tmp_path / "run"
     # task 0 of 2+2: 8 training images, batch 4: an epoch (and a learning-speed pass) every 2 steps
     assert train.cli(["--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--split", "2+2", "--task", "0",

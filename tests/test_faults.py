@@ -514,7 +514,7 @@ def test_a_report_from_fewer_runs_keeps_the_fuller_table(world, uninterrupted, c
 
 
 def old_hash(runs):
-    from checks import weights_hash
+    from ckpt import weights_hash
 
     return weights_hash(torch.load(runs / "2+2" / "seed0" / "old" / "ckpt.pt", weights_only=True))
 
@@ -610,6 +610,6 @@ def test_a_failed_write_is_one_line_and_leaves_no_lock_or_part(world, monkeypatc
     out = world / "nospace"
     assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"train.py: error: cannot write {out}/ckpt.pt.tmp"), err
+    assert len(err.splitlines()) == 1 and err.startswith(f"train.py: error: cannot write {out}/ckpt.pt: "), err
     assert err.endswith("No space left on device (ENOSPC); the run is not finished"), err
     assert os.listdir(out) == []  # no .lock, no log.jsonl.part, no half-written checkpoint

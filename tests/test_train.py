@@ -11,6 +11,7 @@ import torch
 
 import step
 import train
+from ckpt import bytes_to_write
 from conftest import ROOT, write_cifar
 from resnet import resnet18
 from sampler import unpack_bits
@@ -63,7 +64,8 @@ def test_the_space_check_counts_what_a_run_writes(chain):
         model = resnet18(c["num_classes"], width=8)
         model.load_state_dict(c["model"])
         args = argparse.Namespace(**c["config"])
-        need = train.bytes_to_write(model, c["init"], args, len(c["index"]))
+        need = bytes_to_write(model, c["init"], len(c["index"]), train.run_length(args) * args.batch_size,
+                              adam=args.learning_speed != "off")
         written = sum(os.path.getsize(chain[name] / f) for f in ("ckpt.pt", "log.jsonl"))
         assert written <= need <= written + 2 ** 20, (name, written, need)
 
