@@ -4,7 +4,6 @@ the first), --out (writable, not a finished run; runlog.lock_run then holds it f
 the run to stop at (--stop-at-acc-of), the device and its memory, the task's data. None of them writes anything;
 the old checkpoint's checks are ckpt.load_old's.
 """
-import argparse
 import math
 import os
 import shutil
@@ -12,12 +11,7 @@ import shutil
 import torch
 
 import data as D
-from runlog import UsageError, is_finished, is_number, read_log  # noqa: F401 (UsageError: checks.UsageError)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block (train.py, reproduce.sh, repro.table)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from runlog import UsageError, check_summary, log_path, read_finished, refuse_finished
 
 
 FLOATS = {"sp_alpha": (0, 1), "sp_beta": (0, None), "reg_lambda": (0, None), "eh_c": (0, 1), "eh_r": (0, None),
@@ -55,7 +49,6 @@ def check_config(args, num_classes=None):
          f"--sampler {args.sampler} needs --task >= 1 (no old examples at task 0)"),
         (args.sampler != "easy_hard" or args.old_ckpt,
          "--sampler easy_hard needs --old-ckpt (learning speed of the old examples)"),
-        (args.sampler != "old_new" or args.batch_size >= 2, "--sampler old_new needs --batch-size >= 2"),
         (not (args.compile and args.cuda_graph), "--compile and --cuda-graph: choose one"),
         (args.out.strip() != "", "--out is empty"),
     ]
@@ -105,15 +98,14 @@ def validate(args):
     """Everything that can be checked before the data is loaded: the configuration, --out, a finished run."""
     check_config(args, D.num_classes_of(args.dataset, args.data_dir, args.split))
     check_out_writable(args.out)
-    if is_finished(args.out) and not args.overwrite:
-        raise UsageError(f"{args.out} already holds a finished run (use --overwrite to replace it)")
+    refuse_finished(args.out, args.overwrite)
 
 
-def check_task(args, d):
-    """Checks that need the task's data: a batch must fit in it (uniform sampling draws each batch without
-    replacement from one stream of epochs, so a larger batch would repeat examples within the batch)."""
-    if args.batch_size > len(d.y):
-        raise UsageError(f"--batch-size {args.batch_size} is larger than task {args.task}'s training data "
+def check_task(batch_size, task, d):
+    """Checks that need the task's data (d: data.TaskData): a batch must fit in it (uniform sampling draws each
+    batch without replacement from one stream of epochs, so a larger batch would repeat examples within it)."""
+    if batch_size > len(d.y):
+        raise UsageError(f"--batch-size {batch_size} is larger than task {task}'s training data "
                          f"({len(d.y)} examples)")
 
 
@@ -121,15 +113,14 @@ def stop_accuracy(args):
     """The accuracy at which to stop early (--stop-at-acc-of: that finished run's maximum), or None."""
     if not args.stop_at_acc_of:
         return None
-    if not is_finished(args.stop_at_acc_of):
+    log = read_finished(args.stop_at_acc_of)
+    if log is None:
         raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
     try:
-        acc = read_log(args.stop_at_acc_of)[2].get("max_acc")
+        check_summary(log_path(args.stop_at_acc_of), log[2])
     except ValueError as e:
-        raise UsageError(f"--stop-at-acc-of: {e}") from None
-    if not is_number(acc):
-        raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: its log's summary has max_acc = {acc}")
-    return acc
+        raise UsageError(f"--stop-at-acc-of {e}") from None
+    return log[2]["max_acc"]
 
 
 def num_weights(width):
@@ -139,7 +130,7 @@ def num_weights(width):
 
 def memory_needed(width, image_size, batch_size, stem):
     """A lower bound on the bytes that training a ResNet-18 takes: its weights, gradients and Adam's two
-    moments in fp32 (about 11.2M weights at width 64, growing as width^2), and per image of a batch the
+    moments in fp32 (num_weights of them), and per image of a batch the
     activations kept for the backward pass (at 2 bytes, as bf16; the stem's output and about 8 tensors of each
     stage's size; the ImageNet stem shrinks the image 4x). The real need is larger: this refuses only sizes
     that cannot fit."""

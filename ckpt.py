@@ -3,10 +3,10 @@ trains (bytes_to_write, for the free-space check), its identity (weights_hash, r
 continued from it), and read back by a continued run (load_old) only after checking, in one line each, that it
 is of this run's lineage, data, examples and task.
 
-What it holds (train.save_results): the weights and their random init (L2-init's anchor, Sec. 3.2), the learning
-speed of every training example (Eq. 6, for easy/hard sampling, Sec. 3.3), Adam's state where the run recorded a
-learning speed (--keep-optimizer-state), the example index, the class order and split, the data identity, the
-configuration and the summary.
+What it holds (contents, which train.save_results writes): the weights and their random init (L2-init's
+anchor, Sec. 3.2), the learning speed of every training example (Eq. 6, for easy/hard sampling, Sec. 3.3),
+Adam's state where the run recorded a learning speed (--keep-optimizer-state), the example index, the class
+order and split, the data identity, the configuration and the summary.
 """
 import hashlib
 import os
@@ -15,28 +15,45 @@ import torch
 
 import data as D
 from runlog import UsageError, replace_atomic
+from step import adam_state
+
+
+def saves_adam(args):
+    """Whether a run's ckpt.pt holds Adam's state (twice the model's size): a run that records a learning speed is
+    one a next task may continue from, with --keep-optimizer-state."""
+    return args.learning_speed != "off"
+
+
+def contents(args, task, model, anchor, speed, summary, config, opt):
+    """What train.py saves in ckpt.pt: task is train.load_task's, config the run's settled flags."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(),
+        "index": task.d.index, "class_order": task.order, "class_names": task.class_names, "groups": task.groups,
+        "split": args.split, "domains": task.domains, "dataset": args.dataset, "task": args.task,
+        "width": args.width, "stem": args.stem,
+        "num_classes": task.d.num_classes, "image_size": args.image_size, "data": task.ident,
+        "config": config, "summary": summary, "optimizer": adam_state(model, opt) if saves_adam(args) else None,
+    }
 
 
 def write_ckpt(ckpt, path):
-    """torch.save(ckpt) to `path` atomically (runlog.replace_atomic), through a Python file: a failed write is an
-    OSError naming the file and its errno (torch.save to a path reports a full disk as 'unexpected pos ...')."""
+    """torch.save(ckpt) to `path` atomically (runlog.replace_atomic: a failed write is an OSError naming `path`),
+    through a Python file: torch.save to a path reports a full disk as 'unexpected pos ...', not as ENOSPC."""
     def write(tmp):
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(ckpt, f)
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, path) from None
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
 
     replace_atomic(path, write)
 
 
-def bytes_to_write(model, anchor, n_train, n_images, adam):
-    """About what a run writes: ckpt.pt (the weights, their init, Adam's two moments if `adam`, the learning
-    speed and the example index of n_train examples over the epochs of n_images seen) and its log (under a
+def bytes_to_write(args, model, anchor, n_train, iters):
+    """About what a run of `iters` iterations writes (contents): ckpt.pt (the weights, their init, Adam's two
+    moments if saves_adam, the learning speed and the example index of n_train examples) and its log (under a
     megabyte)."""
     tensors = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *anchor.values()])
-    tensors += 2 * 4 * sum(p.numel() for p in model.parameters()) * adam  # step.adam_state's two fp32 moments
-    epochs = n_images // n_train + 1
+    tensors += 2 * 4 * sum(p.numel() for p in model.parameters()) * saves_adam(args)  # two fp32 moments
+    epochs = iters * args.batch_size // n_train + 1
     return tensors + n_train * (8 + 8 + 4) + epochs * (n_train // 8 + 1) + 2 ** 20
 
 
@@ -84,6 +101,8 @@ def load_old(args, groups, order, ident):
         raise UsageError(f"checkpoint {path} was trained on other data ({what} not the same)")
     if ckpt["task"] != args.task - 1:
         raise UsageError(f"checkpoint {path} is of task {ckpt['task']}, task {args.task} needs task {args.task - 1}")
+    if not isinstance(ckpt["config"], dict):
+        raise UsageError(f"checkpoint {path} is not a train.py checkpoint (its config is not a dict)")
     if args.sampler == "easy_hard" and ckpt["config"].get("learning_speed") == "off":
         raise UsageError(f"checkpoint {path} recorded no learning speed (it ran --learning-speed off)")
     if args.keep_optimizer_state and not ckpt.get("optimizer"):

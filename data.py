@@ -257,6 +257,18 @@ def domain_task_data(train, test, num_classes, num_domains, task):
                     test_y[test_keep], num_classes, num_classes, test_dom[test_keep])
 
 
+def select_task(train, test, num_classes, split, split_seed, task):
+    """Task `task`'s data as train.py trains on it -> (groups, class order, TaskData). A class split (Sec. 2.1)
+    takes its groups in the seeded class order (task_data); a domain split (Sec. 4.3) has every class in every
+    task, the labels in the class folders' order (domain_task_data), and its groups are the domains."""
+    domains = parse_domains(split)
+    if domains:
+        order = list(range(num_classes))
+        return domains, order, domain_task_data(train, test, num_classes, len(domains), task)
+    groups, order = parse_split(split, num_classes), class_order(num_classes, split_seed)
+    return groups, order, task_data(train, test, groups, order, task)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the device-resident loader
 

@@ -9,8 +9,10 @@ file).
                {"event": "eval", "iter", "acc", "train_seconds", ...}         one per evaluation
                {"event": "summary", "max_acc", ...}                           last: the run is finished
 
-Standard library only: train.py, checks.py and the driver (repro/: its tables, repro.table) go through it.
+Also the one-line errors of every command (UsageError, OneLineParser). Standard library only: train.py,
+checks.py and the driver (repro/: its tables, repro.table) go through it.
 """
+import argparse
 import contextlib
 import json
 import math
@@ -19,12 +21,22 @@ import sys
 
 
 class UsageError(Exception):
-    """Bad input (here: a run folder in use, finished, or not writable): one line on stderr, exit code 2."""
+    """Bad input: reported as one line on stderr with exit code 2 (train.py, reproduce.sh, checks.py)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block (train.py, reproduce.sh, repro.table)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def log_path(run_dir):
+    """A run folder's log.jsonl; a path that is not a folder is taken to be the log itself."""
+    return os.path.join(run_dir, "log.jsonl") if os.path.isdir(run_dir) else run_dir
 
 
 def read_lines(run_dir):
     """(path, every line of a run's log.jsonl as a dict). Raises ValueError on a file it cannot parse."""
-    path = os.path.join(run_dir, "log.jsonl") if os.path.isdir(run_dir) else run_dir
+    path = log_path(run_dir)
     try:
         with open(path) as f:
             return path, [json.loads(line) for line in f if line.strip()]
@@ -54,12 +66,18 @@ def read_log(run_dir):
     return lines[0], evals, summary
 
 
-def is_finished(run_dir):
-    """Whether a run folder holds a log with its summary line (train.py writes it last)."""
+def read_finished(run_dir):
+    """read_log's (header, evaluations, summary) of a finished run (its log has the summary line, which train.py
+    writes last), or None: no log, an unreadable one, or a run that did not finish."""
     try:
-        return read_log(run_dir)[2] is not None
+        log = read_log(run_dir)
     except ValueError:
-        return False
+        return None
+    return log if log[2] is not None else None
+
+
+def is_finished(run_dir):
+    return read_finished(run_dir) is not None
 
 
 def is_number(v):
@@ -84,6 +102,15 @@ def check_log(path, header, evals):
                 raise ValueError(f"{path}: evaluation at iteration {e.get('iter')} has {key} = {v}")
 
 
+def check_summary(path, summary):
+    """A summary line's accuracies as the tables and --stop-at-acc-of read them, as one readable ValueError:
+    max_acc a finite number, train_acc one too or None (logs older than it)."""
+    for key in ("max_acc", "train_acc"):
+        v = summary.get(key)
+        if not is_number(v) and (key == "max_acc" or v is not None):
+            raise ValueError(f"{path}: its summary has {key} = {v}")
+
+
 def group_runs(run_dirs, finished_only=True, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)):
     """{label: [(header, evals), ...]} over seeds. Runs sharing a label must share their method config; all
     runs must be on the same data (where their logs record it). A run given twice (the same file, or a copy:
@@ -91,7 +118,7 @@ def group_runs(run_dirs, finished_only=True, warn=lambda msg: print(f"warning: {
     is skipped with a warning."""
     groups, keys, seen, runs_of, data = {}, {}, set(), {}, None
     for d in run_dirs:
-        path = os.path.realpath(os.path.join(d, "log.jsonl") if os.path.isdir(d) else d)
+        path = os.path.realpath(log_path(d))
         if path in seen:
             warn(f"{d} is given twice; counted once")
             continue
@@ -120,14 +147,17 @@ def group_runs(run_dirs, finished_only=True, warn=lambda msg: print(f"warning: {
 
 def replace_atomic(path, write):
     """write(tmp) into a temporary file beside `path`, then rename it over `path`: a reader, or a killed
-    process, never sees a half-written file. The temporary file is removed if write fails."""
+    process, never sees a half-written file. The temporary file is removed if anything fails; an OSError names
+    `path`, the file the caller asked for, not the temporary one."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror, path) from None
         raise
 
 
@@ -139,15 +169,19 @@ def write_atomic(path, text):
     replace_atomic(path, write)
 
 
-def lock_run(out, overwrite=False, what="another training process"):
-    """Make --out and lock it for this process (out/.lock, flock: the kernel drops it when the process dies,
-    however it dies, so a stale lock file is simply taken over). Returns the handle for unlock_run.
+def refuse_finished(out, overwrite=False):
+    if is_finished(out) and not overwrite:
+        raise UsageError(f"{out} already holds a finished run (use --overwrite to replace it)")
 
-    Two processes training into one folder would both write log.jsonl.part and corrupt it; the second
-    gets a one-line error instead. The finished-run check is repeated under the lock: another process may
-    have finished this run since validate()."""
+
+def lock_run(out, what="another training process"):
+    """Make the folder `out` and lock it for this process (out/.lock, flock: the kernel drops it when the process
+    dies, however it dies, so a stale lock file is simply taken over). Returns the handle for unlock_run. Two
+    processes training into one folder would both write log.jsonl.part and corrupt it; the second gets a
+    one-line error instead."""
     import fcntl
 
+    f = None
     try:
         os.makedirs(out, exist_ok=True)
         path = os.path.join(out, ".lock")
@@ -163,40 +197,49 @@ def lock_run(out, overwrite=False, what="another training process"):
             if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
                 break
             f.close()  # the holder removed the file as we opened it: lock the new one
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
     except OSError as e:
-        raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    if is_finished(out) and not overwrite:
-        unlock_run(f)
-        raise UsageError(f"{out} already holds a finished run (use --overwrite to replace it)")
+        if f is not None:
+            f.close()  # a stale .lock file left behind is taken over by the next process
+        raise UsageError(f"cannot write into {out}: {e.strerror or e}") from None
     return f
 
 
 def unlock_run(handle):
     """Remove the lock file while holding it (a process waiting on the old file re-checks: see lock_run)."""
-    try:
+    with contextlib.suppress(OSError):
         os.remove(handle.name)
-    except OSError:
-        pass
     handle.close()
 
 
 class LogWriter:
-    """A run's log.jsonl.part, under the folder's lock from open to close: log(record) appends one JSON line and
-    flushes it; finish() renames the file to log.jsonl, the mark of a finished run; close(discard=True) leaves no
-    half-written run behind. A failed write is an OSError naming the file."""
+    """A run's log.jsonl.part, under the folder's lock (lock_run) from open to close; a context manager.
+    log(record) appends one JSON line and flushes it; finish() renames the file to log.jsonl, the mark of a
+    finished run. Leaving the `with` closes it: after an OSError (a full disk) the .part is removed, so no
+    half-written run is left; after any other error (a diverged loss, Ctrl-C) it is kept, to be read. A failed
+    write is an OSError naming the file. Refuses a finished run without `overwrite`, checked under the lock:
+    another process may have finished it since the caller last looked."""
 
     def __init__(self, out, overwrite=False):
-        self.lock = lock_run(out, overwrite)
         self.path, self.done = os.path.join(out, "log.jsonl.part"), os.path.join(out, "log.jsonl")
+        self.lock, self.f = lock_run(out), None
         try:
+            refuse_finished(out, overwrite)
             self.f = open(self.path, "w")
-        except OSError:
+        except BaseException as e:
             unlock_run(self.lock)
+            if isinstance(e, OSError):
+                raise OSError(e.errno, e.strerror, self.path) from None
             raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        self.close(discard=isinstance(error, OSError))
 
     def __call__(self, record):
         try:
@@ -210,12 +253,13 @@ class LogWriter:
         self.close()
 
     def close(self, discard=False):
-        try:
+        """Close and unlock, once (a second call must not remove a lock file another process holds by then)."""
+        if self.lock is None:
+            return
+        with contextlib.suppress(OSError):
             self.f.close()  # flushes: fails too on a full disk
-        except OSError:
-            pass
-        finally:
-            if discard:
-                with contextlib.suppress(OSError):
-                    os.remove(self.path)
-            unlock_run(self.lock)
+        if discard:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+        unlock_run(self.lock)
+        self.lock = None

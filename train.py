@@ -25,17 +25,17 @@ import types
 
 import torch
 
-from checks import (OneLineParser, UsageError, check_memory, check_space, check_task, resolve_device, stop_accuracy,
+from checks import (UsageError, check_memory, check_space, check_task, resolve_device, stop_accuracy,
                     validate)
-from ckpt import bytes_to_write, load_old, write_ckpt
+from ckpt import bytes_to_write, contents, load_old, write_ckpt
 import data as D
 from l2init import paired, paired_penalty, snapshot
 from resnet import STEMS, grow_head, resnet18, stem_for
 from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
+from runlog import LogWriter, OneLineParser
 from shrink_perturb import shrink_perturb_
-from runlog import LogWriter
-from step import (adam_state, build_step, grad_norm_probe, load_adam_state_, make_optimizer, record_learning_speed,
+from step import (build_step, grad_norm_probe, load_adam_state_, make_optimizer, record_learning_speed,
                   train_accuracy)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,17 +55,11 @@ def load_task(args):
     try:
         train, test, class_names = D.load_for_split(args.dataset, args.data_dir, args.split, args.image_size,
                                                     args.download, args.per_class)
-        groups = domains or D.parse_split(args.split, len(class_names))
+        groups, order, d = D.select_task(train, test, len(class_names), args.split, args.split_seed, args.task)
     except (ValueError, RuntimeError, OSError) as e:
         raise UsageError(f"{args.dataset} at {args.data_dir}: {str(e).splitlines()[0]}") from None
     ident = D.identity(train, test, class_names, domains, args.per_class)  # compared with finished runs, checkpoints
-    if domains:  # every task has every class: the labels stay the class folders' order
-        order = list(range(len(class_names)))
-        d = D.domain_task_data(train, test, len(class_names), len(domains), args.task)
-    else:
-        order = D.class_order(len(class_names), args.split_seed)
-        d = D.task_data(train, test, groups, order, args.task)
-    check_task(args, d)
+    check_task(args.batch_size, args.task, d)
     old = load_old(args, groups, order, ident) if args.old_ckpt else None
     if args.sampler == "easy_hard" and not old["learning_speed"]["seen"].any() and not args.quiet:
         print(f"train.py: note: {args.old_ckpt} trained less than one epoch, so no example has a learning speed "
@@ -131,8 +125,8 @@ def lr_of(args, it):
     return lr_at(it, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule)
 
 
-def open_log(args, task, config, device):
-    """The run's log (runlog.LogWriter: log.jsonl.part, renamed to log.jsonl only when finished) with its header."""
+def log_header(args, task, config, device):
+    """The first line of the run's log.jsonl: its configuration, data, lineage and versions."""
     d = task.d
     header = {
         "event": "header", "label": config["label"], "config": config,
@@ -146,9 +140,7 @@ def open_log(args, task, config, device):
                      "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else platform.processor() or "cpu"},
     }
-    log = LogWriter(args.out, args.overwrite)  # one process per run folder
-    log(header)
-    return log
+    return header
 
 
 def ends_epoch(it, batch_size, n_train):
@@ -216,7 +208,7 @@ def train_loop(args, task, parts, log):
         if not math.isfinite(mean_loss):
             log({"event": "error", "iter": it + 1, "error": f"non-finite training loss ({mean_loss})"})
             raise FloatingPointError(f"training loss became {mean_loss} before iteration {it + 1}; "
-                                     f"the log so far is in {os.path.join(args.out, 'log.jsonl.part')}")
+                                     f"the log so far is in {log.path}")
         ips = n_since * args.batch_size / (now - tick)
         acc = evaluate(it + 1, loss=mean_loss, lr=lr_of(args, it), wall=now - t0, train_seconds=train_seconds,
                        images_per_s=ips)
@@ -238,20 +230,9 @@ class WriteError(Exception):
 
 
 def save_results(args, task, model, anchor, speed, summary, config, log, opt=None):
-    """ckpt.pt first, then the summary line and the rename that marks the run finished (both atomic). A run that
-    records a learning speed (one a next task may continue from) also saves Adam's state (adam_state, twice the
-    model's size), for --keep-optimizer-state."""
-    ckpt = {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "init": {k: v.cpu() for k, v in anchor.items()}, "learning_speed": speed.state_dict(),
-        "index": task.d.index, "class_order": task.order, "class_names": task.class_names, "groups": task.groups,
-        "split": args.split, "domains": task.domains, "dataset": args.dataset, "task": args.task,
-        "width": args.width, "stem": args.stem,
-        "num_classes": task.d.num_classes, "image_size": args.image_size, "data": task.ident,
-        "config": config, "summary": summary,
-        "optimizer": adam_state(model, opt) if opt is not None and args.learning_speed != "off" else None,
-    }
-    write_ckpt(ckpt, os.path.join(args.out, "ckpt.pt"))
+    """ckpt.pt first (ckpt.contents), then the summary line and the rename that marks the run finished (both
+    atomic)."""
+    write_ckpt(contents(args, task, model, anchor, speed, summary, config, opt), os.path.join(args.out, "ckpt.pt"))
     log(summary)
     log.finish()
 
@@ -280,27 +261,24 @@ def main(args):
                                 speed if args.learning_speed == "online" else None,
                                 torch.compile(model) if args.compile else None, args.cuda_graph)
     config = dict(vars(args))  # what ran, settled for the device
-    check_space(args.out, bytes_to_write(model, anchor, len(task.d.y), run_length(args) * args.batch_size,
-                                         adam=args.learning_speed != "off"))  # as save_results writes
-    log = open_log(args, task, config, device)
+    check_space(args.out, bytes_to_write(args, model, anchor, len(task.d.y), run_length(args)))
     setup_seconds = time.perf_counter() - t_start
     if not args.quiet:
         print(f"{args.label} | set-up {setup_seconds:.1f} s (data, model, statistics) on {device}", flush=True)
     parts = types.SimpleNamespace(model=model, loader=loader, step=step, loss_sum=loss_sum, batches=batch_iter,
                                   speed=speed, reg=reg, target=target)
-    try:                                                                          # Sec. 3.4 and the loop
-        best, acc, iters_run, wall, train_seconds, ls_seconds = train_loop(args, task, parts, log)
-        summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
-                   "iters": iters_run, "wall": wall, "train_seconds": train_seconds, "setup_seconds": setup_seconds,
-                   "learning_speed_seconds": ls_seconds, "train_acc": train_accuracy(model, loader, AMP[args.amp])}
-        save_results(args, task, model, anchor, speed, summary, config, log, opt)
-    except OSError as e:  # a full disk, a lost mount: one line naming the file, and no half-written run left
-        log.close(discard=True)
+    try:  # the log is closed however the run ends; after a failed write (OSError) no half-written run is left
+        with LogWriter(args.out, args.overwrite) as log:  # one process per run folder
+            log(log_header(args, task, config, device))
+            best, acc, iters_run, wall, train_seconds, ls_seconds = train_loop(args, task, parts, log)  # Sec. 3.4
+            summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
+                       "iters": iters_run, "wall": wall, "train_seconds": train_seconds,
+                       "setup_seconds": setup_seconds, "learning_speed_seconds": ls_seconds,
+                       "train_acc": train_accuracy(model, loader, AMP[args.amp])}
+            save_results(args, task, model, anchor, speed, summary, config, log, opt)
+    except OSError as e:  # a full disk, a lost mount: one line naming the file
         raise WriteError(f"cannot write {e.filename or args.out}: {e.strerror or e} "
                          f"({errno.errorcode.get(e.errno, e.errno)}); the run is not finished") from None
-    except BaseException:
-        log.close()
-        raise
     return summary
 
 

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 
 import data as D
-from checks import OneLineParser, UsageError, resolve_device
+from checks import UsageError, resolve_device
 from l2init import paired, snapshot
 from resnet import resnet18
 from sampler import batches, easy_hard_weights
 from shrink_perturb import shrink_perturb_
-from runlog import write_atomic
+from runlog import OneLineParser, write_atomic
 from step import build_step, make_optimizer
 from train import HelpFormatter, parse_or_raise, run_length
 

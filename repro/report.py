@@ -322,17 +322,15 @@ def report_laptop(runs, args, runs_dir, results_dir):
     train_accs, best, made_with = {}, {}, set()
     for r in runs:
         d = os.path.join(runs_dir, r.name)
-        if not runlog.is_finished(d):
+        log = runlog.read_finished(d)
+        if log is None:
             continue
-        header, _, summary = runlog.read_log(d)
-        for key in ("max_acc", "train_acc"):  # train_acc: None in logs older than it
-            v = summary.get(key)
-            if not runlog.is_number(v) and (key == "max_acc" or v is not None):  # a hand-edited log: one line
-                raise ValueError(f"{os.path.join(d, 'log.jsonl')}: its summary has {key} = {v}")
+        header, _, summary = log
+        runlog.check_summary(runlog.log_path(d), summary)  # a hand-edited log: one line
         train_accs.setdefault(r.label, []).append(summary.get("train_acc"))
         best[r.label, r.seed] = summary["max_acc"]
-        v = header.get("versions", {})
-        made_with.add((v.get("torch"), v.get("python"), v.get("device"), (v.get("git_commit") or "?")[:7]))
+        ver = header.get("versions", {})
+        made_with.add((ver.get("torch"), ver.get("python"), ver.get("device"), (ver.get("git_commit") or "?")[:7]))
     notes = ["In brackets: the paper's Table 2a, CIFAR-10 (8+2) at full size (50,000 images, 32 px, width 64, "
              "39,100 iterations), not at this scale.", "",
              "Training accuracy of the final model on its own training images (unaugmented), mean ± s.e. over "

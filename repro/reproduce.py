@@ -1,7 +1,7 @@
 """The driver behind ./reproduce.sh: plans of train.py runs, run resumably and in parallel, then tables and
 figures made from their logs only (speedup.py), with the paper's published values beside ours.
 
-    ./reproduce.sh                      # Table 1: CIFAR-100 70+30, 5 seeds x (old model + 20 runs)
+    ./reproduce.sh                      # Table 1: CIFAR-100 70+30, 5 seeds x (old model + 23 runs)
     ./reproduce.sh --quick              # the same table, scaled down (2 seeds, 4,000 iterations)
     ./reproduce.sh --list --wave 0      # shell commands of the old models (then --wave 1, ...) for a cluster
     ./reproduce.sh --plan table2b       # also: table2a, fig6, fig7, appendix, analysis (plans.py, report*.py)
@@ -105,7 +105,7 @@ def read_checked(run_dir):
     one line naming the file and the field)."""
     try:
         header, evals, _ = runlog.read_log(run_dir)
-        path = os.path.join(run_dir, "log.jsonl")
+        path = runlog.log_path(run_dir)
         runlog.check_log(path, header, evals)
         if not isinstance(header.get("config"), dict) or not isinstance(header["config"].get("seed"), int):
             raise ValueError(f"{path}: the header has no config with a seed (not a train.py log?)")
@@ -124,11 +124,12 @@ def execute(runs, args, runs_dir):
     argvs = {r.name: train_argv(r, args, runs_dir) for r in runs}
     old_ckpts = {r.name: old_ckpt_of(argvs[r.name]) for r in runs}
     # the checkpoints an unfinished run starts from (or samples by): a finished seed's old model may go
-    started_from = {old_ckpts[r.name] for r in runs if not runlog.is_finished(os.path.join(runs_dir, r.name))}
+    finished = {r.name for r in runs if runlog.is_finished(os.path.join(runs_dir, r.name))}
+    started_from = {old_ckpts[r.name] for r in runs if r.name not in finished}
     done, pending, hashes, ran = set(), set(), {}, set()
     for r in sorted(runs, key=lambda r: depth(r, by_name)):
         run_dir = os.path.join(runs_dir, r.name)
-        if not runlog.is_finished(run_dir):
+        if r.name not in finished:
             continue
         check_matches(r, argvs[r.name], runs_dir, args.data_identity)
         if os.path.join(run_dir, "ckpt.pt") in started_from and not os.path.isfile(os.path.join(run_dir, "ckpt.pt")):
@@ -341,7 +342,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, train.HelpFormatter):
 
 
 def build_parser():
-    p = checks.OneLineParser(prog="reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
+    p = runlog.OneLineParser(prog="reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
     a("--plan", default="table1", choices=list(P.PLANS),
       help="table1 (Table 1), table2a (Table 2a), table2b (Table 2b), fig6 (Fig. 6), fig7 (Fig. 7), "
@@ -512,8 +513,9 @@ def main(argv=None):
         args.device = "cpu"  # tables and figures need no GPU
     if args.device == "auto":
         if not torch.cuda.is_available():
-            die(f"no GPU found. This plan is {len(runs)} runs of up to {args.iters} iterations: about "
-                f"{cpu_time(runs, args)} on a CPU. --plan laptop is the CPU-sized run (Table 2a's CIFAR-10 rows); "
+            iters = [run_iters(r, args, runs_dir) for r in runs]
+            die(f"no GPU found. This plan is {len(runs)} runs of up to {max(iters)} iterations: about "
+                f"{cpu_time(iters, args)} on a CPU. --plan laptop is the CPU-sized run (Table 2a's CIFAR-10 rows); "
                 "--device cpu runs this plan on the CPU anyway"
                 + (" (try --quick --width 8)." if args.width > 8 or args.iters > 4000 else "."))
         args.device = "cuda"
@@ -567,12 +569,18 @@ def main(argv=None):
 TRAIN_FLOPS, CPU_FLOPS = 3.3e9, 1e11
 
 
-def cpu_time(runs, args):
-    """Roughly how long the plan's runs take on a CPU, in words ('3 minutes', '3 days'): iterations x batch x
-    TRAIN_FLOPS, scaled by width^2 and the number of pixels the stem leaves, over CPU_FLOPS; every run counted
-    at --iters (shortened schedules end sooner: an upper bound)."""
+def run_iters(run, args, runs_dir):
+    """The iterations a planned run trains (train.run_length of its command line: a shortened schedule ends
+    early, the plateau check runs twice --iters)."""
+    return train.run_length(train.parse_or_raise(train_argv(run, args, runs_dir)))
+
+
+def cpu_time(iters, args):
+    """Roughly how long runs of these iterations take on a CPU, in words ('3 minutes', '3 days'): iterations x
+    batch x TRAIN_FLOPS, scaled by width^2 and the number of pixels the stem leaves, over CPU_FLOPS (runs that
+    stop at the reference's accuracy are counted in full: an upper bound for them)."""
     pixels = (args.image_size / (1 if args.stem == "cifar" else 4) / 32) ** 2
-    seconds = len(runs) * args.iters * args.batch_size * TRAIN_FLOPS * (args.width / 64) ** 2 * pixels / CPU_FLOPS
+    seconds = sum(iters) * args.batch_size * TRAIN_FLOPS * (args.width / 64) ** 2 * pixels / CPU_FLOPS
     for unit, size in (("weeks", 604800), ("days", 86400), ("hours", 3600), ("minutes", 60)):
         if seconds >= 2 * size:
             return f"{seconds / size:.0f} {unit}"
@@ -602,20 +610,17 @@ def prepare_data(args, runs=()):
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
     for r in sorted(runs, key=lambda r: r.task):  # train.py's check_task, before the first run
         try:
-            checks.check_task(argparse.Namespace(batch_size=args.batch_size, task=r.task),
-                              task_labels(train, test, len(classes), domains, r))
+            checks.check_task(args.batch_size, r.task, task_labels(train, test, len(classes), r))
         except checks.UsageError as e:
             die(f"{r.name}: {e}")
     return found
 
 
-def task_labels(train, test, num_classes, domains, run):
-    """The task data of `run` as train.py selects it (data.task_data / domain_task_data), without the images."""
+def task_labels(train, test, num_classes, run):
+    """The task data of `run` as train.py selects it (data.select_task, its --split-seed the run's seed), without
+    the images."""
     strip = lambda part: (torch.empty(len(part[1]), 0), *part[1:])  # noqa: E731 - labels (and domains) only
-    if domains:
-        return data.domain_task_data(strip(train), strip(test), num_classes, len(domains), run.task)
-    return data.task_data(strip(train), strip(test), data.parse_split(run.split, num_classes),
-                          data.class_order(num_classes, run.seed), run.task)
+    return data.select_task(strip(train), strip(test), num_classes, run.split, run.seed, run.task)[2]
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ import sys
 
 import runlog
 import speedup as S
-from checks import OneLineParser
 
 
 def main(argv=None):
-    p = OneLineParser(prog="python -m repro.table",
+    p = runlog.OneLineParser(prog="python -m repro.table",
                       description="L99/L100 speed-ups (paper Eq. 1-2) from train.py run folders.")
     p.add_argument("runs", nargs="+", help="run folders (each holding log.jsonl) or log files")
     p.add_argument("--reference", required=True, help="label of the reference runs (e.g. scratch)")
@@ -27,12 +26,16 @@ def main(argv=None):
     try:
         for flag, path in (("--md", args.md), ("--csv", args.csv)):  # before the work, not after the table
             folder = os.path.dirname(os.path.abspath(path)) if path else None
-            if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
                 raise ValueError(f"{flag} {path}: folder {folder} does not exist or is not writable")
-        groups = runlog.group_runs(args.runs, warn=lambda m: print(f"{p.prog}: warning: {m}", file=sys.stderr))
+        warn = lambda m: print(f"{p.prog}: warning: {m}", file=sys.stderr)  # noqa: E731
+        groups = runlog.group_runs(args.runs, warn=warn)
         if args.reference not in groups:
             raise ValueError(f"reference '{args.reference}' not among the runs ({', '.join(sorted(groups))})")
-        rows = [S.row_stats(groups, label, args.reference, target=args.target) for label in groups]
+        rows = {label: S.row_stats(groups, label, args.reference, target=args.target) for label in groups}
+        for label in [label for label, row in rows.items() if row is None]:  # Eq. 2 pairs seeds: none to pair
+            warn(f"'{label}' has no seed in common with '{args.reference}'; left out")
+        rows = [row for row in rows.values() if row is not None]
         md = S.to_markdown(rows) + S.FRAGILE_NOTE + S.SEEDS_NOTE
         for path, text in ((args.md, md), (args.csv, S.to_csv(rows) if args.csv else None)):
             if path:

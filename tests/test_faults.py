@@ -86,15 +86,22 @@ def bad_train_inputs(root):
         (["--image-size", "100000"], "training needs at least"),
         (["--task", "1", "--init", "old", "--old-ckpt", str(root / "old")],
          f"--old-ckpt {root / 'old'} is a folder: give the checkpoint in it, {old}"),
-        (["--stop-at-acc-of", str(root / "edited")], "edited: its log's summary has max_acc = high"),
+        *[(["--stop-at-acc-of", str(root / f"edited-{name}")],
+           f"edited-{name}/log.jsonl: its summary has max_acc = {v}") for name, v in EDITED_MAX_ACC.items()],
+        (["--stop-at-acc-of", str(root / "a")], f"--stop-at-acc-of {root / 'a'}: no finished run there"),
     ]
     return [(["--data-dir", a] + extra if "--data-dir" not in extra else extra, msg) for extra, msg in cases]
 
 
+# a finished run whose summary was edited by hand: its max_acc as JSON writes each (NaN, Infinity, true)
+EDITED_MAX_ACC = {"high": "high", "nan": float("nan"), "inf": float("inf"), "true": True}
+
+
 def test_bad_train_inputs_exit_2_with_one_line_and_write_nothing(world, capsys):
-    if not (world / "edited").exists():  # a finished run whose summary was edited by hand
-        shutil.copytree(world / "old", world / "edited")
-        edit_log(world / "edited" / "log.jsonl", summary=lambda x: {**x, "max_acc": "high"})
+    for name, v in EDITED_MAX_ACC.items():
+        if not (world / f"edited-{name}").exists():
+            shutil.copytree(world / "old", world / f"edited-{name}")
+            edit_log(world / f"edited-{name}" / "log.jsonl", summary=lambda x, v=v: {**x, "max_acc": v})
     for extra, msg in bad_train_inputs(world):
         out = ["--out", str(world / "bad")] if "--out" not in extra else []
         before = tree_hash(world)
@@ -350,18 +357,27 @@ def test_speedup_bad_logs(tmp_path, capsys):
         ([write_log(tmp_path / "nolabel", header={"event": "header", "group": {}})], "header has no label"),
         ([ok, write_log(tmp_path / "copy")], "are the same run"),
         ([ok, "--md", str(tmp_path / "missing" / "t.md")], "does not exist"),
+        # the folders are checked before anything is written, and before the logs are read
+        ([ok, "--md", str(tmp_path / "t.md"), "--csv", str(tmp_path / "missing" / "t.csv")], "--csv"),
+        ([nan, "--md", str(tmp_path / "missing" / "t.md")], "--md"),
     ]
     for argv, msg in cases:
         assert table.main(argv + ["--reference", "scratch"]) == 2, argv
         out, err = capsys.readouterr()
         assert msg in err and len(err.strip().splitlines()) == 1 and out == "", (argv, err)
-    assert not (tmp_path / "missing").exists()
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "t.md").exists()
     # the same folder twice counts once; an unfinished run is left out with a warning
     unfinished = write_log(tmp_path / "unfinished", header={"event": "header", "label": "x", "group": {}},
                            summary=False)
     assert table.main([ok, ok + "/log.jsonl", unfinished, "--reference", "scratch"]) == 0
     out, err = capsys.readouterr()
     assert "| scratch | 1 |" in out and "given twice" in err and "unfinished" in err
+    # a row with no seed in common with the reference (Eq. 2 pairs seeds): left out with a warning, not a crash
+    other = write_log(tmp_path / "seed1", header={"event": "header", "label": "ours", "group": {},
+                                                  "config": {"seed": 1}})
+    assert table.main([ok, other, "--reference", "scratch"]) == 0
+    out, err = capsys.readouterr()
+    assert "| scratch | 1 |" in out and "| ours |" not in out and "'ours' has no seed in common" in err
 
 
 def test_forward_backward_takes_a_compiled_module():
@@ -598,6 +614,26 @@ def test_a_full_disk_is_one_line_up_front(world, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "runs_full: 1 MiB free on its disk, its 5 unfinished runs write about" in err, err
     assert tree_hash(world) == before and not (world / "runs_full").exists()
+
+
+def test_a_failed_first_log_line_is_one_line_and_leaves_no_lock_or_part(world, monkeypatch, capsys):
+    """The header is the log's first write: a full disk there is the same one line (exit 1), not a traceback."""
+    import errno
+
+    real = json.dumps
+
+    def dumps(obj, *a, **k):
+        if isinstance(obj, dict) and obj.get("event") == "header":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, *a, **k)
+
+    monkeypatch.setattr(runlog.json, "dumps", dumps)
+    out = world / "nospace-header"
+    assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"train.py: error: cannot write {out}/log.jsonl.part: No space left on device (ENOSPC); "
+                   "the run is not finished"), err
+    assert os.listdir(out) == []  # no .lock, no log.jsonl.part
 
 
 def test_a_failed_write_is_one_line_and_leaves_no_lock_or_part(world, monkeypatch, capsys):

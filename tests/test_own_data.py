@@ -26,7 +26,8 @@ def readme_commands(block=0):
 
 def test_readme_commands_for_your_own_data(tmp_path, monkeypatch, capsys):
     cmds = readme_commands()
-    assert [c[:2] for c in cmds] == [["python", "train.py"]] * 4 + [["python", "-m"]]
+    assert [c[:2] for c in cmds[:4]] == [["python", "train.py"]] * 4
+    assert cmds[4][:3] == ["python", "-m", "repro.table"]
     monkeypatch.chdir(tmp_path)
     write_folder(tmp_path / "my_images", num_classes=10, n_train=8, n_test=4)
     for cmd in cmds[:4]:  # the page's flags as written; only the size of the run is shrunk
@@ -64,7 +65,8 @@ def test_readme_commands_for_a_new_domain(tmp_path, monkeypatch, capsys):
     from test_domains import write_domains
 
     cmds = readme_commands(1)
-    assert [c[:2] for c in cmds] == [["python", "train.py"]] * 4 + [["python", "-m"]]
+    assert [c[:2] for c in cmds[:4]] == [["python", "train.py"]] * 4
+    assert cmds[4][:3] == ["python", "-m", "repro.table"]
     monkeypatch.chdir(tmp_path)
     domains = cmds[0][cmds[0].index("--split") + 1].split("+")
     write_domains(tmp_path / "my_domains", num_classes=3, n=10, size=32, names=domains)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, curves, independent_max_acc, independent_speedup, write_folder
-from repro import reproduce
+from repro import plans, reproduce
 
 ARGS = ["--dataset", "folder", "--split", "6+4", "--width", "8", "--batch-size", "32", "--seeds", "2",
         "--iters", "16", "--eval-every", "4", "--device", "cpu"]
@@ -130,13 +130,24 @@ def test_cpu_time_by_hand():
     on 2 cores: 76.7)."""
     from argparse import Namespace
 
-    paper = Namespace(iters=39100, batch_size=128, width=64, image_size=32, stem="cifar")
-    assert reproduce.cpu_time([None] * 120, paper) == "33 weeks"
-    laptop = Namespace(iters=3910, batch_size=128, width=16, image_size=16, stem="cifar")
-    assert reproduce.cpu_time([None] * 16, laptop) == "69 minutes"
-    assert reproduce.cpu_time([None], Namespace(**{**vars(laptop), "iters": 200})) == "13 seconds"
-    big = Namespace(iters=39100, batch_size=128, width=64, image_size=128, stem="imagenet")  # 128 / 4 = 32 px left
-    assert reproduce.cpu_time([None] * 3, big) == reproduce.cpu_time([None] * 3, paper) == "6 days"
+    paper = Namespace(batch_size=128, width=64, image_size=32, stem="cifar")
+    assert reproduce.cpu_time([39100] * 120, paper) == "33 weeks"
+    laptop = Namespace(batch_size=128, width=16, image_size=16, stem="cifar")
+    assert reproduce.cpu_time([3910] * 16, laptop) == "69 minutes"
+    assert reproduce.cpu_time([200], laptop) == "13 seconds"
+    assert reproduce.cpu_time([150, 50], laptop) == "13 seconds"  # each run at its own length
+    big = Namespace(batch_size=128, width=64, image_size=128, stem="imagenet")  # 128 / 4 = 32 px left
+    assert reproduce.cpu_time([39100] * 3, big) == reproduce.cpu_time([39100] * 3, paper) == "6 days"
+
+
+def test_planned_runs_are_counted_at_the_length_they_train(tmp_path):
+    """run_iters: a run's iterations from the command line the driver gives it (train.run_length), so the
+    laptop plan's x0.5 rows count half of --iters and its plateau check twice."""
+    args = reproduce.build_parser().parse_args(["--plan", "laptop", "--device", "cpu", "--runs", str(tmp_path)])
+    runs_dir, _ = reproduce.resolve(args)
+    iters = {r.name: reproduce.run_iters(r, args, runs_dir) for r in plans.PLANS["laptop"](args, runs_dir)}
+    assert iters["8+2/seed0/scratch"] == args.iters == 3910
+    assert iters["8+2/seed0/continuous+init+reg+data+x0.5"] == 1955 and iters["8+2/seed0/scratch-2x-iters"] == 7820
 
 
 def test_finished_runs_from_before_a_switch_at_its_old_behaviour_are_kept(table, capsys):
