@@ -1,6 +1,6 @@
-"""Checks of train.py's input, each failing as a one-line UsageError (exit code 2, no traceback): the command
-line (OneLineParser), the configuration (check_config, which reproduce.sh also runs over every planned run before
-the first), --out (writable, not a finished run; runlog.lock_run then holds it for one process), the free space,
+"""Checks of train.py's input, each failing as a one-line UsageError (exit code 2, no traceback): the
+configuration (check_config, which reproduce.sh also runs over every planned run before the first), --out
+(writable, not a finished run; runlog.LogWriter then locks it for one process and checks again), the free space,
 the run to stop at (--stop-at-acc-of), the device and its memory, the task's data. None of them writes anything;
 the old checkpoint's checks are ckpt.load_old's.
 """
@@ -39,6 +39,8 @@ def check_config(args, num_classes=None):
         (args.width > 0 and args.image_size > 0, "--width and --image-size must be > 0"),
         (args.per_class >= 0, f"--per-class must be >= 0 (0: every training image), got {args.per_class}"),
         (args.task >= 0, f"--task must be >= 0, got {args.task}"),
+        *[(0 <= getattr(args, s) < 2 ** 63, f"--{s.replace('_', '-')} must be in [0, 2^63) (a torch seed), got "
+           f"{getattr(args, s)}") for s in ("seed", "split_seed")],
         (not (args.sp and args.init != "scratch"),
          "--sp is for --init scratch (use --init shrink_perturb to continue)"),
         (args.init == "scratch" or args.old_ckpt, f"--init {args.init} needs --old-ckpt (the task-1 checkpoint)"),
@@ -117,7 +119,7 @@ def stop_accuracy(args):
     if log is None:
         raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
     try:
-        check_summary(log_path(args.stop_at_acc_of), log[2])
+        check_summary(log_path(args.stop_at_acc_of), log[2], keys=("max_acc",))  # all it reads
     except ValueError as e:
         raise UsageError(f"--stop-at-acc-of {e}") from None
     return log[2]["max_acc"]

@@ -59,7 +59,7 @@ def bytes_to_write(args, model, anchor, n_train, iters):
 
 def weights_hash(ckpt):
     """sha256 of what a continued run takes from a checkpoint: the weights, their random init (L2-init's
-    anchor) and the learning speed. A log records its old model's (train.open_log), so that a run continued
+    anchor) and the learning speed. A log records its old model's (train.log_header), so that a run continued
     from an old model that was trained again since is noticed (reproduce.execute)."""
     h = hashlib.sha256()
     for part in ("model", "init", "learning_speed"):

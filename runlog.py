@@ -102,10 +102,10 @@ def check_log(path, header, evals):
                 raise ValueError(f"{path}: evaluation at iteration {e.get('iter')} has {key} = {v}")
 
 
-def check_summary(path, summary):
+def check_summary(path, summary, keys=("max_acc", "train_acc")):
     """A summary line's accuracies as the tables and --stop-at-acc-of read them, as one readable ValueError:
     max_acc a finite number, train_acc one too or None (logs older than it)."""
-    for key in ("max_acc", "train_acc"):
+    for key in keys:
         v = summary.get(key)
         if not is_number(v) and (key == "max_acc" or v is not None):
             raise ValueError(f"{path}: its summary has {key} = {v}")
@@ -156,7 +156,7 @@ def replace_atomic(path, write):
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(e, OSError):
+        if isinstance(e, OSError) and e.errno is not None:
             raise OSError(e.errno, e.strerror, path) from None
         raise
 
@@ -169,7 +169,8 @@ def write_atomic(path, text):
     replace_atomic(path, write)
 
 
-def refuse_finished(out, overwrite=False):
+def refuse_finished(out, overwrite):
+    """A finished run in `out` is replaced only with --overwrite."""
     if is_finished(out) and not overwrite:
         raise UsageError(f"{out} already holds a finished run (use --overwrite to replace it)")
 
@@ -249,7 +250,10 @@ class LogWriter:
             raise OSError(e.errno, e.strerror, self.path) from None
 
     def finish(self):
-        os.replace(self.path, self.done)
+        try:
+            os.replace(self.path, self.done)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, self.done) from None
         self.close()
 
     def close(self, discard=False):

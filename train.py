@@ -55,9 +55,10 @@ def load_task(args):
     try:
         train, test, class_names = D.load_for_split(args.dataset, args.data_dir, args.split, args.image_size,
                                                     args.download, args.per_class)
-        groups, order, d = D.select_task(train, test, len(class_names), args.split, args.split_seed, args.task)
     except (ValueError, RuntimeError, OSError) as e:
         raise UsageError(f"{args.dataset} at {args.data_dir}: {str(e).splitlines()[0]}") from None
+    # the split and task were checked against the class count (checks.check_config): nothing left to refuse here
+    groups, order, d = D.select_task(train, test, len(class_names), args.split, args.split_seed, args.task)
     ident = D.identity(train, test, class_names, domains, args.per_class)  # compared with finished runs, checkpoints
     check_task(args.batch_size, args.task, d)
     old = load_old(args, groups, order, ident) if args.old_ckpt else None
@@ -229,7 +230,7 @@ class WriteError(Exception):
     """A file of the run could not be written (a full disk): one line, exit code 1."""
 
 
-def save_results(args, task, model, anchor, speed, summary, config, log, opt=None):
+def save_results(args, task, model, anchor, speed, summary, config, log, opt):
     """ckpt.pt first (ckpt.contents), then the summary line and the rename that marks the run finished (both
     atomic)."""
     write_ckpt(contents(args, task, model, anchor, speed, summary, config, opt), os.path.join(args.out, "ckpt.pt"))

@@ -215,8 +215,9 @@ def execute(runs, args, runs_dir):
 
 
 def run_bytes(args):
-    """About what one run writes: its ckpt.pt holds the weights, their init and Adam's two moments, fp32 values
-    each (ckpt.bytes_to_write counts them exactly), and a log."""
+    """An estimate of what one run writes, before any model is built: its ckpt.pt holds the weights, their init and
+    Adam's two moments, fp32 values each, and a log (ckpt.bytes_to_write, which each run checks for itself, also
+    counts the per-example arrays and leaves Adam out where a run saves none)."""
     return 4 * 4 * checks.num_weights(args.width) + 2 ** 20
 
 

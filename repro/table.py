@@ -15,7 +15,7 @@ import speedup as S
 
 def main(argv=None):
     p = runlog.OneLineParser(prog="python -m repro.table",
-                      description="L99/L100 speed-ups (paper Eq. 1-2) from train.py run folders.")
+                             description="L99/L100 speed-ups (paper Eq. 1-2) from train.py run folders.")
     p.add_argument("runs", nargs="+", help="run folders (each holding log.jsonl) or log files")
     p.add_argument("--reference", required=True, help="label of the reference runs (e.g. scratch)")
     p.add_argument("--target", default="max", choices=["max", "final"],

@@ -68,6 +68,8 @@ def bad_train_inputs(root):
         (["--sp-alpha", "nan"], "--sp-alpha must be a finite number in [0, 1]"),
         (["--schedule-scale", "inf"], "--schedule-scale must be a finite number > 0"),
         (["--eval-every", "0"], "--eval-every must be > 0"),
+        (["--seed", str(2 ** 64)], "--seed must be in [0, 2^63)"),
+        (["--split-seed", "-1"], "--split-seed must be in [0, 2^63)"),
         (["--out", str(root / "afile" / "x")], "is a file"),
         (["--out", str(root / "afile")], "exists and is not a folder"),
         (["--out", ""], "--out is empty"),
@@ -134,6 +136,29 @@ def test_a_run_folder_belongs_to_one_process(world, capsys):
     # the lock file of a dead process (nobody holds it) is taken over, and removed when the run ends
     assert train.cli(argv) == 0 and runlog.is_finished(world / "locked")
     assert sorted(os.listdir(world / "locked")) == ["ckpt.pt", "log.jsonl"]
+
+
+def test_a_run_finished_by_another_process_meanwhile_is_refused_under_the_lock(world, monkeypatch, capsys):
+    """validate() looked before the data was loaded; the writer looks again once it holds the lock."""
+    import checks
+
+    monkeypatch.setattr(checks, "refuse_finished", lambda out, overwrite: None)  # as if finished since validate
+    before = tree_hash(world / "old")
+    assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(world / "old")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"train.py: error: {world / 'old'} already holds a finished run (use --overwrite to replace it)"
+    assert tree_hash(world / "old") == before and not (world / "old" / ".lock").exists()
+
+
+def test_a_log_writer_closes_once(tmp_path):
+    """A second close must not remove the lock file of the process that locked the folder since."""
+    w = runlog.LogWriter(str(tmp_path / "run"))
+    w.close(discard=True)
+    assert os.listdir(tmp_path / "run") == []
+    held = runlog.lock_run(str(tmp_path / "run"))
+    w.close(discard=True)
+    assert os.listdir(tmp_path / "run") == [".lock"]
+    runlog.unlock_run(held)
 
 
 def test_log_and_checkpoint_record_the_data(world):
@@ -256,6 +281,7 @@ def test_ctrl_c_is_one_line_and_the_rerun_trains(world):
     err = proc.stderr.read()
     assert proc.wait() == 130 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("train.py: interrupted;") and not (out / ".lock").exists()
+    assert sorted(os.listdir(out)) == ["log.jsonl.part"]  # the log so far is kept, to be read
     r = subprocess.run(argv, capture_output=True, text=True)  # the unfinished run starts again
     assert r.returncode == 0 and runlog.is_finished(out), r.stderr
 
