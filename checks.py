@@ -1,6 +1,6 @@
 """Checks of train.py's input, each failing as a one-line UsageError (exit code 2, no traceback): the
 configuration (check_config, which reproduce.sh also runs over every planned run before the first), --out
-(writable, not a finished run; runlog.LogWriter then locks it for one process and checks again), the free space,
+(writable, not a finished run; runlog.log_writer then locks it for one process and checks again), the free space,
 the run to stop at (--stop-at-acc-of), the device and its memory, the task's data. None of them writes anything;
 the old checkpoint's checks are ckpt.load_old's.
 """

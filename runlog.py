@@ -1,23 +1,20 @@
-"""A run folder as train.py writes and leaves it, and what reads it: its log.jsonl (read_log; is_finished: the
-summary line is written last, so a log without it is a run that did not finish), the runs of a table grouped by
-row over seeds (group_runs, refusing what would mix configurations, data or copies of one run), the log being
-written (LogWriter: log.jsonl.part, renamed when the run is finished) under the folder's lock (lock_run: one
-process per run folder), and atomic writes (replace_atomic: a reader, or a killed process, never sees half a
-file).
+"""A run folder as train.py writes and leaves it: its log.jsonl, written through log_writer (log.jsonl.part,
+renamed when the run is finished) under the folder's lock (lock_run: one process per run folder), and read by
+read_log (is_finished: the summary line is written last, so a log without it is a run that did not finish); atomic
+writes (replace_atomic: a reader, or a killed process, never sees half a file).
 
     log.jsonl: {"event": "header", "label", "config", "group", "data", ...}   the run's configuration
                {"event": "eval", "iter", "acc", "train_seconds", ...}         one per evaluation
                {"event": "summary", "max_acc", ...}                           last: the run is finished
 
 Also the one-line errors of every command (UsageError, OneLineParser). Standard library only: train.py,
-checks.py and the driver (repro/: its tables, repro.table) go through it.
+checks.py and the driver (repro/; its tables group runs with repro/runs.py) go through it.
 """
 import argparse
 import contextlib
 import json
 import math
 import os
-import sys
 
 
 class UsageError(Exception):
@@ -85,23 +82,6 @@ def is_number(v):
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def check_log(path, header, evals):
-    """What a table needs of a log, as one readable ValueError: a label, a method configuration, and at least
-    one evaluation with a finite accuracy and training time."""
-    for key, kind in (("label", str), ("group", dict)):
-        if not isinstance(header.get(key), kind):
-            raise ValueError(f"{path}: the header has no {key} (not a train.py log?)")
-    if not isinstance(header.get("config", {}), dict):
-        raise ValueError(f"{path}: the header's config is not an object")
-    if not evals:
-        raise ValueError(f"{path}: no evaluations logged")
-    for e in evals:
-        for key in ("iter", "acc", "train_seconds"):
-            v = e.get(key)
-            if not is_number(v):
-                raise ValueError(f"{path}: evaluation at iteration {e.get('iter')} has {key} = {v}")
-
-
 def check_summary(path, summary, keys=("max_acc", "train_acc")):
     """A summary line's accuracies as the tables and --stop-at-acc-of read them, as one readable ValueError:
     max_acc a finite number, train_acc one too or None (logs older than it)."""
@@ -111,54 +91,29 @@ def check_summary(path, summary, keys=("max_acc", "train_acc")):
             raise ValueError(f"{path}: its summary has {key} = {v}")
 
 
-def group_runs(run_dirs, finished_only=True, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)):
-    """{label: [(header, evals), ...]} over seeds. Runs sharing a label must share their method config; all
-    runs must be on the same data (where their logs record it). A run given twice (the same file, or a copy:
-    same label, configuration and seeds) is counted once or refused, never as two seeds; an unfinished run
-    is skipped with a warning."""
-    groups, keys, seen, runs_of, data = {}, {}, set(), {}, None
-    for d in run_dirs:
-        path = os.path.realpath(log_path(d))
-        if path in seen:
-            warn(f"{d} is given twice; counted once")
-            continue
-        seen.add(path)
-        header, evals, summary = read_log(d)
-        if finished_only and summary is None:
-            warn(f"{d} is unfinished (no summary line); left out")
-            continue
-        check_log(path, header, evals)
-        label = header["label"]
-        key = json.dumps(header["group"], sort_keys=True)
-        if keys.setdefault(label, key) != key:
-            raise ValueError(f"runs labelled '{label}' differ in configuration (give them distinct --label)")
-        config = header.get("config", {})
-        run = (label, key, config.get("seed"), config.get("split_seed"))
-        if runs_of.setdefault(run, d) != d:
-            raise ValueError(f"{runs_of[run]} and {d} are the same run (label '{label}', seed {run[2]}); "
-                             "a copy would count as two seeds")
-        if header.get("data") is not None:
-            data = data or (header["data"], d)
-            if header["data"] != data[0]:
-                raise ValueError(f"{data[1]} and {d} were trained on different data")
-        groups.setdefault(label, []).append((header, evals))
-    return groups
+@contextlib.contextmanager
+def naming(path):
+    """An OSError raised inside names `path`, the file the caller asked for (not a temporary file beside it)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:  # not a failed system call: nothing to rename
+            raise
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def replace_atomic(path, write):
     """write(tmp) into a temporary file beside `path`, then rename it over `path`: a reader, or a killed
-    process, never sees a half-written file. The temporary file is removed if anything fails; an OSError names
-    `path`, the file the caller asked for, not the temporary one."""
+    process, never sees a half-written file. The temporary file is removed if anything fails."""
     tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError) and e.errno is not None:
-            raise OSError(e.errno, e.strerror, path) from None
-        raise
+    with naming(path):
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
 
 
 def write_atomic(path, text):
@@ -216,54 +171,35 @@ def unlock_run(handle):
     handle.close()
 
 
-class LogWriter:
-    """A run's log.jsonl.part, under the folder's lock (lock_run) from open to close; a context manager.
-    log(record) appends one JSON line and flushes it; finish() renames the file to log.jsonl, the mark of a
-    finished run. Leaving the `with` closes it: after an OSError (a full disk) the .part is removed, so no
-    half-written run is left; after any other error (a diverged loss, Ctrl-C) it is kept, to be read. A failed
-    write is an OSError naming the file. Refuses a finished run without `overwrite`, checked under the lock:
-    another process may have finished it since the caller last looked."""
+@contextlib.contextmanager
+def log_writer(out, overwrite=False):
+    """`with log_writer(out) as log:` a run's log.jsonl.part (log.path) under the folder's lock (lock_run);
+    log(record) appends one JSON line and flushes it. Leaving the block normally renames the file to log.jsonl,
+    the mark of a finished run; after an OSError (a full disk) the .part is removed, so no half-written run is
+    left; after any other error (a diverged loss, Ctrl-C) it is kept, to be read. A failed write is an OSError
+    naming the file. Refuses a finished run without `overwrite`, checked under the lock: another process may
+    have finished it since the caller last looked."""
+    part, done = os.path.join(out, "log.jsonl.part"), os.path.join(out, "log.jsonl")
+    lock = lock_run(out)
+    try:
+        refuse_finished(out, overwrite)
+        with naming(part):
+            f = open(part, "w")
 
-    def __init__(self, out, overwrite=False):
-        self.path, self.done = os.path.join(out, "log.jsonl.part"), os.path.join(out, "log.jsonl")
-        self.lock, self.f = lock_run(out), None
+        def log(record):
+            with naming(part):
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+
+        log.path = part  # where an unfinished run's log is left to be read
         try:
-            refuse_finished(out, overwrite)
-            self.f = open(self.path, "w")
-        except BaseException as e:
-            unlock_run(self.lock)
-            if isinstance(e, OSError):
-                raise OSError(e.errno, e.strerror, self.path) from None
-            raise
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        self.close(discard=isinstance(error, OSError))
-
-    def __call__(self, record):
-        try:
-            self.f.write(json.dumps(record) + "\n")
-            self.f.flush()
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, self.path) from None
-
-    def finish(self):
-        try:
-            os.replace(self.path, self.done)
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, self.done) from None
-        self.close()
-
-    def close(self, discard=False):
-        """Close and unlock, once (a second call must not remove a lock file another process holds by then)."""
-        if self.lock is None:
-            return
-        with contextlib.suppress(OSError):
-            self.f.close()  # flushes: fails too on a full disk
-        if discard:
+            with f:
+                yield log
+            with naming(done):
+                os.replace(part, done)
+        except OSError:
             with contextlib.suppress(OSError):
-                os.remove(self.path)
-        unlock_run(self.lock)
-        self.lock = None
+                os.remove(part)
+            raise
+    finally:
+        unlock_run(lock)

@@ -22,8 +22,8 @@ The same ratios in measured training seconds (the logs' train_seconds at those i
 savings survive in wall-clock time when some methods cost more per iteration.
 
 Standard library and numpy only: copy this file alone to use it. A table takes runs as {label: [(header,
-evaluations), ...]}, as runlog.group_runs reads them from train.py's log.jsonl files; `python -m repro.table
-RUNS... --reference scratch` prints one from run folders.
+evaluations), ...]}, as repro/runs.py's group_runs reads them from train.py's log.jsonl files;
+`python -m repro.table RUNS... --reference scratch` prints one from run folders.
 """
 import math
 

@@ -33,7 +33,7 @@ from l2init import paired, paired_penalty, snapshot
 from resnet import STEMS, grow_head, resnet18, stem_for
 from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
-from runlog import LogWriter, OneLineParser
+from runlog import OneLineParser, log_writer
 from shrink_perturb import shrink_perturb_
 from step import (build_step, grad_norm_probe, load_adam_state_, make_optimizer, record_learning_speed,
                   train_accuracy)
@@ -231,11 +231,10 @@ class WriteError(Exception):
 
 
 def save_results(args, task, model, anchor, speed, summary, config, log, opt):
-    """ckpt.pt first (ckpt.contents), then the summary line and the rename that marks the run finished (both
-    atomic)."""
+    """ckpt.pt first (ckpt.contents, atomic), then the summary line; leaving log_writer's block renames the log,
+    the mark of a finished run."""
     write_ckpt(contents(args, task, model, anchor, speed, summary, config, opt), os.path.join(args.out, "ckpt.pt"))
     log(summary)
-    log.finish()
 
 
 def main(args):
@@ -269,7 +268,7 @@ def main(args):
     parts = types.SimpleNamespace(model=model, loader=loader, step=step, loss_sum=loss_sum, batches=batch_iter,
                                   speed=speed, reg=reg, target=target)
     try:  # the log is closed however the run ends; after a failed write (OSError) no half-written run is left
-        with LogWriter(args.out, args.overwrite) as log:  # one process per run folder
+        with log_writer(args.out, args.overwrite) as log:  # one process per run folder
             log(log_header(args, task, config, device))
             best, acc, iters_run, wall, train_seconds, ls_seconds = train_loop(args, task, parts, log)  # Sec. 3.4
             summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,

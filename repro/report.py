@@ -15,6 +15,7 @@ import runlog
 import speedup as S
 
 from . import plans as P
+from .runs import group_runs
 
 SPEEDUPS = ["L99", "L100", "L99_seconds", "L100_seconds", "L99_seeds", "L99_seeds_se", "L99_seeds_reached",
             "L100_seeds", "L100_seeds_se", "L100_seeds_reached"]  # speedup.row_stats; the per-seed L_r: Eq. 2 per seed
@@ -29,7 +30,7 @@ def finished(runs, runs_dir):
 
 def collect(runs, runs_dir):
     """{label: [(header, evals), ...]} of the finished runs among `runs`."""
-    return runlog.group_runs(finished(runs, runs_dir))
+    return group_runs(finished(runs, runs_dir))
 
 
 def cells(st, paper=None, seconds=False):

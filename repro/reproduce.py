@@ -31,6 +31,7 @@ import train
 from . import plans as P
 from . import report as R
 from . import report_analysis
+from .runs import check_log
 
 HERE = os.path.dirname(os.path.abspath(train.__file__))  # the repository root, where train.py is
 REPORTS = {**R.REPORTS, "analysis": report_analysis.report_analysis}
@@ -106,7 +107,7 @@ def read_checked(run_dir):
     try:
         header, evals, _ = runlog.read_log(run_dir)
         path = runlog.log_path(run_dir)
-        runlog.check_log(path, header, evals)
+        check_log(path, header, evals)
         if not isinstance(header.get("config"), dict) or not isinstance(header["config"].get("seed"), int):
             raise ValueError(f"{path}: the header has no config with a seed (not a train.py log?)")
     except ValueError as e:
@@ -558,7 +559,7 @@ def main(argv=None):
         return 1
     try:
         REPORTS[args.plan](runs, args, runs_dir, results_dir)
-    except ValueError as e:  # a log the tables cannot read (runlog.check_log says which and why)
+    except ValueError as e:  # a log the tables cannot read (check_log says which and why)
         die(str(e))
     print(f"results in {results_dir}/", flush=True)
     return 1 if failed else 0

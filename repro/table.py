@@ -3,7 +3,7 @@ averaged, every row against the reference's runs.
 
     python -m repro.table runs/*/ --reference scratch [--target max|final] [--md table.md] [--csv table.csv]
 
-The logs are read and grouped by runlog.group_runs (it refuses runs that would mix configurations, data or
+The logs are read and grouped by repro/runs.py's group_runs (it refuses runs that would mix configurations, data or
 copies of one run); the numbers are speedup.row_stats, the same as the plans' tables (report.py).
 """
 import os
@@ -11,6 +11,8 @@ import sys
 
 import runlog
 import speedup as S
+
+from .runs import group_runs
 
 
 def main(argv=None):
@@ -29,7 +31,7 @@ def main(argv=None):
             if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
                 raise ValueError(f"{flag} {path}: folder {folder} does not exist or is not writable")
         warn = lambda m: print(f"{p.prog}: warning: {m}", file=sys.stderr)  # noqa: E731
-        groups = runlog.group_runs(args.runs, warn=warn)
+        groups = group_runs(args.runs, warn=warn)
         if args.reference not in groups:
             raise ValueError(f"reference '{args.reference}' not among the runs ({', '.join(sorted(groups))})")
         rows = {label: S.row_stats(groups, label, args.reference, target=args.target) for label in groups}

@@ -150,15 +150,30 @@ def test_a_run_finished_by_another_process_meanwhile_is_refused_under_the_lock(w
     assert tree_hash(world / "old") == before and not (world / "old" / ".lock").exists()
 
 
-def test_a_log_writer_closes_once(tmp_path):
-    """A second close must not remove the lock file of the process that locked the folder since."""
-    w = runlog.LogWriter(str(tmp_path / "run"))
-    w.close(discard=True)
-    assert os.listdir(tmp_path / "run") == []
-    held = runlog.lock_run(str(tmp_path / "run"))
-    w.close(discard=True)
-    assert os.listdir(tmp_path / "run") == [".lock"]
+def test_a_log_writer_leaves_its_folder_as_its_block_ends(tmp_path):
+    """An OSError (a full disk): nothing left, and the lock is the next process's; another error (Ctrl-C): the
+    .part kept, to be read; a normal end: log.jsonl, the finished mark, which the next writer refuses."""
+    import errno
+
+    out = str(tmp_path / "run")
+    with pytest.raises(OSError), runlog.log_writer(out) as log:
+        log({"event": "header", "label": "a"})
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert os.listdir(out) == []
+    held = runlog.lock_run(out)
+    assert os.listdir(out) == [".lock"]
     runlog.unlock_run(held)
+    with pytest.raises(KeyboardInterrupt), runlog.log_writer(out) as log:
+        log({"event": "header", "label": "a"})
+        raise KeyboardInterrupt
+    assert os.listdir(out) == ["log.jsonl.part"]
+    with runlog.log_writer(out) as log:
+        log({"event": "header", "label": "a"})
+        log({"event": "summary", "max_acc": 1.0})
+    assert os.listdir(out) == ["log.jsonl"] and runlog.is_finished(out)
+    with pytest.raises(runlog.UsageError, match="already holds a finished run"), runlog.log_writer(out):
+        pass
+    assert os.listdir(out) == ["log.jsonl"]
 
 
 def test_log_and_checkpoint_record_the_data(world):
