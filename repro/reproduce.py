@@ -215,11 +215,13 @@ def execute(runs, args, runs_dir):
     return failed
 
 
-def run_bytes(args):
-    """An estimate of what one run writes, before any model is built: its ckpt.pt holds the weights, their init and
-    Adam's two moments, fp32 values each, and a log (ckpt.bytes_to_write, which each run checks for itself, also
-    counts the per-example arrays and leaves Adam out where a run saves none)."""
-    return 4 * 4 * checks.num_weights(args.width) + 2 ** 20
+def run_bytes(args, argv):
+    """An estimate of what one run (its train.py command line) writes, before any model is built: its ckpt.pt
+    holds the weights and their init, and Adam's two moments where the run saves them (ckpt.saves_adam), fp32
+    values each, and a log (ckpt.bytes_to_write, which each run checks for itself, also counts the per-example
+    arrays)."""
+    copies = 2 + 2 * ckpt.saves_adam(train.parse_or_raise(argv))
+    return copies * 4 * checks.num_weights(args.width) + 2 ** 20
 
 
 def old_ckpt_of(argv):
@@ -538,7 +540,8 @@ def main(argv=None):
         check_runs(runs, args, runs_dir, num_classes)
         todo = [r for r in runs if not runlog.is_finished(os.path.join(runs_dir, r.name))]
         try:  # a full disk up front; one driver per runs folder (a second would find every unfinished run in use)
-            checks.check_space(runs_dir, len(todo) * run_bytes(args), f"its {len(todo)} unfinished runs write")
+            need = sum(run_bytes(args, train_argv(r, args, runs_dir)) for r in todo)
+            checks.check_space(runs_dir, need, f"its {len(todo)} unfinished runs write")
             lock = runlog.lock_run(runs_dir, what="another reproduce.sh")
         except checks.UsageError as e:
             die(str(e))

@@ -653,9 +653,10 @@ def test_a_full_disk_is_one_line_up_front(world, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         reproduce.main(driver_argv(world, "a", "runs_full", "res_full"))
     err = capsys.readouterr().err.strip()
-    # 5 runs x (4 fp32 copies of ResNet-18's 11.2M / 64 = 175,000 weights at width 8: the weights, their init and
-    # Adam's two moments; plus 1 MiB for the log) = 5 x 3,848,576 bytes = 18.4 MiB
-    assert e.value.code == 2 and "runs_full: 1 MiB free on its disk, its 5 unfinished runs write about 18 MiB" in err
+    # fp32 copies of ResNet-18's 11.2M / 64 = 175,000 weights at width 8: the old model saves 4 (the weights, their
+    # init, Adam's two moments), the 4 runs of the next task 2 each (--learning-speed off: no Adam state saved);
+    # plus 1 MiB per log: (4 + 4 x 2) x 4 x 175,000 + 5 x 2^20 = 13,642,880 bytes = 13.0 MiB
+    assert e.value.code == 2 and "runs_full: 1 MiB free on its disk, its 5 unfinished runs write about 13 MiB" in err
     assert tree_hash(world) == before and not (world / "runs_full").exists()
 
 
