@@ -53,8 +53,8 @@ def bytes_to_write(args, model, anchor, n_train, iters):
     megabyte)."""
     tensors = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *anchor.values()])
     tensors += 2 * 4 * sum(p.numel() for p in model.parameters()) * saves_adam(args)  # two fp32 moments
-    epochs = iters * args.batch_size // n_train + 1
-    return tensors + n_train * (8 + 8 + 4) + epochs * (n_train // 8 + 1) + 2 ** 20
+    epochs = iters * args.batch_size // n_train  # those it finishes (train.ends_epoch): a row of bits each
+    return tensors + n_train * (8 + 4 + 4) + epochs * (n_train // 8 + 1) + 2 ** 20  # int64 index, 2 fp32 counts
 
 
 def weights_hash(ckpt):

@@ -70,6 +70,28 @@ def test_the_space_check_counts_what_a_run_writes(chain, monkeypatch):
         assert (ckpt(out)["optimizer"] is None) == (name == "space-off")
 
 
+def test_the_space_check_counts_the_per_example_arrays(tmp_path):
+    """At CIFAR's size the learning speed and the example index outgrow the 1 MiB allowance (50,000 examples,
+    100 epochs of bits: about 1.4 MB), so bytes_to_write must count them: it is at least what torch.save
+    writes of them, and above it by no more than the allowance."""
+    import io
+    import types
+
+    from ckpt import bytes_to_write
+    from sampler import LearningSpeed
+
+    n, lin = 50_000, torch.nn.Linear(2, 2)
+    args = types.SimpleNamespace(learning_speed="off", batch_size=128)
+    speed = LearningSpeed(n)
+    for _ in range(39_100 * 128 // n):  # an epoch's end every n / 128 iterations
+        speed.record_epoch(torch.rand(n) < 0.5)
+    buf = io.BytesIO()
+    torch.save({"model": lin.state_dict(), "init": {}, "learning_speed": speed.state_dict(),
+                "index": torch.arange(n)}, buf)
+    need = bytes_to_write(args, lin, {}, n, 39_100)
+    assert buf.tell() <= need <= buf.tell() + 2 ** 20, (buf.tell(), need)
+
+
 def test_checkpoints_of_the_chain(chain):
     old, ours = ckpt(chain["old"]), ckpt(chain["ours"])
     # the head grows from the 6 old classes to all 10
