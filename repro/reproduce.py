@@ -124,7 +124,8 @@ def execute(runs, args, runs_dir):
     by_name = {r.name: r for r in runs}
     argvs = {r.name: train_argv(r, args, runs_dir) for r in runs}
     old_ckpts = {r.name: old_ckpt_of(argvs[r.name]) for r in runs}
-    # the checkpoints an unfinished run starts from (or samples by): a finished seed's old model may go
+    # read again under the driver's lock: main's look, for the space check, came before it and another driver may
+    # have finished runs since. The checkpoints an unfinished run starts from: a finished seed's old model may go
     finished = {r.name for r in runs if runlog.is_finished(os.path.join(runs_dir, r.name))}
     started_from = {old_ckpts[r.name] for r in runs if r.name not in finished}
     done, pending, hashes, ran = set(), set(), {}, set()

@@ -216,3 +216,21 @@ def test_only_the_papers_setting_writes_into_results(tmp_path):
                   ["--plan", "fig7", "--data-dir", str(tmp_path / "other")]):
         got = results_dir(*trial)
         assert got != "results" and got.startswith("results" + os.sep), trial
+
+
+def test_the_batch_size_check_counts_each_seeds_own_classes():
+    """The driver's --batch-size check counts a run's task as train.py selects it (task_labels): with classes of
+    unequal size, which classes task 0 holds depends on the run's seed (its --split-seed)."""
+    import types
+
+    sizes = [1, 2, 4, 8]  # training images of classes 0..3: every pair of classes has its own total
+    y = torch.repeat_interleave(torch.arange(4), torch.tensor(sizes))
+    train, test = (torch.zeros(len(y), 1), y), (torch.zeros(4, 1), torch.arange(4))
+    totals = set()
+    for seed in range(6):
+        first = torch.randperm(4, generator=torch.Generator().manual_seed(seed)).tolist()[:2]  # the seeded order
+        for task, want in ((0, sizes[first[0]] + sizes[first[1]]), (1, sum(sizes))):
+            run = types.SimpleNamespace(split="2+2", seed=seed, task=task)
+            assert len(reproduce.task_labels(train, test, 4, run).y) == want
+        totals.add(sizes[first[0]] + sizes[first[1]])
+    assert len(totals) > 1  # the seeds do pick different classes
