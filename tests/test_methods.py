@@ -1,7 +1,7 @@
 """Each method module against an independent hand computation."""
+import ast
 import copy
 import math
-import ast
 import os
 import shutil
 import subprocess
