@@ -178,11 +178,15 @@ def log_writer(out, overwrite=False):
     the mark of a finished run; after an OSError (a full disk) the .part is removed, so no half-written run is
     left; after any other error (a diverged loss, Ctrl-C) it is kept, to be read. A failed write is an OSError
     naming the file. Refuses a finished run without `overwrite`, checked under the lock: another process may
-    have finished it since the caller last looked."""
+    have finished it since the caller last looked. With `overwrite`, the finished run's log.jsonl is removed at
+    once: a run that fails after replacing other files of the folder (ckpt.pt) never leaves them beside a log
+    that says finished."""
     part, done = os.path.join(out, "log.jsonl.part"), os.path.join(out, "log.jsonl")
     lock = lock_run(out)
     try:
         refuse_finished(out, overwrite)
+        with naming(done), contextlib.suppress(FileNotFoundError):
+            os.remove(done)
         with naming(part):
             f = open(part, "w")
 

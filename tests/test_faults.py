@@ -152,7 +152,8 @@ def test_a_run_finished_by_another_process_meanwhile_is_refused_under_the_lock(w
 
 def test_a_log_writer_leaves_its_folder_as_its_block_ends(tmp_path):
     """An OSError (a full disk): nothing left, and the lock is the next process's; another error (Ctrl-C): the
-    .part kept, to be read; a normal end: log.jsonl, the finished mark, which the next writer refuses."""
+    .part kept, to be read; a normal end: log.jsonl, the finished mark, which the next writer refuses unless it
+    overwrites: then the mark goes at once."""
     import errno
 
     out = str(tmp_path / "run")
@@ -174,6 +175,12 @@ def test_a_log_writer_leaves_its_folder_as_its_block_ends(tmp_path):
     with pytest.raises(runlog.UsageError, match="already holds a finished run"), runlog.log_writer(out):
         pass
     assert os.listdir(out) == ["log.jsonl"]
+    # --overwrite: a run that fails once it has replaced ckpt.pt leaves no log saying the folder is finished
+    with pytest.raises(KeyboardInterrupt), runlog.log_writer(out, overwrite=True) as log:
+        (tmp_path / "run" / "ckpt.pt").write_bytes(b"the new run's")
+        log({"event": "header", "label": "b"})
+        raise KeyboardInterrupt
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "log.jsonl.part"] and not runlog.is_finished(out)
 
 
 def test_log_and_checkpoint_record_the_data(world):
