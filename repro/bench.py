@@ -244,12 +244,12 @@ def time_streams(args, device, k):
     return k * 1000 / median_ms(all_steps, args.steps, args.repeats, device)
 
 
-def cpu_figures(args, argv, device, out, flops):
+def cpu_figures(args, argv, device, out, flops, runs):
     """On a CPU, what the choice of the laptop plan's defaults rests on: the fp32 and bf16 matmul ceilings; the
     "ours" step in fp32 channels_last (train.py's CPU default), fp32 contiguous, bf16 autocast (changes the
     numbers) and torch.compile, each as ms per step and % of its precision's ceiling; one evaluation at the CPU's
     evaluation batch (data.EVAL_BATCH) and at the GPU's; the evaluations' and learning-speed passes' share of the
-    laptop plan; and K processes of cores/K threads side by side."""
+    laptop plan (runs: its plan_runs); and K processes of cores/K threads side by side."""
     cores = torch.get_num_threads()
     ceil = {"fp32": out["matmul_tflops"], "bf16": matmul_tflops(device, dtype=torch.bfloat16)}
     out["matmul_tflops_bf16"] = ceil["bf16"]
@@ -282,7 +282,6 @@ def cpu_figures(args, argv, device, out, flops):
         out[f"cpu_eval_ms_batch{batch}"] = eval_ms
         print(f"eval batch {batch:4d}: {eval_ms:7.1f} ms / 10,000 test images (fp32 channels_last)", flush=True)
     ms, eval_ms = base["ms_per_iter"], base["eval_ms"]
-    runs = plan_runs(["laptop"])["laptop"]
     total = plan_seconds(runs, ms, eval_ms)
     steps = plan_seconds(runs, ms, 0)
     evals = plan_seconds([(i, False, every) for i, _, every in runs], 0, eval_ms)
@@ -381,7 +380,7 @@ def main(argv=None):
         print(f"typical  : {tms:8.3f} ms/it | {args.batch_size / tms * 1000:9.0f} img/s | {key} is "
               f"{tms / ms:.2f}x faster", flush=True)
     if device.type == "cpu" and not args.compile:
-        cpu_figures(args, argv, device, out, flops)
+        cpu_figures(args, argv, device, out, flops, runs["laptop"])
     ks = args.concurrency or ("1,2,4,8" if device.type == "cuda" else "")
     for k in [int(v) for v in ks.split(",") if v.strip()]:
         agg, late = time_concurrent(args, argv, k, graph)

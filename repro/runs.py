@@ -26,7 +26,7 @@ def check_log(path, header, evals):
                 raise ValueError(f"{path}: evaluation at iteration {e.get('iter')} has {key} = {v}")
 
 
-def group_runs(run_dirs, finished_only=True, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)):
+def group_runs(run_dirs, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)):
     """{label: [(header, evals), ...]} over seeds. Runs sharing a label must share their method config; all
     runs must be on the same data (where their logs record it). A run given twice (the same file, or a copy:
     same label, configuration and seeds) is counted once or refused, never as two seeds; an unfinished run
@@ -39,7 +39,7 @@ def group_runs(run_dirs, finished_only=True, warn=lambda msg: print(f"warning: {
             continue
         seen.add(path)
         header, evals, summary = read_log(d)
-        if finished_only and summary is None:
+        if summary is None:
             warn(f"{d} is unfinished (no summary line); left out")
             continue
         check_log(path, header, evals)
