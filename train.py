@@ -351,7 +351,8 @@ def build_parser():
     a("--eval-every", type=int, default=200, help="evaluate on the test set every this many iterations")
     a("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
     a("--out", default="runs/run", help="output folder for log.jsonl and ckpt.pt")
-    a("--overwrite", action="store_true", help="replace a finished run in --out")
+    a("--overwrite", action="store_true",
+      help="replace a finished run in --out (its log.jsonl goes as this run starts)")
     a("--label", help="row name in the tables (repro.table) (default: 'old' for --task 0, 'scratch', 'continuous' for "
                        "--init old, else made from the method flags)")
     a("--device", default="auto", help="auto, cuda, cuda:N or cpu")
