@@ -31,9 +31,9 @@ from ckpt import bytes_to_write, contents, load_old, write_ckpt
 import data as D
 from l2init import paired, paired_penalty, snapshot
 from resnet import STEMS, grow_head, resnet18, stem_for
+from runlog import OneLineParser, log_writer
 from sampler import LearningSpeed, balanced_batches, batches, easy_hard_weights, old_new_weights
 from schedule import lr_at
-from runlog import OneLineParser, log_writer
 from shrink_perturb import shrink_perturb_
 from step import (build_step, grad_norm_probe, load_adam_state_, make_optimizer, record_learning_speed,
                   train_accuracy)

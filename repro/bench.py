@@ -27,9 +27,9 @@ import data as D
 from checks import UsageError, resolve_device
 from l2init import paired, snapshot
 from resnet import resnet18
+from runlog import OneLineParser, write_atomic
 from sampler import batches, easy_hard_weights
 from shrink_perturb import shrink_perturb_
-from runlog import OneLineParser, write_atomic
 from step import build_step, make_optimizer
 from train import HelpFormatter, parse_or_raise, run_length
 
