@@ -119,15 +119,27 @@ def depth(run, by_name):
     return 0 if not run.deps else 1 + max(depth(by_name[d], by_name) for d in run.deps)
 
 
+def needed_checkpoints(runs, by_name, old_ckpts, finished, runs_dir):
+    """The old checkpoints that a run to train starts from: those of the unfinished runs and, down a chain
+    (Fig. 6), of the finished runs trained again because a later run needs their checkpoint and it is gone. A
+    seed carried as logs alone, every run finished, needs none, so nothing of it is trained again."""
+    needed = set()
+    for r in sorted(runs, key=lambda r: depth(r, by_name), reverse=True):  # the runs that start from r come first
+        own = os.path.join(runs_dir, r.name, "ckpt.pt")
+        if old_ckpts[r.name] and (r.name not in finished or (own in needed and not os.path.isfile(own))):
+            needed.add(old_ckpts[r.name])
+    return needed
+
+
 def execute(runs, args, runs_dir):
     """Runs what is not finished, dependencies first, on len(slots) parallel workers. Returns failed names."""
     by_name = {r.name: r for r in runs}
     argvs = {r.name: train_argv(r, args, runs_dir) for r in runs}
     old_ckpts = {r.name: old_ckpt_of(argvs[r.name]) for r in runs}
     # read again under the driver's lock: main's look, for the space check, came before it and another driver may
-    # have finished runs since. The checkpoints an unfinished run starts from: a finished seed's old model may go
+    # have finished runs since
     finished = {r.name for r in runs if runlog.is_finished(os.path.join(runs_dir, r.name))}
-    started_from = {old_ckpts[r.name] for r in runs if r.name not in finished}
+    started_from = needed_checkpoints(runs, by_name, old_ckpts, finished, runs_dir)
     done, pending, hashes, ran = set(), set(), {}, set()
     for r in sorted(runs, key=lambda r: depth(r, by_name)):
         run_dir = os.path.join(runs_dir, r.name)

@@ -2,6 +2,7 @@
 each output table is complete and its numbers agree with a re-computation from the run logs."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -105,6 +106,29 @@ def test_fig6_chain_runs_each_schedule_by_default(root):
             assert r["chain_to_L100"] == r["chain_to_L100_cumulative"] == ""
         before += 12
         assert float(r["chain_cumulative"]) == before
+
+
+def test_fig6_chain_carried_as_logs_resumes_down_the_chain(root, capsys):
+    """Logs carried without checkpoints, one run of the last task unfinished: it starts from task 2's model,
+    which starts from task 1's, from the old model's; all three are trained again (on a CPU to the same weights,
+    so the seed's other finished runs are kept), and the other seed, finished, is left whole."""
+    run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
+    runs = root / "runs_chain"
+    shutil.copytree(root / "runs" / "4+2x3", runs / "4+2x3")
+    for ckpt in runs.rglob("ckpt.pt"):
+        ckpt.unlink()
+    seed0, seed1 = runs / "4+2x3" / "seed0", runs / "4+2x3" / "seed1"
+    (seed0 / "task3" / f"schedule-{plans.OURS}" / "log.jsonl").unlink()
+    before = {p: p.read_bytes() for p in seed1.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    argv = common(root, "runs_chain", "res_chain") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2"]
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    again = [line.split(":")[0] for line in out.splitlines() if "that later runs start from is gone" in line]
+    assert sorted(again) == sorted(f"4+2x3/seed0/{r}" for r in ("old", f"task1/schedule-{plans.OURS}",
+                                                                 f"task2/schedule-{plans.OURS}")), out
+    assert (seed0 / "task3" / f"schedule-{plans.OURS}" / "log.jsonl").is_file()
+    assert {p: p.read_bytes() for p in seed1.rglob("*") if p.is_file()} == before
 
 
 def test_fig6_chain_stopped_at_l100(root, capsys):
