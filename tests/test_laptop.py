@@ -181,11 +181,22 @@ def test_laptop_quick_end_to_end(tmp_path, no_checksum, capsys):
     assert {p: p.read_bytes() for p in runs.rglob("log.jsonl")} == before
     # a summary edited by hand: one line naming the file and the field, not a traceback
     log = runs / "8+2/seed0/scratch-2x-iters/log.jsonl"
-    log.write_text(log.read_text().replace('"max_acc": ', '"max_acc": "high", "was": '))
-    with pytest.raises(SystemExit) as e:
-        reproduce.main(argv + ["--report-only"])
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and len(err.splitlines()) == 1 and "max_acc = high" in err, err
+    text = log.read_text()
+    for key, edit, want in (("max_acc", '"max_acc": "high", "was": ', "max_acc = high"),
+                            ("max_acc", '"was": ', "max_acc = None"),
+                            ("train_acc", '"train_acc": "high", "was": ', "train_acc = high")):
+        log.write_text(text.replace(f'"{key}": ', edit))
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(argv + ["--report-only"])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and want in err, err
+    # the plateau verdict's line is 1 point: a run at twice the iterations 0.99 points better is on it, 1.01 not
+    summary = json.loads(text.splitlines()[-1])
+    for gain, verdict in ((0.99, "on the plateau (< 1 point)"), (1.01, "NOT on the plateau (>= 1 point)")):
+        lines = text.splitlines()[:-1] + [json.dumps({**summary, "max_acc": best(one) + gain})]
+        log.write_text("\n".join(lines) + "\n")
+        assert reproduce.main(argv + ["--report-only"]) == 0
+        assert f"{gain:+.2f} points, {verdict}." in (res / "laptop.md").read_text()
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(LAPTOP, "laptop.md")), reason="no committed laptop table")
