@@ -42,7 +42,12 @@ def write_ckpt(ckpt, path):
     through a Python file: torch.save to a path reports a full disk as 'unexpected pos ...', not as ENOSPC."""
     def write(tmp):
         with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
+            try:
+                torch.save(ckpt, f)
+            except RuntimeError as e:  # a disk that fills mid-file: torch's zip writer raises over the OSError
+                if not isinstance(e.__context__, OSError):
+                    raise
+                raise e.__context__ from None
 
     replace_atomic(path, write)
 

@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import torch
 
+from runlog import replace_atomic
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 
 # the train/test split of a folder without train/ and test/ folders (Adaptiope's own layout): per class, 20% of
@@ -152,16 +154,10 @@ def _read_cache(path, fingerprint):
 def _write_cache(paths, blob):
     """Atomically into the first writable place (a killed first load never leaves a half-written cache)."""
     for i, path in enumerate(paths):
-        tmp = f"{path}.tmp{os.getpid()}"
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
+            replace_atomic(path, lambda tmp: torch.save(blob, tmp))  # its temporary file goes however it fails
         except (OSError, RuntimeError):  # torch.save reports a read-only folder as RuntimeError
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
             continue
         if i > 0:
             print(f"note: {paths[0]} is not writable; cached the decoded images in {path}", file=sys.stderr)

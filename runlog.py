@@ -178,24 +178,31 @@ def log_writer(out, overwrite=False):
     the mark of a finished run; after an OSError (a full disk) the .part is removed, so no half-written run is
     left; after any other error (a diverged loss, Ctrl-C) it is kept, to be read. A failed write is an OSError
     naming the file. Refuses a finished run without `overwrite`, checked under the lock: another process may
-    have finished it since the caller last looked. With `overwrite`, the finished run's log.jsonl is removed at
-    once: a run that fails after replacing other files of the folder (ckpt.pt) never leaves them beside a log
-    that says finished."""
+    have finished it since the caller last looked. With `overwrite`, the finished run stays whole until the
+    caller is about to replace the folder's other files (ckpt.pt): log.unfinish() removes its log.jsonl then, so
+    a run that fails from there on never leaves a new ckpt.pt beside a log that says finished."""
     part, done = os.path.join(out, "log.jsonl.part"), os.path.join(out, "log.jsonl")
     lock = lock_run(out)
     try:
         refuse_finished(out, overwrite)
-        with naming(done), contextlib.suppress(FileNotFoundError):
-            os.remove(done)
         with naming(part):
             f = open(part, "w")
 
         def log(record):
             with naming(part):
-                f.write(json.dumps(record) + "\n")
-                f.flush()
+                try:
+                    f.write(json.dumps(record) + "\n")
+                    f.flush()
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        f.close()  # now: closing later would flush the same line again, failing without a name
+                    raise
 
-        log.path = part  # where an unfinished run's log is left to be read
+        def unfinish():
+            with naming(done), contextlib.suppress(FileNotFoundError):
+                os.remove(done)
+
+        log.path, log.unfinish = part, unfinish  # path: where an unfinished run's log is left to be read
         try:
             with f:
                 yield log

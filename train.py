@@ -233,6 +233,7 @@ class WriteError(Exception):
 def save_results(args, task, model, anchor, speed, summary, config, log, opt):
     """ckpt.pt first (ckpt.contents, atomic), then the summary line; leaving log_writer's block renames the log,
     the mark of a finished run."""
+    log.unfinish()  # --overwrite: the finished run's log goes only now, as its ckpt.pt is replaced
     write_ckpt(contents(args, task, model, anchor, speed, summary, config, opt), os.path.join(args.out, "ckpt.pt"))
     log(summary)
 
@@ -352,7 +353,7 @@ def build_parser():
     a("--width", type=int, default=64, help="ResNet-18 base width (64 is the paper's)")
     a("--out", default="runs/run", help="output folder for log.jsonl and ckpt.pt")
     a("--overwrite", action="store_true",
-      help="replace a finished run in --out (its log.jsonl goes as this run starts)")
+      help="replace a finished run in --out (it is kept until this run saves its own)")
     a("--label", help="row name in the tables (repro.table) (default: 'old' for --task 0, 'scratch', 'continuous' for "
                        "--init old, else made from the method flags)")
     a("--device", default="auto", help="auto, cuda, cuda:N or cpu")

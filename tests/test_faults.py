@@ -2,8 +2,10 @@
 driver takes its workers with it and a rerun finishes the table without touching a finished run; a run folder
 belongs to one process; runs of two datasets are never mixed."""
 import csv
+import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 import data as D
+import ckpt
 import runlog
 import step
 import train
@@ -36,6 +39,28 @@ def tree_hash(root):
                 p = os.path.join(d, f)
                 out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
     return out
+
+
+def disk_with_room(monkeypatch, module, room):
+    """module's open() for writing puts its files on a disk with `room` bytes left: the raw write that would pass
+    it fails with ENOSPC, as the kernel's does, after the buffered layers above it have taken the bytes."""
+    left = [room]
+
+    class Filling(io.FileIO):
+        def write(self, b):
+            n = min(len(b), left[0])
+            if n == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            left[0] -= n
+            return super().write(bytes(b[:n]))
+
+    def fake_open(path, mode="r", *a, **k):
+        if "w" not in mode:
+            return open(path, mode, *a, **k)
+        buffered = io.BufferedWriter(Filling(path, "w"))
+        return buffered if "b" in mode else io.TextIOWrapper(buffered)
+
+    monkeypatch.setattr(module, "open", fake_open, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +178,7 @@ def test_a_run_finished_by_another_process_meanwhile_is_refused_under_the_lock(w
 def test_a_log_writer_leaves_its_folder_as_its_block_ends(tmp_path):
     """An OSError (a full disk): nothing left, and the lock is the next process's; another error (Ctrl-C): the
     .part kept, to be read; a normal end: log.jsonl, the finished mark, which the next writer refuses unless it
-    overwrites: then the mark goes at once."""
-    import errno
-
+    overwrites: then the mark stays until log.unfinish(), which the caller calls as it replaces ckpt.pt."""
     out = str(tmp_path / "run")
     with pytest.raises(OSError), runlog.log_writer(out) as log:
         log({"event": "header", "label": "a"})
@@ -175,10 +198,19 @@ def test_a_log_writer_leaves_its_folder_as_its_block_ends(tmp_path):
     with pytest.raises(runlog.UsageError, match="already holds a finished run"), runlog.log_writer(out):
         pass
     assert os.listdir(out) == ["log.jsonl"]
-    # --overwrite: a run that fails once it has replaced ckpt.pt leaves no log saying the folder is finished
+    (tmp_path / "run" / "ckpt.pt").write_bytes(b"the finished run's")
+    finished = tree_hash(tmp_path / "run")
+    # --overwrite, stopped while it trains: the finished run is still whole
     with pytest.raises(KeyboardInterrupt), runlog.log_writer(out, overwrite=True) as log:
-        (tmp_path / "run" / "ckpt.pt").write_bytes(b"the new run's")
         log({"event": "header", "label": "b"})
+        raise KeyboardInterrupt
+    os.remove(os.path.join(out, "log.jsonl.part"))
+    assert tree_hash(tmp_path / "run") == finished and runlog.is_finished(out)
+    # --overwrite, stopped once it has replaced ckpt.pt: no log says the folder is finished
+    with pytest.raises(KeyboardInterrupt), runlog.log_writer(out, overwrite=True) as log:
+        log({"event": "header", "label": "b"})
+        log.unfinish()
+        (tmp_path / "run" / "ckpt.pt").write_bytes(b"the new run's")
         raise KeyboardInterrupt
     assert sorted(os.listdir(out)) == ["ckpt.pt", "log.jsonl.part"] and not runlog.is_finished(out)
 
@@ -231,6 +263,19 @@ def test_data_cache_corrupt_or_read_only(world, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "not writable; cached the decoded images in" in err and str(tmp_path / "home-cache") in err
     assert not cache.exists() and len(list((tmp_path / "home-cache").rglob("*.pt"))) == 1
+    # Ctrl-C while the cache is written (ImageNet-200's is 9.6 GB): no temporary file is left behind
+    for f in (tmp_path / "home-cache").rglob("*.pt"):
+        f.unlink()
+
+    def interrupted(obj, path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"part of a cache")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        D.load_dataset("folder", str(d))
+    assert [p.name for p in d.iterdir() if p.is_file()] == [] and not list((tmp_path / "home-cache").rglob("*.tmp*"))
 
 
 # ------------------------------------------------------------------------------------------ the driver
@@ -667,19 +712,12 @@ def test_a_full_disk_is_one_line_up_front(world, monkeypatch, capsys):
     assert tree_hash(world) == before and not (world / "runs_full").exists()
 
 
-def test_a_failed_first_log_line_is_one_line_and_leaves_no_lock_or_part(world, monkeypatch, capsys):
-    """The header is the log's first write: a full disk there is the same one line (exit 1), not a traceback."""
-    import errno
-
-    real = json.dumps
-
-    def dumps(obj, *a, **k):
-        if isinstance(obj, dict) and obj.get("event") == "header":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(obj, *a, **k)
-
-    monkeypatch.setattr(runlog.json, "dumps", dumps)
-    out = world / "nospace-header"
+@pytest.mark.parametrize("room", [0, 1000])  # the header (a few KiB) fails at once, or once 1000 bytes are written
+def test_a_failed_first_log_line_is_one_line_and_leaves_no_lock_or_part(world, monkeypatch, capsys, room):
+    """The header is the log's first write: a full disk there is the same one line naming the log (exit 1), not
+    a traceback, even though closing the file tries the buffered line again."""
+    disk_with_room(monkeypatch, runlog, room)
+    out = world / f"nospace-header{room}"
     assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (f"train.py: error: cannot write {out}/log.jsonl.part: No space left on device (ENOSPC); "
@@ -687,16 +725,35 @@ def test_a_failed_first_log_line_is_one_line_and_leaves_no_lock_or_part(world, m
     assert os.listdir(out) == []  # no .lock, no log.jsonl.part
 
 
-def test_a_failed_write_is_one_line_and_leaves_no_lock_or_part(world, monkeypatch, capsys):
-    import errno
-
-    def full(obj, f, *a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full)
-    out = world / "nospace"
+@pytest.mark.parametrize("room", [0, 4096])  # torch.save's first write fails, or one once part of the file is out
+def test_a_failed_write_is_one_line_and_leaves_no_lock_or_part(world, monkeypatch, capsys, room):
+    """A full disk under ckpt.pt: torch's zip writer raises its own RuntimeError over the OSError once part of the
+    file is written; either way one line naming ckpt.pt."""
+    disk_with_room(monkeypatch, ckpt, room)
+    out = world / f"nospace{room}"
     assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"train.py: error: cannot write {out}/ckpt.pt: "), err
     assert err.endswith("No space left on device (ENOSPC); the run is not finished"), err
     assert os.listdir(out) == []  # no .lock, no log.jsonl.part, no half-written checkpoint
+
+
+def test_overwrite_keeps_the_finished_run_until_its_checkpoint_is_replaced(world, monkeypatch, capsys):
+    """--overwrite over a finished run: the disk fills at the summary line, after the new ckpt.pt is in place. The
+    folder then reads as unfinished (no log.jsonl): the old run's log never stands beside the new run's ckpt.pt."""
+    out = world / "overwritten"
+    argv = TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(out)]
+    assert train.cli(argv) == 0
+    old_ckpt = (out / "ckpt.pt").read_bytes()
+    real = json.dumps
+
+    def dumps(obj, *a, **k):
+        if isinstance(obj, dict) and obj.get("event") == "summary":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, *a, **k)
+
+    monkeypatch.setattr(runlog.json, "dumps", dumps)
+    assert train.cli(argv + ["--overwrite", "--seed", "1"]) == 1
+    assert "log.jsonl.part: No space left on device (ENOSPC)" in capsys.readouterr().err
+    assert os.listdir(out) == ["ckpt.pt"] and (out / "ckpt.pt").read_bytes() != old_ckpt
+    assert not runlog.is_finished(out)
