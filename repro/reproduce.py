@@ -186,7 +186,9 @@ def execute(runs, args, runs_dir):
                 todo.remove(r)
                 failed.add(r.name)
                 print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
-            for r in [r for r in todo if r.name in pending and all(d in done for d in r.deps)]:
+            for r in sorted((r for r in todo if r.name in pending), key=lambda r: depth(r, by_name)):
+                if not all(d in done for d in r.deps):  # read as the loop goes: a chain's kept runs free the next
+                    continue
                 pending.discard(r.name)  # its old model is final now: the same one it ran from, or not
                 if same_lineage(r, old_ckpts[r.name], runs_dir, hashes, retrained=bool(ran & set(r.deps))):
                     todo.remove(r)

@@ -131,6 +131,26 @@ def test_fig6_chain_carried_as_logs_resumes_down_the_chain(root, capsys):
     assert {p: p.read_bytes() for p in seed1.rglob("*") if p.is_file()} == before
 
 
+def test_fig6_chain_is_kept_link_by_link_when_its_old_model_trains_again(root, capsys):
+    """The old model's log lost, the rest of the chain finished: the old model trains again (on a CPU to the same
+    weights), then each link, pending on the one before, is checked and kept in one pass down the chain; none
+    is left waiting on a link kept in the same pass (the driver stopped there with 'unsatisfiable
+    dependencies')."""
+    run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
+    runs = root / "runs_lost"
+    shutil.copytree(root / "runs" / "4+2x3", runs / "4+2x3")
+    (runs / "4+2x3" / "seed0" / "old" / "log.jsonl").unlink()
+    logs = {p: p.read_bytes() for p in runs.rglob("log.jsonl")}
+    capsys.readouterr()
+    argv = common(root, "runs_lost", "res_lost") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2"]
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    kept = [line.split()[1] for line in out.splitlines() if line.endswith("trained again to the same weights")]
+    assert kept == [f"4+2x3/seed0/task{t}/schedule-{plans.OURS}" for t in (1, 2, 3)], out
+    assert "10 already finished, 4 to run" in out and "0 failed" in out
+    assert {p: p.read_bytes() for p in logs} == logs and (runs / "4+2x3" / "seed0" / "old" / "log.jsonl").is_file()
+
+
 def test_fig6_chain_stopped_at_l100(root, capsys):
     argv = run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2", "--chain-stop", "l100")
     rows = list(csv.DictReader(open(root / "res" / "fig6.csv")))
