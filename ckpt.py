@@ -52,12 +52,18 @@ def write_ckpt(ckpt, path):
     replace_atomic(path, write)
 
 
-def bytes_to_write(args, model, anchor, n_train, iters):
-    """About what a run of `iters` iterations writes (contents): ckpt.pt (the weights, their init, Adam's two
-    moments if saves_adam, the learning speed and the example index of n_train examples) and its log (under a
+def weight_copies(args):
+    """How many fp32 copies of the model's weights ckpt.pt holds (contents): the weights, their random init (the
+    anchor, of the same shapes) and, where saves_adam, Adam's two moments."""
+    return 2 + 2 * saves_adam(args)
+
+
+def bytes_to_write(args, model, n_train, iters):
+    """About what a run of `iters` iterations writes (contents): ckpt.pt (weight_copies of the weights, the
+    model's buffers, the learning speed and the example index of n_train examples) and its log (under a
     megabyte)."""
-    tensors = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *anchor.values()])
-    tensors += 2 * 4 * sum(p.numel() for p in model.parameters()) * saves_adam(args)  # two fp32 moments
+    tensors = weight_copies(args) * sum(p.numel() * p.element_size() for p in model.parameters())
+    tensors += sum(b.numel() * b.element_size() for b in model.buffers())  # BatchNorm's running statistics
     epochs = iters * args.batch_size // n_train  # those it finishes (train.ends_epoch): a row of bits each
     return tensors + n_train * (8 + 4 + 4) + epochs * (n_train // 8 + 1) + 2 ** 20  # int64 index, 2 fp32 counts
 

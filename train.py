@@ -262,7 +262,7 @@ def main(args):
                                 speed if args.learning_speed == "online" else None,
                                 torch.compile(model) if args.compile else None, args.cuda_graph)
     config = dict(vars(args))  # what ran, settled for the device
-    check_space(args.out, bytes_to_write(args, model, anchor, len(task.d.y), run_length(args)))
+    check_space(args.out, bytes_to_write(args, model, len(task.d.y), run_length(args)))
     setup_seconds = time.perf_counter() - t_start
     if not args.quiet:
         print(f"{args.label} | set-up {setup_seconds:.1f} s (data, model, statistics) on {device}", flush=True)

@@ -31,7 +31,7 @@ from runlog import OneLineParser, write_atomic
 from sampler import batches, easy_hard_weights
 from shrink_perturb import shrink_perturb_
 from step import build_step, make_optimizer
-from train import HelpFormatter, parse_or_raise, run_length
+from train import HelpFormatter, run_length
 
 from . import plans as P
 from . import reproduce
@@ -164,7 +164,7 @@ def plan_runs(plans=None):
     for plan in plans or P.PLAN_DEFAULTS:
         args = reproduce.build_parser().parse_args(["--plan", plan, "--device", "cpu"])
         runs_dir, _ = reproduce.resolve(args)
-        runs = [parse_or_raise(reproduce.train_argv(r, args, runs_dir)) for r in P.PLANS[plan](args, runs_dir)]
+        runs = [reproduce.planned(r, args, runs_dir) for r in P.PLANS[plan](args, runs_dir)]
         out[plan] = [(run_length(a), a.learning_speed == "exact", a.eval_every) for a in runs]
     return out
 

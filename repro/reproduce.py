@@ -56,12 +56,17 @@ def train_argv(run, args, runs_dir):
         ["--cuda-graph"] * args.cuda_graph
 
 
+def planned(run, args, runs_dir):
+    """A run's train.py arguments, as train.py parses the command line the driver gives it (train_argv)."""
+    return train.parse_or_raise(train_argv(run, args, runs_dir))
+
+
 def check_runs(runs, args, runs_dir, num_classes):
     """train.py's own checks (checks.check_config) over every planned run, once, before the first: bad input
     is one line here, not N failed runs. num_classes may be None (not known before the data is there)."""
     for r in runs:
         try:
-            checks.check_config(train.parse_or_raise(train_argv(r, args, runs_dir)), num_classes)
+            checks.check_config(planned(r, args, runs_dir), num_classes)
         except checks.UsageError as e:
             die(f"{r.name}: {e}")
 
@@ -230,13 +235,11 @@ def execute(runs, args, runs_dir):
     return failed
 
 
-def run_bytes(args, argv):
-    """An estimate of what one run (its train.py command line) writes, before any model is built: its ckpt.pt
-    holds the weights and their init, and Adam's two moments where the run saves them (ckpt.saves_adam), fp32
-    values each, and a log (ckpt.bytes_to_write, which each run checks for itself, also counts the per-example
-    arrays)."""
-    copies = 2 + 2 * ckpt.saves_adam(train.parse_or_raise(argv))
-    return copies * 4 * checks.num_weights(args.width) + 2 ** 20
+def run_bytes(run_args):
+    """An estimate of what one run (its planned train.py arguments) writes, before any model is built: its
+    ckpt.pt's fp32 copies of the weights (ckpt.weight_copies) and a log (ckpt.bytes_to_write, which each run
+    checks for itself, also counts the per-example arrays)."""
+    return ckpt.weight_copies(run_args) * 4 * checks.num_weights(run_args.width) + 2 ** 20
 
 
 def old_ckpt_of(argv):
@@ -555,7 +558,7 @@ def main(argv=None):
         check_runs(runs, args, runs_dir, num_classes)
         todo = [r for r in runs if not runlog.is_finished(os.path.join(runs_dir, r.name))]
         try:  # a full disk up front; one driver per runs folder (a second would find every unfinished run in use)
-            need = sum(run_bytes(args, train_argv(r, args, runs_dir)) for r in todo)
+            need = sum(run_bytes(planned(r, args, runs_dir)) for r in todo)
             checks.check_space(runs_dir, need, f"its {len(todo)} unfinished runs write")
             lock = runlog.lock_run(runs_dir, what="another reproduce.sh")
         except checks.UsageError as e:
@@ -592,7 +595,7 @@ TRAIN_FLOPS, CPU_FLOPS = 3.3e9, 1e11
 def run_iters(run, args, runs_dir):
     """The iterations a planned run trains (train.run_length of its command line: a shortened schedule ends
     early, the plateau check runs twice --iters)."""
-    return train.run_length(train.parse_or_raise(train_argv(run, args, runs_dir)))
+    return train.run_length(planned(run, args, runs_dir))
 
 
 def cpu_time(iters, args):

@@ -90,9 +90,10 @@ def test_the_space_check_counts_the_per_example_arrays(tmp_path):
     for _ in range(39_100 * 128 // n):  # an epoch's end every n / 128 iterations
         speed.record_epoch(torch.rand(n) < 0.5)
     buf = io.BytesIO()
-    torch.save({"model": lin.state_dict(), "init": {}, "learning_speed": speed.state_dict(),
+    init = {k: p.detach().clone() for k, p in lin.named_parameters()}
+    torch.save({"model": lin.state_dict(), "init": init, "learning_speed": speed.state_dict(),
                 "index": torch.arange(n)}, buf)
-    need = bytes_to_write(args, lin, {}, n, 39_100)
+    need = bytes_to_write(args, lin, n, 39_100)
     assert buf.tell() <= need <= buf.tell() + 2 ** 20, (buf.tell(), need)
     assert abs(need - 2 ** 20 - buf.tell()) < 2 ** 16, (buf.tell(), need)
 
