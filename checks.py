@@ -119,7 +119,7 @@ def stop_accuracy(args):
     if log is None:
         raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
     try:
-        check_summary(log_path(args.stop_at_acc_of), log[2], keys=("max_acc",))  # all it reads
+        check_summary(log_path(args.stop_at_acc_of), log[2], optional=())  # max_acc: all it reads
     except ValueError as e:
         raise UsageError(f"--stop-at-acc-of {e}") from None
     return log[2]["max_acc"]

@@ -152,7 +152,8 @@ def _read_cache(path, fingerprint):
 
 
 def _write_cache(paths, blob):
-    """Atomically into the first writable place (a killed first load never leaves a half-written cache)."""
+    """Atomically into the first place that takes it, a read-only folder or a full disk passed over (a killed
+    first load never leaves a half-written cache)."""
     for i, path in enumerate(paths):
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -160,7 +161,7 @@ def _write_cache(paths, blob):
         except (OSError, RuntimeError):  # torch.save reports a read-only folder as RuntimeError
             continue
         if i > 0:
-            print(f"note: {paths[0]} is not writable; cached the decoded images in {path}", file=sys.stderr)
+            print(f"note: {paths[0]} could not be written; cached the decoded images in {path}", file=sys.stderr)
         return
     print(f"note: no writable place for the decoded-image cache ({', '.join(paths)}); decoding on every load",
           file=sys.stderr)

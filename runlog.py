@@ -82,10 +82,10 @@ def is_number(v):
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def check_summary(path, summary, keys=("max_acc", "train_acc")):
+def check_summary(path, summary, optional=("train_acc",)):
     """A summary line's accuracies as the tables and --stop-at-acc-of read them, as one readable ValueError:
-    max_acc a finite number, train_acc one too or None (logs older than it)."""
-    for key in keys:
+    max_acc a finite number, each `optional` key one too or None (logs older than it)."""
+    for key in ("max_acc", *optional):
         v = summary.get(key)
         if not is_number(v) and (key == "max_acc" or v is not None):
             raise ValueError(f"{path}: its summary has {key} = {v}")
