@@ -93,7 +93,7 @@ def bad_train_inputs(root):
         (["--sp-alpha", "nan"], "--sp-alpha must be a finite number in [0, 1]"),
         (["--schedule-scale", "inf"], "--schedule-scale must be a finite number > 0"),
         (["--eval-every", "0"], "--eval-every must be > 0"),
-        (["--seed", str(2 ** 64)], "--seed must be in [0, 2^63)"),
+        (["--seed", str(2 ** 63)], "--seed must be in [0, 2^63)"),
         (["--split-seed", "-1"], "--split-seed must be in [0, 2^63)"),
         (["--out", str(root / "afile" / "x")], "is a file"),
         (["--out", str(root / "afile")], "exists and is not a folder"),
@@ -137,6 +137,10 @@ def test_bad_train_inputs_exit_2_with_one_line_and_write_nothing(world, capsys):
         assert code == 2 and msg in err and len(err.splitlines()) == 1, (extra, err)
         assert tree_hash(world) == before, extra
         assert not (world / "bad").exists(), extra
+    # the seeds' bound is 2^63 itself: the largest seed below it trains (train.py seeds a generator with it + 1)
+    top = ["--seed", str(2 ** 63 - 1), "--split-seed", str(2 ** 63 - 1)]
+    assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(world / "top-seed")] + top) == 0
+    assert runlog.is_finished(world / "top-seed")
 
 
 def test_no_traceback_from_the_command_line(world):
@@ -712,6 +716,24 @@ def test_a_full_disk_is_one_line_up_front(world, monkeypatch, capsys):
     assert tree_hash(world) == before and not (world / "runs_full").exists()
 
 
+def test_the_up_front_space_check_counts_only_the_unfinished_runs(world, uninterrupted, monkeypatch, capsys):
+    import shutil as sh
+
+    runs = copy_runs(world, "runs_part")
+    for name in ("old", "scratch"):  # a resumed plan: two of its five runs left to train
+        next(runs.rglob(f"seed0/{name}/log.jsonl")).unlink()
+    usage = sh.disk_usage(world)
+    monkeypatch.setattr(sh, "disk_usage", lambda path: usage._replace(free=2 ** 20))
+    before = tree_hash(world)
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(driver_argv(world, "a", "runs_part", "res_part"))
+    err = capsys.readouterr().err.strip()
+    # the old model's 4 fp32 copies of the 175,000 weights and scratch's 2, plus 1 MiB per log:
+    # 6 x 4 x 175,000 + 2 x 2^20 = 6,297,152 bytes = 6.0 MiB (the five runs' 13 MiB were the whole plan's)
+    assert e.value.code == 2 and "runs_part: 1 MiB free on its disk, its 2 unfinished runs write about 6 MiB" in err
+    assert tree_hash(world) == before
+
+
 @pytest.mark.parametrize("room", [0, 1000])  # the header (a few KiB) fails at once, or once 1000 bytes are written
 def test_a_failed_first_log_line_is_one_line_and_leaves_no_lock_or_part(world, monkeypatch, capsys, room):
     """The header is the log's first write: a full disk there is the same one line naming the log (exit 1), not
@@ -753,7 +775,19 @@ def test_overwrite_keeps_the_finished_run_until_its_checkpoint_is_replaced(world
         return real(obj, *a, **k)
 
     monkeypatch.setattr(runlog.json, "dumps", dumps)
+    seen = []  # whether the finished run's log.jsonl is there as each step starts
+
+    def logged_at(when, fn):
+        def wrapped(*a):
+            seen.append((when, os.path.exists(out / "log.jsonl")))
+            return fn(*a)
+        return wrapped
+
+    monkeypatch.setattr(train, "train_accuracy", logged_at("last pass", train.train_accuracy))
+    monkeypatch.setattr(train, "write_ckpt", logged_at("ckpt.pt", train.write_ckpt))
     assert train.cli(argv + ["--overwrite", "--seed", "1"]) == 1
+    # kept through training; gone before ckpt.pt is replaced, so a kill during that write leaves no finished log
+    assert seen == [("last pass", True), ("ckpt.pt", False)]
     assert "log.jsonl.part: No space left on device (ENOSPC)" in capsys.readouterr().err
     assert os.listdir(out) == ["ckpt.pt"] and (out / "ckpt.pt").read_bytes() != old_ckpt
     assert not runlog.is_finished(out)

@@ -190,10 +190,15 @@ def test_laptop_quick_end_to_end(tmp_path, no_checksum, capsys):
             reproduce.main(argv + ["--report-only"])
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and len(err.splitlines()) == 1 and want in err, err
-    # the plateau verdict's line is 1 point: a run at twice the iterations 0.99 points better is on it, 1.01 not
+    # the plateau verdict's line is 1 point: a run at twice the iterations 0.99 points better is on it, 1.00 not.
+    # Both maxima set by hand (50 and 50 + gain), so that the gain of 1 is exactly 1 in floating point
+    scratch = runs / "8+2/seed0/scratch/log.jsonl"
+    lines = scratch.read_text().splitlines()
+    scratch.write_text("\n".join(lines[:-1] + [json.dumps({**json.loads(lines[-1]), "max_acc": 50.0})]) + "\n")
     summary = json.loads(text.splitlines()[-1])
-    for gain, verdict in ((0.99, "on the plateau (< 1 point)"), (1.01, "NOT on the plateau (>= 1 point)")):
-        lines = text.splitlines()[:-1] + [json.dumps({**summary, "max_acc": best(one) + gain})]
+    for gain, verdict in ((0.99, "on the plateau (< 1 point)"), (1.0, "NOT on the plateau (>= 1 point)"),
+                          (1.01, "NOT on the plateau (>= 1 point)")):
+        lines = text.splitlines()[:-1] + [json.dumps({**summary, "max_acc": 50.0 + gain})]
         log.write_text("\n".join(lines) + "\n")
         assert reproduce.main(argv + ["--report-only"]) == 0
         assert f"{gain:+.2f} points, {verdict}." in (res / "laptop.md").read_text()

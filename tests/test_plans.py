@@ -129,6 +129,21 @@ def test_fig6_chain_carried_as_logs_resumes_down_the_chain(root, capsys):
                                                                  f"task2/schedule-{plans.OURS}")), out
     assert (seed0 / "task3" / f"schedule-{plans.OURS}" / "log.jsonl").is_file()
     assert {p: p.read_bytes() for p in seed1.rglob("*") if p.is_file()} == before
+    # only the old model's ckpt.pt gone: the unfinished run starts from task 2's, which is there, so nothing up
+    # the chain is trained again (a chain walked to its root would retrain the whole seed)
+    runs = root / "runs_chain_root"
+    shutil.copytree(root / "runs" / "4+2x3", runs / "4+2x3")
+    seed0 = runs / "4+2x3" / "seed0"
+    (seed0 / "old" / "ckpt.pt").unlink()
+    (seed0 / "task3" / f"schedule-{plans.OURS}" / "log.jsonl").unlink()
+    again = seed0 / "task3" / f"schedule-{plans.OURS}"
+    before = {p: p.read_bytes() for p in (runs / "4+2x3").rglob("*") if p.is_file() and again not in p.parents}
+    capsys.readouterr()
+    argv = common(root, "runs_chain_root", "res_chain_root") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2"]
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "that later runs start from is gone" not in out, out
+    assert (again / "log.jsonl").is_file() and {p: p.read_bytes() for p in before} == before
 
 
 def test_fig6_chain_is_kept_link_by_link_when_its_old_model_trains_again(root, capsys):
