@@ -37,9 +37,12 @@ def contents(args, task, model, anchor, speed, summary, config, opt):
     }
 
 
-def write_ckpt(ckpt, path):
+def write_ckpt(ckpt, path, before_replace=lambda: None):
     """torch.save(ckpt) to `path` atomically (runlog.replace_atomic: a failed write is an OSError naming `path`),
-    through a Python file: torch.save to a path reports a full disk as 'unexpected pos ...', not as ENOSPC."""
+    through a Python file: torch.save to a path reports a full disk as 'unexpected pos ...', not as ENOSPC.
+    before_replace() runs once the new file is whole beside `path`, just before it replaces it: a run that
+    overwrites a finished one removes that run's log there (runlog.log_writer's unfinish), not before a write
+    that may still fail."""
     def write(tmp):
         with open(tmp, "wb") as f:
             try:
@@ -48,6 +51,7 @@ def write_ckpt(ckpt, path):
                 if not isinstance(e.__context__, OSError):
                     raise
                 raise e.__context__ from None
+        before_replace()
 
     replace_atomic(path, write)
 

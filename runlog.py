@@ -92,12 +92,14 @@ def check_summary(path, summary, optional=("train_acc",)):
 
 
 @contextlib.contextmanager
-def naming(path):
-    """An OSError raised inside names `path`, the file the caller asked for (not a temporary file beside it)."""
+def naming(path, *own):
+    """An OSError raised inside about `path`, the caller's `own` files (a temporary file beside it) or no file at
+    all (a write to an open file) names `path`, the file the caller asked for. One about another file (a source
+    that is missing) keeps its own name."""
     try:
         yield
     except OSError as e:
-        if e.errno is None:  # not a failed system call: nothing to rename
+        if e.errno is None or e.filename not in (None, path, *own):  # not a failed system call, or another file's
             raise
         raise OSError(e.errno, e.strerror, path) from None
 
@@ -106,7 +108,7 @@ def replace_atomic(path, write):
     """write(tmp) into a temporary file beside `path`, then rename it over `path`: a reader, or a killed
     process, never sees a half-written file. The temporary file is removed if anything fails."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with naming(path):
+    with naming(path, tmp):
         try:
             write(tmp)
             os.replace(tmp, path)
@@ -179,8 +181,10 @@ def log_writer(out, overwrite=False):
     left; after any other error (a diverged loss, Ctrl-C) it is kept, to be read. A failed write is an OSError
     naming the file. Refuses a finished run without `overwrite`, checked under the lock: another process may
     have finished it since the caller last looked. With `overwrite`, the finished run stays whole until the
-    caller is about to replace the folder's other files (ckpt.pt): log.unfinish() removes its log.jsonl then, so
-    a run that fails from there on never leaves a new ckpt.pt beside a log that says finished."""
+    caller is about to replace the folder's other files (ckpt.pt, once the new one is written beside it):
+    log.unfinish() removes its log.jsonl then, so a run that fails from there on never leaves a new ckpt.pt beside
+    a log that says finished, and one that fails before (a full disk under the new ckpt.pt) leaves the finished
+    run whole."""
     part, done = os.path.join(out, "log.jsonl.part"), os.path.join(out, "log.jsonl")
     lock = lock_run(out)
     try:
@@ -206,7 +210,7 @@ def log_writer(out, overwrite=False):
         try:
             with f:
                 yield log
-            with naming(done):
+            with naming(done, part):
                 os.replace(part, done)
         except OSError:
             with contextlib.suppress(OSError):

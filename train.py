@@ -233,8 +233,8 @@ class WriteError(Exception):
 def save_results(args, task, model, anchor, speed, summary, config, log, opt):
     """ckpt.pt first (ckpt.contents, atomic), then the summary line; leaving log_writer's block renames the log,
     the mark of a finished run."""
-    log.unfinish()  # --overwrite: the finished run's log goes only now, as its ckpt.pt is replaced
-    write_ckpt(contents(args, task, model, anchor, speed, summary, config, opt), os.path.join(args.out, "ckpt.pt"))
+    write_ckpt(contents(args, task, model, anchor, speed, summary, config, opt), os.path.join(args.out, "ckpt.pt"),
+               before_replace=log.unfinish)  # --overwrite: the finished run's log goes only as its ckpt.pt is replaced
     log(summary)
 
 

@@ -748,6 +748,22 @@ def test_a_failed_first_log_line_is_one_line_and_leaves_no_lock_or_part(world, m
 
 
 @pytest.mark.parametrize("room", [0, 4096])  # torch.save's first write fails, or one once part of the file is out
+def test_overwrite_keeps_the_finished_run_whole_when_its_new_checkpoint_cannot_be_written(world, monkeypatch, capsys,
+                                                                                         room):
+    """--overwrite over a finished run, the disk full under the new ckpt.pt: one line naming ckpt.pt (exit 1), and
+    the finished run's log and ckpt.pt are there as they were, byte for byte (it still reads as finished)."""
+    out = world / f"overwrite-full{room}"
+    argv = TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(out)]
+    assert train.cli(argv) == 0
+    finished = tree_hash(out)
+    disk_with_room(monkeypatch, ckpt, room)
+    assert train.cli(argv + ["--overwrite", "--seed", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"train.py: error: cannot write {out}/ckpt.pt: ") and len(err.splitlines()) == 1, err
+    assert tree_hash(out) == finished and runlog.is_finished(out)
+
+
+@pytest.mark.parametrize("room", [0, 4096])  # torch.save's first write fails, or one once part of the file is out
 def test_a_failed_write_is_one_line_and_leaves_no_lock_or_part(world, monkeypatch, capsys, room):
     """A full disk under ckpt.pt: torch's zip writer raises its own RuntimeError over the OSError once part of the
     file is written; either way one line naming ckpt.pt."""
@@ -777,17 +793,21 @@ def test_overwrite_keeps_the_finished_run_until_its_checkpoint_is_replaced(world
     monkeypatch.setattr(runlog.json, "dumps", dumps)
     seen = []  # whether the finished run's log.jsonl is there as each step starts
 
-    def logged_at(when, fn):
-        def wrapped(*a):
-            seen.append((when, os.path.exists(out / "log.jsonl")))
-            return fn(*a)
+    def logged_at(when, fn, only=lambda *a: True):
+        def wrapped(*a, **k):
+            if only(*a):
+                seen.append((when, os.path.exists(out / "log.jsonl")))
+            return fn(*a, **k)
         return wrapped
 
     monkeypatch.setattr(train, "train_accuracy", logged_at("last pass", train.train_accuracy))
-    monkeypatch.setattr(train, "write_ckpt", logged_at("ckpt.pt", train.write_ckpt))
+    monkeypatch.setattr(ckpt.torch, "save", logged_at("ckpt.pt written", torch.save))
+    monkeypatch.setattr(runlog.os, "replace", logged_at("ckpt.pt replaced", os.replace,
+                                                        only=lambda src, dst: str(dst).endswith("ckpt.pt")))
     assert train.cli(argv + ["--overwrite", "--seed", "1"]) == 1
-    # kept through training; gone before ckpt.pt is replaced, so a kill during that write leaves no finished log
-    assert seen == [("last pass", True), ("ckpt.pt", False)]
+    # kept through training and while the new ckpt.pt is written beside the old one (a full disk there keeps the
+    # finished run whole); gone as it replaces the old one, so a kill from there on leaves no finished log
+    assert seen == [("last pass", True), ("ckpt.pt written", True), ("ckpt.pt replaced", False)]
     assert "log.jsonl.part: No space left on device (ENOSPC)" in capsys.readouterr().err
     assert os.listdir(out) == ["ckpt.pt"] and (out / "ckpt.pt").read_bytes() != old_ckpt
     assert not runlog.is_finished(out)

@@ -183,6 +183,27 @@ def test_replace_atomic_keeps_the_old_file_when_the_write_fails(tmp_path):
     assert path.read_text() == "" and sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
 
 
+def test_replace_atomic_names_the_file_asked_for_and_leaves_another_files_error_alone(tmp_path):
+    """A failed write into the temporary file names the file asked for; a source that is missing (copied into
+    it) is named itself, not blamed on the file being written."""
+    import errno
+    import shutil
+
+    path = str(tmp_path / "table.prev.md")
+
+    def full_disk(tmp):
+        open(tmp, "w").close()
+        raise OSError(errno.ENOSPC, "No space left on device", tmp)
+
+    with pytest.raises(OSError) as e:
+        replace_atomic(path, full_disk)
+    assert e.value.filename == path and e.value.errno == errno.ENOSPC
+    missing = str(tmp_path / "table.md")
+    with pytest.raises(FileNotFoundError) as e:
+        replace_atomic(path, lambda tmp: shutil.copyfile(missing, tmp))
+    assert e.value.filename == missing and os.listdir(tmp_path) == []
+
+
 def test_csv_line_round_trips_through_the_csv_module():
     import csv
 
