@@ -105,10 +105,13 @@ def validate(args):
 
 def check_task(batch_size, task, d):
     """Checks that need the task's data (d: data.TaskData): a batch must fit in it (uniform sampling draws each
-    batch without replacement from one stream of epochs, so a larger batch would repeat examples within it)."""
+    batch without replacement from one stream of epochs, so a larger batch would repeat examples within it), and
+    its classes must have test images (every evaluation is on them; a folder of one image per class has none)."""
     if batch_size > len(d.y):
         raise UsageError(f"--batch-size {batch_size} is larger than task {task}'s training data "
                          f"({len(d.y)} examples)")
+    if len(d.test_y) == 0:
+        raise UsageError(f"task {task}'s classes have no test images: nothing to evaluate on")
 
 
 def stop_accuracy(args):

@@ -17,13 +17,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import data as D
 import ckpt
 import runlog
 import step
 import train
-from conftest import ROOT, write_folder
+from conftest import ROOT, synthetic_images, write_folder
 from repro import reproduce, table
 
 TRAIN = ["--dataset", "folder", "--split", "2+2", "--width", "8", "--batch-size", "8", "--iters", "4",
@@ -78,6 +79,9 @@ def world(tmp_path_factory):
     bad.write_bytes(bad.read_bytes()[:60])
     assert train.cli(TRAIN + ["--data-dir", str(root / "a" / "syn"), "--out", str(root / "old")]) == 0
     (root / "afile").write_text("a file, not a folder")
+    for k, img in enumerate(synthetic_images(np.arange(4), 4, 0, 32)):  # one image per class, no train/ and test/:
+        os.makedirs(root / "single" / "syn" / f"c{k}")  # folder.seeded_split leaves no class a test image
+        Image.fromarray(img).save(root / "single" / "syn" / f"c{k}" / "0000.png")
     return root
 
 
@@ -101,6 +105,8 @@ def bad_train_inputs(root):
         (["--split", "9+9"], "needs 18 classes"),
         (["--split", "4", "--task", "1"], "out of range"),
         (["--batch-size", "17"], "larger than task 0's training data (16 examples)"),
+        (["--data-dir", str(root / "single" / "syn"), "--batch-size", "2"],
+         "task 0's classes have no test images: nothing to evaluate on"),
         (["--data-dir", str(root / "empty")], "holds no images"),
         (["--data-dir", str(root / "trunc")], "0009.png"),
         (["--data-dir", str(root / "trunc"), "--split", "9+9"], "needs 18 classes"),  # before any decoding
@@ -310,6 +316,8 @@ def test_bad_driver_inputs_exit_2_before_anything(world, capsys):
         (["--per-class", "-1"], "--per-class must be >= 0"),
         (["--width", "100000"], "training needs at least"),
         (["--batch-size", "20"], "2+2/seed0/old: --batch-size 20 is larger than task 0's training data (16 examples)"),
+        (["--data-dir", str(world / "single" / "syn"), "--batch-size", "2"],
+         "2+2/seed0/old: task 0's classes have no test images"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "no CUDA device"))
