@@ -126,8 +126,9 @@ def lr_of(args, it):
     return lr_at(it, args.iters, args.lr, args.lr_min, args.schedule_scale, args.schedule)
 
 
-def log_header(args, task, config, device):
-    """The first line of the run's log.jsonl: its configuration, data, lineage and versions."""
+def log_header(args, task, config, device, target):
+    """The first line of the run's log.jsonl: its configuration, data, lineage (the old model's weights and the
+    accuracy it stops at, target) and versions."""
     d = task.d
     header = {
         "event": "header", "label": config["label"], "config": config,
@@ -137,6 +138,7 @@ def log_header(args, task, config, device):
         "num_train": len(d.y), "num_train_old": int(d.is_old.sum()), "num_test": len(d.test_y),
         "num_test_all": len(task.test[1]), "planned_iters": run_length(args), "data": task.ident,
         "old_weights_sha256": task.old["weights_sha256"] if task.old else None,  # ckpt.weights_hash
+        "stop_at_acc": target,  # --stop-at-acc-of's max_acc as this run read it (reproduce.lineage_change)
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "git_commit": git_commit(),
                      "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                      else platform.processor() or "cpu"},
@@ -270,7 +272,7 @@ def main(args):
                                   speed=speed, reg=reg, target=target)
     try:  # the log is closed however the run ends; after a failed write (OSError) no half-written run is left
         with log_writer(args.out, args.overwrite) as log:  # one process per run folder
-            log(log_header(args, task, config, device))
+            log(log_header(args, task, config, device, target))
             best, acc, iters_run, wall, train_seconds, ls_seconds = train_loop(args, task, parts, log)  # Sec. 3.4
             summary = {"event": "summary", "max_acc": best[0], "max_acc_iter": best[1], "final_acc": acc,
                        "iters": iters_run, "wall": wall, "train_seconds": train_seconds,

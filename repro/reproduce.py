@@ -89,9 +89,10 @@ def check_data(run, header, runs_dir, ident):
             "another --runs folder or remove it")
 
 
-def check_matches(run, argv, runs_dir, ident):
-    """A finished run must be the planned one: same method configuration, seed, label and data."""
-    planned = vars(train.build_parser().parse_args(argv))
+def check_matches(run, run_args, runs_dir, ident):
+    """A finished run must be the planned one (run_args: planned's): same method configuration, seed, label and
+    data."""
+    planned = vars(run_args)
     header = read_checked(os.path.join(runs_dir, run.name))
     check_data(run, header, runs_dir, ident)
     want = {k: v for k, v in planned.items() if k not in train.NOT_METHOD}
@@ -124,44 +125,55 @@ def depth(run, by_name):
     return 0 if not run.deps else 1 + max(depth(by_name[d], by_name) for d in run.deps)
 
 
-def needed_checkpoints(runs, by_name, old_ckpts, finished, runs_dir):
-    """The old checkpoints that a run to train starts from: those of the unfinished runs and, down a chain
-    (Fig. 6), of the finished runs trained again because a later run needs their checkpoint and it is gone. A
-    seed carried as logs alone, every run finished, needs none, so nothing of it is trained again."""
-    needed = set()
+def trained_again(runs, by_name, plans, finished, runs_dir):
+    """The finished runs to train again because a run to train starts from their ckpt.pt and it is gone: the
+    unfinished runs' old models and, down a chain (Fig. 6), those of the runs trained again. A seed carried as
+    logs alone, every run finished, needs none, so nothing of it is trained again. plans: {name: planned}."""
+    needed, again = set(), set()
     for r in sorted(runs, key=lambda r: depth(r, by_name), reverse=True):  # the runs that start from r come first
         own = os.path.join(runs_dir, r.name, "ckpt.pt")
-        if old_ckpts[r.name] and (r.name not in finished or (own in needed and not os.path.isfile(own))):
-            needed.add(old_ckpts[r.name])
-    return needed
+        if r.name in finished and own in needed and not os.path.isfile(own):
+            again.add(r.name)
+        if plans[r.name].old_ckpt and (r.name not in finished or r.name in again):
+            needed.add(plans[r.name].old_ckpt)
+    return again
 
 
-def execute(runs, args, runs_dir):
-    """Runs what is not finished, dependencies first, on len(slots) parallel workers. Returns failed names."""
+def may_train(runs, by_name, plans, finished, runs_dir):
+    """The runs a driver may train, before any checkpoint is read: the unfinished ones, those trained_again, and
+    every finished run that depends on one of these (kept only if it trains again to the same result: on a GPU,
+    seldom). An upper bound, for the space check."""
+    names = {r.name for r in runs if r.name not in finished} | trained_again(runs, by_name, plans, finished, runs_dir)
+    for r in sorted(runs, key=lambda r: depth(r, by_name)):  # a run's dependencies come first
+        if set(r.deps) & names:
+            names.add(r.name)
+    return [r for r in runs if r.name in names]
+
+
+def execute(runs, args, runs_dir, plans):
+    """Runs what is not finished, dependencies first, on len(slots) parallel workers (plans: {name: planned}).
+    Returns failed names."""
     by_name = {r.name: r for r in runs}
     argvs = {r.name: train_argv(r, args, runs_dir) for r in runs}
-    old_ckpts = {r.name: old_ckpt_of(argvs[r.name]) for r in runs}
     # read again under the driver's lock: main's look, for the space check, came before it and another driver may
     # have finished runs since
     finished = {r.name for r in runs if runlog.is_finished(os.path.join(runs_dir, r.name))}
-    started_from = needed_checkpoints(runs, by_name, old_ckpts, finished, runs_dir)
+    again = trained_again(runs, by_name, plans, finished, runs_dir)
     done, pending, hashes, ran = set(), set(), {}, set()
     for r in sorted(runs, key=lambda r: depth(r, by_name)):
-        run_dir = os.path.join(runs_dir, r.name)
         if r.name not in finished:
             continue
-        check_matches(r, argvs[r.name], runs_dir, args.data_identity)
-        if os.path.join(run_dir, "ckpt.pt") in started_from and not os.path.isfile(os.path.join(run_dir, "ckpt.pt")):
+        check_matches(r, plans[r.name], runs_dir, args.data_identity)
+        if r.name in again:
             print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it again",
                   flush=True)
             argvs[r.name] += ["--overwrite"]
-        elif all(d in done for d in r.deps) and same_lineage(r, old_ckpts[r.name], runs_dir, hashes, retrained=False):
-            done.add(r.name)
         elif any(d not in done for d in r.deps):
-            pending.add(r.name)  # finished from an old model that runs again first: checked once it is done
+            pending.add(r.name)  # finished from a run that trains again first: checked once that is done
+        elif (why := lineage_change(r, plans[r.name], runs_dir, hashes, retrained=False)) is None:
+            done.add(r.name)
         else:
-            print(f"{r.name}: finished, but from another {old_ckpts[r.name]} than the one there now; training it "
-                  "again", flush=True)
+            print(f"{r.name}: finished, but {why}; training it again", flush=True)
             argvs[r.name] += ["--overwrite"]
     todo = [r for r in runs if r.name not in done]
     total = len(runs)
@@ -194,16 +206,16 @@ def execute(runs, args, runs_dir):
             for r in sorted((r for r in todo if r.name in pending), key=lambda r: depth(r, by_name)):
                 if not all(d in done for d in r.deps):  # read as the loop goes: a chain's kept runs free the next
                     continue
-                pending.discard(r.name)  # its old model is final now: the same one it ran from, or not
-                if same_lineage(r, old_ckpts[r.name], runs_dir, hashes, retrained=bool(ran & set(r.deps))):
+                pending.discard(r.name)  # what it depends on is final now: the same as it ran from, or not
+                why = lineage_change(r, plans[r.name], runs_dir, hashes, retrained=bool(ran & set(r.deps)))
+                if why is None:
                     todo.remove(r)
                     done.add(r.name)
-                    print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: its old model was trained again "
-                          "to the same weights", flush=True)
+                    print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: the runs it depends on were "
+                          "trained again to the same result", flush=True)
                 else:
                     argvs[r.name] += ["--overwrite"]
-                    print(f"{r.name}: its old model was trained again to other weights; training it again",
-                          flush=True)
+                    print(f"{r.name}: {why}; training it again", flush=True)
             busy = {slot for slot, _, _ in procs.values()}
             free = [s for s in args.slots if s not in busy]
             ready = [r for r in todo if all(d in done for d in r.deps) and r.name not in pending]
@@ -242,39 +254,46 @@ def run_bytes(run_args):
     return ckpt.weight_copies(run_args) * 4 * checks.num_weights(run_args.width) + 2 ** 20
 
 
-def old_ckpt_of(argv):
-    """The --old-ckpt of a train.py command line, or None."""
-    return argv[argv.index("--old-ckpt") + 1] if "--old-ckpt" in argv else None
-
-
-def same_lineage(run, old_ckpt, runs_dir, hashes, retrained):
-    """Whether a finished run started from the old model now at old_ckpt: the weights hash its log recorded
-    (ckpt.weights_hash) against the checkpoint's. A log from before the hash was recorded passes unless
-    its old model was trained again by this driver; so does a run whose old checkpoint is gone (nothing to
-    differ from: the old model was not trained again). hashes: a cache {path: hash}."""
-    if old_ckpt is None or not os.path.isfile(old_ckpt):
-        return True
-    recorded = runlog.read_log(os.path.join(runs_dir, run.name))[0].get("old_weights_sha256")
-    if recorded is None:
-        return not retrained
-    if old_ckpt not in hashes:
-        try:
-            hashes[old_ckpt] = ckpt.weights_hash(torch.load(old_ckpt, map_location="cpu", weights_only=True))
-        except Exception:  # noqa: BLE001 - gone or unreadable: not the model it started from
-            hashes[old_ckpt] = None
-    return recorded == hashes[old_ckpt]
+def lineage_change(run, run_args, runs_dir, hashes, retrained):
+    """None if a finished run started from what is there now, else why not, in words: its old model, by the weights
+    hash its log recorded (ckpt.weights_hash) against the checkpoint's, and with --stop-at-acc-of (Fig. 6's l100
+    chain) the accuracy it stopped at against that run's maximum now. A log from before either was recorded passes
+    unless a run it depends on was trained again by this driver (retrained); so does a run whose old checkpoint is
+    gone, or whose --stop-at-acc-of run is unfinished (nothing to differ from). run_args: planned's; hashes: a cache
+    {path: hash}."""
+    header = runlog.read_log(os.path.join(runs_dir, run.name))[0]
+    old, stop = run_args.old_ckpt, run_args.stop_at_acc_of
+    if old and os.path.isfile(old):
+        recorded = header.get("old_weights_sha256")
+        if recorded is None and retrained:
+            return "its log does not record which old model it continued from, and that was trained again"
+        if recorded is not None:
+            if old not in hashes:
+                try:
+                    hashes[old] = ckpt.weights_hash(torch.load(old, map_location="cpu", weights_only=True))
+                except Exception:  # noqa: BLE001 - unreadable: not the model it started from
+                    hashes[old] = None
+            if recorded != hashes[old]:
+                return f"it was continued from another {old} than the one there now"
+    if stop:
+        recorded, log = header.get("stop_at_acc"), runlog.read_finished(stop)
+        if recorded is None and retrained:
+            return f"its log does not record the accuracy it stopped at, and {stop} was trained again"
+        if recorded is not None and log is not None and recorded != log[2].get("max_acc"):
+            return f"it stopped at {recorded}, {stop}'s maximum then, not at its maximum now ({log[2]['max_acc']})"
+    return None
 
 
 def check_lineages(runs, args, runs_dir):
-    """--report-only: a finished run continued from another old model than the one now at its --old-ckpt (the
-    old model was trained again since) is refused, not mixed into a table; the driver would train it again."""
+    """--report-only: a finished run continued from another old model than the one now at its --old-ckpt, or
+    stopped at another accuracy than its --stop-at-acc-of run's now (either was trained again since), is refused,
+    not mixed into a table; the driver would train it again."""
     hashes = {}
     for r in runs:
-        old = old_ckpt_of(train_argv(r, args, runs_dir))
-        if runlog.is_finished(os.path.join(runs_dir, r.name)) and \
-                not same_lineage(r, old, runs_dir, hashes, retrained=False):
-            die(f"{os.path.join(runs_dir, r.name)} was continued from another {old} than the one there now; run "
-                "without --report-only to train it again")
+        if runlog.is_finished(os.path.join(runs_dir, r.name)):
+            why = lineage_change(r, planned(r, args, runs_dir), runs_dir, hashes, retrained=False)
+            if why is not None:
+                die(f"{os.path.join(runs_dir, r.name)}: {why}; run without --report-only to train it again")
 
 
 def slot_device(slot, args):
@@ -556,16 +575,19 @@ def main(argv=None):
         num_classes, args.data_identity = prepare_data(args, runs)
         check_splits(runs, num_classes)
         check_runs(runs, args, runs_dir, num_classes)
-        todo = [r for r in runs if not runlog.is_finished(os.path.join(runs_dir, r.name))]
+        plans = {r.name: planned(r, args, runs_dir) for r in runs}
+        finished = {r.name for r in runs if runlog.is_finished(os.path.join(runs_dir, r.name))}
+        todo = may_train(runs, by_name, plans, finished, runs_dir)
         try:  # a full disk up front; one driver per runs folder (a second would find every unfinished run in use)
-            need = sum(run_bytes(planned(r, args, runs_dir)) for r in todo)
-            checks.check_space(runs_dir, need, f"its {len(todo)} unfinished runs write")
+            need = sum(run_bytes(plans[r.name]) for r in todo)
+            checks.check_space(runs_dir, need, f"the {len(todo)} run{'s' * (len(todo) != 1)} it may train "
+                                                f"write{'s' * (len(todo) == 1)}")
             lock = runlog.lock_run(runs_dir, what="another reproduce.sh")
         except checks.UsageError as e:
             die(str(e))
         try:
             with stop_on_signals():
-                failed = execute(runs, args, runs_dir)
+                failed = execute(runs, args, runs_dir, plans)
         finally:
             runlog.unlock_run(lock)
     else:

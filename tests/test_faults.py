@@ -677,11 +677,31 @@ def test_a_finished_old_model_without_its_checkpoint_is_trained_again(world, uni
     assert reproduce.main(driver_argv(world, "a", "runs_no_ckpt", "res_no_ckpt")) == 0
     out = capsys.readouterr().out
     assert "the ckpt.pt that later runs start from is gone; training it again" in out
-    assert out.count("kept: its old model was trained again to the same weights") == 2, out
+    assert out.count("kept: the runs it depends on were trained again to the same result") == 2, out
     assert all((seed / label / "log.jsonl").read_bytes() == log for label, log in kept.items())
     assert (seed / "old" / "ckpt.pt").is_file()
     for label in CONTINUED:
         assert runlog.read_log(seed / label)[0]["old_weights_sha256"] == old_hash(runs), label
+
+
+def test_a_run_whose_log_records_no_old_model_is_trained_again_after_its_old_model(world, uninterrupted, capsys):
+    """A log from before the old model's hash was recorded: kept while its old model stays, trained again once
+    this driver trains the old model again (nothing tells whether it did so to the same weights); the runs whose
+    logs record the hash are checked against it and kept."""
+    runs = copy_runs(world, "runs_no_hash")
+    seed = runs / "2+2" / "seed0"
+    edit_log(seed / "continuous" / "log.jsonl", header=lambda h: without(h, "old_weights_sha256"))
+    assert reproduce.main(driver_argv(world, "a", "runs_no_hash", "res_no_hash")) == 0
+    assert "0 to run" in capsys.readouterr().out
+    (seed / "old" / "log.jsonl").unlink()
+    kept = {label: (seed / label / "log.jsonl").read_bytes() for label in CONTINUED[1:]}
+    assert reproduce.main(driver_argv(world, "a", "runs_no_hash", "res_no_hash")) == 0
+    out = capsys.readouterr().out
+    assert ("2+2/seed0/continuous: its log does not record which old model it continued from, and that was trained "
+            "again; training it again") in out, out
+    assert out.count("kept: the runs it depends on were trained again to the same result") == 2, out
+    assert all((seed / label / "log.jsonl").read_bytes() == log for label, log in kept.items())
+    assert runlog.read_log(seed / "continuous")[0]["old_weights_sha256"] == old_hash(runs)
 
 
 def test_a_finished_seed_without_its_old_checkpoint_is_kept_whole(world, uninterrupted, capsys):
@@ -720,26 +740,41 @@ def test_a_full_disk_is_one_line_up_front(world, monkeypatch, capsys):
     # fp32 copies of ResNet-18's 11.2M / 64 = 175,000 weights at width 8: the old model saves 4 (the weights, their
     # init, Adam's two moments), the 4 runs of the next task 2 each (--learning-speed off: no Adam state saved);
     # plus 1 MiB per log: (4 + 4 x 2) x 4 x 175,000 + 5 x 2^20 = 13,642,880 bytes = 13.0 MiB
-    assert e.value.code == 2 and "runs_full: 1 MiB free on its disk, its 5 unfinished runs write about 13 MiB" in err
+    assert e.value.code == 2 and "runs_full: 1 MiB free on its disk, the 5 runs it may train write about 13 MiB" in err
     assert tree_hash(world) == before and not (world / "runs_full").exists()
 
 
-def test_the_up_front_space_check_counts_only_the_unfinished_runs(world, uninterrupted, monkeypatch, capsys):
+def test_the_up_front_space_check_counts_the_runs_it_may_train(world, uninterrupted, monkeypatch, capsys):
+    """Not the whole plan's 13 MiB: the unfinished runs, those trained again for a checkpoint a run to train
+    needs, and the finished runs that depend on either (kept only if it trains to the same result)."""
     import shutil as sh
 
-    runs = copy_runs(world, "runs_part")
-    for name in ("old", "scratch"):  # a resumed plan: two of its five runs left to train
-        next(runs.rglob(f"seed0/{name}/log.jsonl")).unlink()
     usage = sh.disk_usage(world)
     monkeypatch.setattr(sh, "disk_usage", lambda path: usage._replace(free=2 ** 20))
-    before = tree_hash(world)
-    with pytest.raises(SystemExit) as e:
-        reproduce.main(driver_argv(world, "a", "runs_part", "res_part"))
-    err = capsys.readouterr().err.strip()
-    # the old model's 4 fp32 copies of the 175,000 weights and scratch's 2, plus 1 MiB per log:
-    # 6 x 4 x 175,000 + 2 x 2^20 = 6,297,152 bytes = 6.0 MiB (the five runs' 13 MiB were the whole plan's)
-    assert e.value.code == 2 and "runs_part: 1 MiB free on its disk, its 2 unfinished runs write about 6 MiB" in err
-    assert tree_hash(world) == before
+
+    def refused(name):
+        before = tree_hash(world)
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(driver_argv(world, "a", name, f"res_{name}"))
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and tree_hash(world) == before, err
+        return err
+
+    seed = copy_runs(world, "runs_part") / "2+2" / "seed0"
+    for name in ("scratch", "continuous"):  # a resumed plan: two runs, on which none depends, left to train
+        (seed / name / "log.jsonl").unlink()
+    # 2 fp32 copies of the 175,000 weights each (--learning-speed off: no Adam state), plus 1 MiB per log:
+    # 4 x 4 x 175,000 + 2 x 2^20 = 4,897,152 bytes = 4.7 MiB
+    assert "runs_part: 1 MiB free on its disk, the 2 runs it may train write about 5 MiB" in refused("runs_part")
+    seed = copy_runs(world, "runs_old_lost") / "2+2" / "seed0"
+    (seed / "old" / "log.jsonl").unlink()  # the old model again, and the three runs continued from it
+    # (4 + 3 x 2) x 4 x 175,000 + 4 x 2^20 = 11,194,304 bytes = 10.7 MiB
+    assert "the 4 runs it may train write about 11 MiB" in refused("runs_old_lost")
+    runs = copy_runs(world, "runs_logs_lost")
+    for ckpt_pt in runs.rglob("ckpt.pt"):  # logs carried alone, one continued run unfinished: its old model is
+        ckpt_pt.unlink()  # trained again for its ckpt.pt, and so may the two other runs continued from it
+    (runs / "2+2" / "seed0" / "continuous" / "log.jsonl").unlink()
+    assert "the 4 runs it may train write about 11 MiB" in refused("runs_logs_lost")
 
 
 @pytest.mark.parametrize("room", [0, 1000])  # the header (a few KiB) fails at once, or once 1000 bytes are written

@@ -160,7 +160,7 @@ def test_fig6_chain_is_kept_link_by_link_when_its_old_model_trains_again(root, c
     argv = common(root, "runs_lost", "res_lost") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2"]
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
-    kept = [line.split()[1] for line in out.splitlines() if line.endswith("trained again to the same weights")]
+    kept = [line.split()[1] for line in out.splitlines() if line.endswith("trained again to the same result")]
     assert kept == [f"4+2x3/seed0/task{t}/schedule-{plans.OURS}" for t in (1, 2, 3)], out
     assert "10 already finished, 4 to run" in out and "0 failed" in out
     assert {p: p.read_bytes() for p in logs} == logs and (runs / "4+2x3" / "seed0" / "old" / "log.jsonl").is_file()
@@ -198,6 +198,54 @@ def test_fig6_chain_stopped_at_l100(root, capsys):
         assert header["config"]["old_ckpt"].endswith(f"seed0/{prev}/ckpt.pt")
     assert (root / "res" / "fig6.png").exists()
     capsys.readouterr()
+
+
+def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, capsys):
+    """--chain-stop l100: a link records the accuracy it stopped at (its scratch run's maximum as it started). A
+    scratch run trained again to another maximum (as on a GPU) makes the link another run: --report-only refuses
+    it in one line and the driver trains it again to the new target; one trained again to the same maximum (on a
+    CPU) keeps it; a link whose log records no target is trained again once its scratch run is."""
+    run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2", "--chain-stop", "l100")
+    runs = root / "runs_l100"
+    shutil.copytree(root / "runs" / "4+2x3", runs / "4+2x3")
+    task1 = runs / "4+2x3" / "seed0" / "task1"
+    link, scratch = task1 / f"l100-{plans.OURS}", task1 / "scratch"
+    target = max(e["acc"] for e in curves(scratch))
+    assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
+    argv = common(root, "runs_l100", "res_l100") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2",
+                                                     "--chain-stop", "l100"]
+
+    def edit_header(log, edit):
+        lines = [json.loads(x) for x in open(log)]
+        log.write_text("".join(json.dumps(edit(x) if x["event"] == "header" else x) + "\n" for x in lines))
+
+    # the scratch log lost: trained again, to the same maximum on a CPU, so the link is kept, its log untouched
+    (scratch / "log.jsonl").unlink()
+    kept = (link / "log.jsonl").read_bytes()
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"4+2x3/seed0/task1/l100-{plans.OURS}" in out and "kept: the runs it depends on" in out, out
+    assert (link / "log.jsonl").read_bytes() == kept
+    # the link stopped at another maximum than its scratch run's now: refused by a report, trained again by a run
+    edit_header(link / "log.jsonl", lambda h: {**h, "stop_at_acc": target - 10})
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(argv + ["--report-only"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert f"it stopped at {target - 10}, {scratch}'s maximum then, not at its maximum now ({target})" in err, err
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"4+2x3/seed0/task1/l100-{plans.OURS}: finished, but it stopped at {target - 10}" in out, out
+    assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
+    # a log from before the target was recorded, its scratch run trained again: nothing tells the two apart
+    edit_header(link / "log.jsonl", lambda h: {k: v for k, v in h.items() if k != "stop_at_acc"})
+    (scratch / "log.jsonl").unlink()
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    assert (f"4+2x3/seed0/task1/l100-{plans.OURS}: its log does not record the accuracy it stopped at, and "
+            f"{scratch} was trained again; training it again") in out, out
+    assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
     assert reproduce.main(argv + ["--list"]) == 0
     outs = [c.split("--out ")[1].split()[0] for c in capsys.readouterr().out.strip().splitlines()]
     assert len(outs) == 2 * (1 + 3 * 2)
