@@ -251,6 +251,7 @@ def main(args):
     target = stop_accuracy(args)
     task = load_task(args)                                                        # data (Sec. 2.1)
     model, anchor = starting_point(args, task)                                    # Sec. 3.1, Eq. 4
+    check_space(args.out, bytes_to_write(args, model, len(task.d.y), run_length(args)))  # before any device work
     model = model.to(device, memory_format=torch.channels_last)
     reg = objective(args, model, anchor)                                          # Sec. 3.2, Eq. 5
     batch_iter = batch_indices(args, task, device)                                # Sec. 3.3
@@ -264,7 +265,6 @@ def main(args):
                                 speed if args.learning_speed == "online" else None,
                                 torch.compile(model) if args.compile else None, args.cuda_graph)
     config = dict(vars(args))  # what ran, settled for the device
-    check_space(args.out, bytes_to_write(args, model, len(task.d.y), run_length(args)))
     setup_seconds = time.perf_counter() - t_start
     if not args.quiet:
         print(f"{args.label} | set-up {setup_seconds:.1f} s (data, model, statistics) on {device}", flush=True)

@@ -727,6 +727,8 @@ def test_a_full_disk_is_one_line_up_front(world, monkeypatch, capsys):
 
     usage = sh.disk_usage(world)
     monkeypatch.setattr(sh, "disk_usage", lambda path: usage._replace(free=10 * 2 ** 20))
+    # refused before the device's work (the step built, a CUDA graph captured, a model compiled) starts
+    monkeypatch.setattr(train, "build_step", lambda *a, **k: pytest.fail("the step was built before the check"))
     before = tree_hash(world)
     assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(world / "full"),
                               "--width", "64"]) == 2
