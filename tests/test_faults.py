@@ -342,6 +342,13 @@ def test_no_gpu_message_is_the_plans_size(world, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1, err
     assert "5 runs of up to 12 iterations: about 1 second on a CPU" in err and "days" not in err, err
+    # each run at its own length: Ours (x0.5) trains half of --iters. By hand, at width 64 on 32 px images (no
+    # scaling), batch 8: (4 x 40,000 + 20,000) x 8 x 3.3e9 FLOPs / 1e11 FLOP/s = 47,520 s = 13.2 hours (every run
+    # counted in full: 52,800 s = 14.7 hours)
+    with pytest.raises(SystemExit):
+        reproduce.main(driver_argv(world, "a", "runs_bad", "res_bad") + ["--device", "auto", "--width", "64",
+                                                                          "--iters", "40000"])
+    assert "5 runs of up to 40000 iterations: about 13 hours on a CPU" in capsys.readouterr().err
     assert not (world / "runs_bad").exists()
 
 
