@@ -170,7 +170,7 @@ def execute(runs, args, runs_dir, plans):
             argvs[r.name] += ["--overwrite"]
         elif any(d not in done for d in r.deps):
             pending.add(r.name)  # finished from a run that trains again first: checked once that is done
-        elif (why := lineage_change(r, plans[r.name], runs_dir, hashes, retrained=False)) is None:
+        elif (why := lineage_change(r, plans[r.name], runs_dir, hashes, retrained=())) is None:
             done.add(r.name)
         else:
             print(f"{r.name}: finished, but {why}; training it again", flush=True)
@@ -207,7 +207,8 @@ def execute(runs, args, runs_dir, plans):
                 if not all(d in done for d in r.deps):  # read as the loop goes: a chain's kept runs free the next
                     continue
                 pending.discard(r.name)  # what it depends on is final now: the same as it ran from, or not
-                why = lineage_change(r, plans[r.name], runs_dir, hashes, retrained=bool(ran & set(r.deps)))
+                rerun = [os.path.join(runs_dir, d) for d in ran & set(r.deps)]  # its dependencies trained again
+                why = lineage_change(r, plans[r.name], runs_dir, hashes, retrained=rerun)
                 if why is None:
                     todo.remove(r)
                     done.add(r.name)
@@ -258,14 +259,14 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
     """None if a finished run started from what is there now, else why not, in words: its old model, by the weights
     hash its log recorded (ckpt.weights_hash) against the checkpoint's, and with --stop-at-acc-of (Fig. 6's l100
     chain) the accuracy it stopped at against that run's maximum now. A log from before either was recorded passes
-    unless a run it depends on was trained again by this driver (retrained); so does a run whose old checkpoint is
+    unless that run was trained again by this driver (retrained: their folders); so does a run whose old checkpoint is
     gone, or whose --stop-at-acc-of run is unfinished (nothing to differ from). run_args: planned's; hashes: a cache
     {path: hash}."""
     header = runlog.read_log(os.path.join(runs_dir, run.name))[0]
     old, stop = run_args.old_ckpt, run_args.stop_at_acc_of
     if old and os.path.isfile(old):
         recorded = header.get("old_weights_sha256")
-        if recorded is None and retrained:
+        if recorded is None and os.path.dirname(old) in retrained:
             return "its log does not record which old model it continued from, and that was trained again"
         if recorded is not None:
             if old not in hashes:
@@ -277,7 +278,7 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
                 return f"it was continued from another {old} than the one there now"
     if stop:
         recorded, log = header.get("stop_at_acc"), runlog.read_finished(stop)
-        if recorded is None and retrained:
+        if recorded is None and stop in retrained:
             return f"its log does not record the accuracy it stopped at, and {stop} was trained again"
         if recorded is not None and log is not None and recorded != log[2].get("max_acc"):
             return f"it stopped at {recorded}, {stop}'s maximum then, not at its maximum now ({log[2]['max_acc']})"
@@ -291,7 +292,7 @@ def check_lineages(runs, args, runs_dir):
     hashes = {}
     for r in runs:
         if runlog.is_finished(os.path.join(runs_dir, r.name)):
-            why = lineage_change(r, planned(r, args, runs_dir), runs_dir, hashes, retrained=False)
+            why = lineage_change(r, planned(r, args, runs_dir), runs_dir, hashes, retrained=())
             if why is not None:
                 die(f"{os.path.join(runs_dir, r.name)}: {why}; run without --report-only to train it again")
 
