@@ -63,12 +63,16 @@ def planned(run, args, runs_dir):
 
 def check_runs(runs, args, runs_dir, num_classes):
     """train.py's own checks (checks.check_config) over every planned run, once, before the first: bad input
-    is one line here, not N failed runs. num_classes may be None (not known before the data is there)."""
+    is one line here, not N failed runs. num_classes may be None (not known before the data is there). Returns
+    {name: planned}."""
+    plans = {}
     for r in runs:
         try:
-            checks.check_config(planned(r, args, runs_dir), num_classes)
+            plans[r.name] = planned(r, args, runs_dir)
+            checks.check_config(plans[r.name], num_classes)
         except checks.UsageError as e:
             die(f"{r.name}: {e}")
+    return plans
 
 
 def check_splits(runs, num_classes):
@@ -125,29 +129,35 @@ def depth(run, by_name):
     return 0 if not run.deps else 1 + max(depth(by_name[d], by_name) for d in run.deps)
 
 
-def trained_again(runs, by_name, plans, finished, runs_dir):
-    """The finished runs to train again because a run to train starts from their ckpt.pt and it is gone: the
-    unfinished runs' old models and, down a chain (Fig. 6), those of the runs trained again. A seed carried as
-    logs alone, every run finished, needs none, so nothing of it is trained again. plans: {name: planned}."""
-    needed, again = set(), set()
-    for r in sorted(runs, key=lambda r: depth(r, by_name), reverse=True):  # the runs that start from r come first
-        own = os.path.join(runs_dir, r.name, "ckpt.pt")
-        if r.name in finished and own in needed and not os.path.isfile(own):
-            again.add(r.name)
-        if plans[r.name].old_ckpt and (r.name not in finished or r.name in again):
-            needed.add(plans[r.name].old_ckpt)
-    return again
+def finished_runs(runs, runs_dir):
+    return {r.name for r in runs if runlog.is_finished(os.path.join(runs_dir, r.name))}
 
 
-def may_train(runs, by_name, plans, finished, runs_dir):
-    """The runs a driver may train, before any checkpoint is read: the unfinished ones, those trained_again, and
-    every finished run that depends on one of these (kept only if it trains again to the same result: on a GPU,
-    seldom). An upper bound, for the space check."""
-    names = {r.name for r in runs if r.name not in finished} | trained_again(runs, by_name, plans, finished, runs_dir)
-    for r in sorted(runs, key=lambda r: depth(r, by_name)):  # a run's dependencies come first
-        if set(r.deps) & names:
-            names.add(r.name)
-    return [r for r in runs if r.name in names]
+def stale_runs(runs, plans, runs_dir, finished, hashes):
+    """{name: why} of the finished runs that no longer start from what is there now (lineage_change)."""
+    return {r.name: why for r in runs if r.name in finished
+            and (why := lineage_change(r, plans[r.name], runs_dir, hashes, retrained=())) is not None}
+
+
+def may_train(runs, by_name, plans, finished, stale, runs_dir):
+    """(may, again): the names of the runs a driver may train, before any of them trains, and of those the
+    finished runs trained again because a run in `may` starts from their ckpt.pt and it is gone (a run carried
+    as its log alone). It trains the unfinished runs and the stale ones ({name: why}); a finished run that
+    depends on a run it trains may train too (kept only if that one trains again to the same result: on a GPU,
+    seldom), so the ckpt.pt it starts from must be there: a pending run cannot wait to see whether it trains.
+    `may` is an upper bound, for the space check. plans: {name: planned}."""
+    may, again = {r.name for r in runs if r.name not in finished} | set(stale), set()
+    while True:
+        for r in sorted(runs, key=lambda r: depth(r, by_name)):  # a run's dependencies come first
+            if set(r.deps) & may:
+                may.add(r.name)
+        needed = {plans[name].old_ckpt for name in may}
+        gone = {r.name for r in runs if r.name in finished and r.name not in again
+                and os.path.join(runs_dir, r.name, "ckpt.pt") in needed
+                and not os.path.isfile(os.path.join(runs_dir, r.name, "ckpt.pt"))}
+        if not gone:  # down a chain (Fig. 6), a run trained again needs the ckpt.pt of the link before
+            return may, again
+        may, again = may | gone, again | gone
 
 
 def execute(runs, args, runs_dir, plans):
@@ -157,24 +167,27 @@ def execute(runs, args, runs_dir, plans):
     argvs = {r.name: train_argv(r, args, runs_dir) for r in runs}
     # read again under the driver's lock: main's look, for the space check, came before it and another driver may
     # have finished runs since
-    finished = {r.name for r in runs if runlog.is_finished(os.path.join(runs_dir, r.name))}
-    again = trained_again(runs, by_name, plans, finished, runs_dir)
-    done, pending, hashes, ran = set(), set(), {}, set()
+    finished, hashes = finished_runs(runs, runs_dir), {}
+    for r in runs:
+        if r.name in finished:
+            check_matches(r, plans[r.name], runs_dir, args.data_identity)
+    stale = stale_runs(runs, plans, runs_dir, finished, hashes)
+    _, again = may_train(runs, by_name, plans, finished, stale, runs_dir)
+    done, pending, ran = set(), set(), set()
     for r in sorted(runs, key=lambda r: depth(r, by_name)):
         if r.name not in finished:
             continue
-        check_matches(r, plans[r.name], runs_dir, args.data_identity)
         if r.name in again:
             print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it again",
                   flush=True)
             argvs[r.name] += ["--overwrite"]
         elif any(d not in done for d in r.deps):
             pending.add(r.name)  # finished from a run that trains again first: checked once that is done
-        elif (why := lineage_change(r, plans[r.name], runs_dir, hashes, retrained=())) is None:
-            done.add(r.name)
-        else:
-            print(f"{r.name}: finished, but {why}; training it again", flush=True)
+        elif r.name in stale:
+            print(f"{r.name}: finished, but {stale[r.name]}; training it again", flush=True)
             argvs[r.name] += ["--overwrite"]
+        else:
+            done.add(r.name)
     todo = [r for r in runs if r.name not in done]
     total = len(runs)
     print(f"{args.plan}: {total} runs, {len(done)} already finished, {len(todo)} to run on "
@@ -183,7 +196,7 @@ def execute(runs, args, runs_dir, plans):
     walls = []
 
     def report(r, ok, wall):
-        hashes.pop(os.path.join(runs_dir, r.name, "ckpt.pt"), None)  # trained (again): hashed anew when read
+        hashes.pop(os.path.join(runs_dir, r.name, "ckpt.pt"), None)  # trained again: hashed anew when read
         ran.add(r.name)
         k = len(done) + len(failed)
         if ok:
@@ -207,13 +220,13 @@ def execute(runs, args, runs_dir, plans):
                 if not all(d in done for d in r.deps):  # read as the loop goes: a chain's kept runs free the next
                     continue
                 pending.discard(r.name)  # what it depends on is final now: the same as it ran from, or not
-                rerun = [os.path.join(runs_dir, d) for d in ran & set(r.deps)]  # its dependencies trained again
-                why = lineage_change(r, plans[r.name], runs_dir, hashes, retrained=rerun)
+                why = lineage_change(r, plans[r.name], runs_dir, hashes,
+                                     retrained={os.path.join(runs_dir, d) for d in ran})
                 if why is None:
                     todo.remove(r)
                     done.add(r.name)
-                    print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: the runs it depends on were "
-                          "trained again to the same result", flush=True)
+                    print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: the runs it depends on did not "
+                          "change (trained again to the same result, or kept)", flush=True)
                 else:
                     argvs[r.name] += ["--overwrite"]
                     print(f"{r.name}: {why}; training it again", flush=True)
@@ -285,16 +298,12 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
     return None
 
 
-def check_lineages(runs, args, runs_dir):
+def check_lineages(runs, plans, runs_dir):
     """--report-only: a finished run continued from another old model than the one now at its --old-ckpt, or
     stopped at another accuracy than its --stop-at-acc-of run's now (either was trained again since), is refused,
     not mixed into a table; the driver would train it again."""
-    hashes = {}
-    for r in runs:
-        if runlog.is_finished(os.path.join(runs_dir, r.name)):
-            why = lineage_change(r, planned(r, args, runs_dir), runs_dir, hashes, retrained=())
-            if why is not None:
-                die(f"{os.path.join(runs_dir, r.name)}: {why}; run without --report-only to train it again")
+    for name, why in stale_runs(runs, plans, runs_dir, finished_runs(runs, runs_dir), {}).items():
+        die(f"{os.path.join(runs_dir, name)}: {why}; run without --report-only to train it again")
 
 
 def slot_device(slot, args):
@@ -544,7 +553,7 @@ def main(argv=None):
     num_classes = data.num_classes_of(args.dataset, args.data_dir, args.split.split(",")[0])
     if num_classes is not None:
         check_splits(runs, num_classes)
-    check_runs(runs, args, runs_dir, num_classes)
+    plans = check_runs(runs, args, runs_dir, num_classes)
     if args.list:
         print_lines(shlex.join(["python", os.path.relpath(os.path.join(HERE, "train.py")),
                                 *train_argv(r, args, runs_dir)])
@@ -575,14 +584,13 @@ def main(argv=None):
     if not args.report_only:
         num_classes, args.data_identity = prepare_data(args, runs)
         check_splits(runs, num_classes)
-        check_runs(runs, args, runs_dir, num_classes)
-        plans = {r.name: planned(r, args, runs_dir) for r in runs}
-        finished = {r.name for r in runs if runlog.is_finished(os.path.join(runs_dir, r.name))}
-        todo = may_train(runs, by_name, plans, finished, runs_dir)
+        plans = check_runs(runs, args, runs_dir, num_classes)
+        finished = finished_runs(runs, runs_dir)
+        may, _ = may_train(runs, by_name, plans, finished, stale_runs(runs, plans, runs_dir, finished, {}), runs_dir)
         try:  # a full disk up front; one driver per runs folder (a second would find every unfinished run in use)
-            need = sum(run_bytes(plans[r.name]) for r in todo)
-            checks.check_space(runs_dir, need, f"the {len(todo)} run{'s' * (len(todo) != 1)} it may train "
-                                                f"write{'s' * (len(todo) == 1)}")
+            need = sum(run_bytes(plans[name]) for name in may)
+            checks.check_space(runs_dir, need, f"the {len(may)} run{'s' * (len(may) != 1)} it may train "
+                                                f"write{'s' * (len(may) == 1)}")
             lock = runlog.lock_run(runs_dir, what="another reproduce.sh")
         except checks.UsageError as e:
             die(str(e))
@@ -592,7 +600,7 @@ def main(argv=None):
         finally:
             runlog.unlock_run(lock)
     else:
-        check_lineages(runs, args, runs_dir)
+        check_lineages(runs, plans, runs_dir)
         failed = set()
     args.finished_runs = len(R.finished(runs, runs_dir))
     if not args.finished_runs:  # a table of "(not run)" cells would replace one of numbers

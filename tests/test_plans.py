@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import curves, independent_max_acc, independent_speedup, write_folder
+from conftest import curves, edit_log, independent_max_acc, independent_speedup, without, write_folder
 from repro import plans, reproduce
 
 COMMON = ["--dataset", "folder", "--width", "8", "--batch-size", "32", "--iters", "12", "--eval-every", "3",
@@ -160,7 +160,7 @@ def test_fig6_chain_is_kept_link_by_link_when_its_old_model_trains_again(root, c
     argv = common(root, "runs_lost", "res_lost") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2"]
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
-    kept = [line.split()[1] for line in out.splitlines() if line.endswith("trained again to the same result")]
+    kept = [line.split()[1] for line in out.splitlines() if "kept: the runs it depends on did not change" in line]
     assert kept == [f"4+2x3/seed0/task{t}/schedule-{plans.OURS}" for t in (1, 2, 3)], out
     assert "10 already finished, 4 to run" in out and "0 failed" in out
     assert {p: p.read_bytes() for p in logs} == logs and (runs / "4+2x3" / "seed0" / "old" / "log.jsonl").is_file()
@@ -215,10 +215,6 @@ def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, 
     argv = common(root, "runs_l100", "res_l100") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2",
                                                      "--chain-stop", "l100"]
 
-    def edit_header(log, edit):
-        lines = [json.loads(x) for x in open(log)]
-        log.write_text("".join(json.dumps(edit(x) if x["event"] == "header" else x) + "\n" for x in lines))
-
     # the scratch log lost: trained again, to the same maximum on a CPU, so the link is kept, its log untouched
     (scratch / "log.jsonl").unlink()
     kept = (link / "log.jsonl").read_bytes()
@@ -228,7 +224,7 @@ def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, 
     assert f"4+2x3/seed0/task1/l100-{plans.OURS}" in out and "kept: the runs it depends on" in out, out
     assert (link / "log.jsonl").read_bytes() == kept
     # the link stopped at another maximum than its scratch run's now: refused by a report, trained again by a run
-    edit_header(link / "log.jsonl", lambda h: {**h, "stop_at_acc": target - 10})
+    edit_log(link / "log.jsonl", header=lambda h: {**h, "stop_at_acc": target - 10})
     with pytest.raises(SystemExit) as e:
         reproduce.main(argv + ["--report-only"])
     err = capsys.readouterr().err.strip()
@@ -240,8 +236,7 @@ def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, 
     assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
     # a log from before the old model's hash and the target were recorded, its scratch run trained again (its old
     # model not): nothing tells the two targets apart, and the message names the run that trained again
-    edit_header(link / "log.jsonl", lambda h: {k: v for k, v in h.items() if k not in ("stop_at_acc",
-                                                                                    "old_weights_sha256")})
+    edit_log(link / "log.jsonl", header=lambda h: without(without(h, "stop_at_acc"), "old_weights_sha256"))
     (scratch / "log.jsonl").unlink()
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
@@ -256,6 +251,37 @@ def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, 
         chain = [f"seed{s}/old"] + [f"seed{s}/task{t}/l100-{plans.OURS}" for t in (1, 2, 3)]
         idx = [next(i for o, i in pos.items() if o.endswith(c)) for c in chain]
         assert idx == sorted(idx)
+
+
+def test_an_l100_link_trained_again_for_its_target_gets_the_checkpoint_it_starts_from(root, capsys, monkeypatch):
+    """Logs carried alone (no ckpt.pt), a link that stopped at another maximum than its scratch run's now: it
+    trains again, so the link before it trains again first for the ckpt.pt it starts from, and so on down to the
+    old model; the link after it may train. The up-front space check counts these 4 runs of the seed's 7."""
+    run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "1", "--chain-stop", "l100")
+    runs = root / "runs_l100_logs"
+    shutil.copytree(root / "runs" / "4+2x3", runs / "4+2x3")
+    for ckpt_pt in runs.rglob("ckpt.pt"):
+        ckpt_pt.unlink()
+    seed = runs / "4+2x3" / "seed0"
+    link = seed / "task2" / f"l100-{plans.OURS}"
+    target = max(e["acc"] for e in curves(seed / "task2" / "scratch"))
+    edit_log(link / "log.jsonl", header=lambda h: {**h, "stop_at_acc": target - 10})
+    argv = common(root, "runs_l100_logs", "res_l100_logs") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "1",
+                                                               "--chain-stop", "l100"]
+    usage = shutil.disk_usage(root)
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2 ** 20))
+        with pytest.raises(SystemExit):
+            reproduce.main(argv)
+    assert "the 4 runs it may train" in capsys.readouterr().err
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    for name in ("old", f"task1/l100-{plans.OURS}", f"task2/l100-{plans.OURS}"):
+        assert f"4+2x3/seed0/{name}: finished, but the ckpt.pt that later runs start from is gone" in out, out
+        assert (seed / name / "ckpt.pt").is_file()
+    assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
+    assert f"4+2x3/seed0/task3/l100-{plans.OURS}" in out and "kept: the runs it depends on" in out, out
+    assert "0 failed" in out, out
 
 
 def test_appendix(root):
