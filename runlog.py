@@ -1,20 +1,19 @@
-"""A run folder as train.py writes and leaves it: its log.jsonl, written through log_writer (log.jsonl.part,
-renamed when the run is finished) under the folder's lock (lock_run: one process per run folder), and read by
-read_log (is_finished: the summary line is written last, so a log without it is a run that did not finish); atomic
-writes (replace_atomic: a reader, or a killed process, never sees half a file).
+"""A run folder as train.py leaves it: log.jsonl, written as log.jsonl.part by log_writer under the folder's lock
+(lock_run) and renamed when the run is finished; read by read_log (a log without its summary line, written last,
+is a run that did not finish). Also atomic writes (replace_atomic) and the one-line errors of every command.
 
     log.jsonl: {"event": "header", "label", "config", "group", "data", ...}   the run's configuration
                {"event": "eval", "iter", "acc", "train_seconds", ...}         one per evaluation
                {"event": "summary", "max_acc", ...}                           last: the run is finished
 
-Also the one-line errors of every command (UsageError, OneLineParser). Standard library only: train.py,
-checks.py and the driver (repro/; its tables group runs with repro/runs.py) go through it.
+Standard library only: train.py, checks.py, ckpt.py and the driver (repro/) go through it.
 """
 import argparse
 import contextlib
 import json
 import math
 import os
+import pathlib
 
 
 class UsageError(Exception):
@@ -64,8 +63,8 @@ def read_log(run_dir):
 
 
 def read_finished(run_dir):
-    """read_log's (header, evaluations, summary) of a finished run (its log has the summary line, which train.py
-    writes last), or None: no log, an unreadable one, or a run that did not finish."""
+    """read_log's (header, evaluations, summary) of a finished run, or None: no log, an unreadable one, or a run
+    that did not finish."""
     try:
         log = read_log(run_dir)
     except ValueError:
@@ -82,20 +81,10 @@ def is_number(v):
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def check_summary(path, summary, optional=("train_acc",)):
-    """A summary line's accuracies as the tables and --stop-at-acc-of read them, as one readable ValueError:
-    max_acc a finite number, each `optional` key one too or None (logs older than it)."""
-    for key in ("max_acc", *optional):
-        v = summary.get(key)
-        if not is_number(v) and (key == "max_acc" or v is not None):
-            raise ValueError(f"{path}: its summary has {key} = {v}")
-
-
 @contextlib.contextmanager
 def naming(path, *own):
-    """An OSError raised inside about `path`, the caller's `own` files (a temporary file beside it) or no file at
-    all (a write to an open file) names `path`, the file the caller asked for. One about another file (a source
-    that is missing) keeps its own name."""
+    """An OSError raised inside about `path`, the caller's `own` files (a temporary file beside it) or no file (a
+    write to an open file) names `path`. One about another file (a missing source) keeps its own name."""
     try:
         yield
     except OSError as e:
@@ -119,11 +108,7 @@ def replace_atomic(path, write):
 
 
 def write_atomic(path, text):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    replace_atomic(path, write)
+    replace_atomic(path, lambda tmp: pathlib.Path(tmp).write_text(text))
 
 
 def refuse_finished(out, overwrite):
@@ -133,35 +118,32 @@ def refuse_finished(out, overwrite):
 
 
 def lock_run(out, what="another training process"):
-    """Make the folder `out` and lock it for this process (out/.lock, flock: the kernel drops it when the process
-    dies, however it dies, so a stale lock file is simply taken over). Returns the handle for unlock_run. Two
-    processes training into one folder would both write log.jsonl.part and corrupt it; the second gets a
-    one-line error instead."""
+    """Make the folder `out` and lock it for this process (out/.lock holding its pid; flock: the kernel drops it
+    when the process dies, so a stale lock file is taken over). Returns the handle for unlock_run. A second
+    process gets a one-line error naming the holder instead."""
     import fcntl
 
-    f = None
+    path = os.path.join(out, ".lock")
     try:
         os.makedirs(out, exist_ok=True)
-        path = os.path.join(out, ".lock")
         while True:
-            f = open(path, "a+")
+            f = open(path, "a+b", buffering=0)  # unbuffered: close() never writes the pid again
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "?"
-                f.close()
-                raise UsageError(f"{out} is in use by {what} (pid {holder})") from None
+                with f:
+                    f.seek(0)
+                    raise UsageError(f"{out} is in use by {what} (pid {f.read().decode().strip() or '?'})") from None
             if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
                 break
             f.close()  # the holder removed the file as we opened it: lock the new one
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
     except OSError as e:
-        if f is not None:
-            f.close()  # a stale .lock file left behind is taken over by the next process
+        raise UsageError(f"cannot write into {out}: {e.strerror or e}") from None
+    try:
+        f.truncate(0)
+        f.write(str(os.getpid()).encode())
+    except OSError as e:
+        unlock_run(f)
         raise UsageError(f"cannot write into {out}: {e.strerror or e}") from None
     return f
 
@@ -175,22 +157,16 @@ def unlock_run(handle):
 
 @contextlib.contextmanager
 def log_writer(out, overwrite=False):
-    """`with log_writer(out) as log:` a run's log.jsonl.part (log.path) under the folder's lock (lock_run);
-    log(record) appends one JSON line and flushes it. Leaving the block normally renames the file to log.jsonl,
-    the mark of a finished run; after an OSError (a full disk) the .part is removed, so no half-written run is
-    left; after any other error (a diverged loss, Ctrl-C) it is kept, to be read. A failed write is an OSError
-    naming the file. Refuses a finished run without `overwrite`, checked under the lock: another process may
-    have finished it since the caller last looked. With `overwrite`, the finished run stays whole until the
-    caller is about to replace the folder's other files (ckpt.pt, once the new one is written beside it):
-    log.unfinish() removes its log.jsonl then, so a run that fails from there on never leaves a new ckpt.pt beside
-    a log that says finished, and one that fails before (a full disk under the new ckpt.pt) leaves the finished
-    run whole."""
+    """`with log_writer(out) as log:` log(record) appends one JSON line to log.jsonl.part (log.path) and flushes
+    it, under the folder's lock. Leaving the block renames it to log.jsonl, the mark of a finished run; an OSError
+    (a full disk) removes it; any other error (a diverged loss, Ctrl-C) leaves it to be read. A finished run is
+    refused without `overwrite` (under the lock: another process may have finished it); with it, the run stays
+    whole until log.unfinish(), which the caller runs just before replacing the run's ckpt.pt."""
     part, done = os.path.join(out, "log.jsonl.part"), os.path.join(out, "log.jsonl")
     lock = lock_run(out)
     try:
         refuse_finished(out, overwrite)
-        with naming(part):
-            f = open(part, "w")
+        f = open(part, "w")  # an OSError names `part` already
 
         def log(record):
             with naming(part):
@@ -203,15 +179,14 @@ def log_writer(out, overwrite=False):
                     raise
 
         def unfinish():
-            with naming(done), contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(done)
 
         log.path, log.unfinish = part, unfinish  # path: where an unfinished run's log is left to be read
         try:
             with f:
                 yield log
-            with naming(done, part):
-                os.replace(part, done)
+            os.replace(part, done)
         except OSError:
             with contextlib.suppress(OSError):
                 os.remove(part)

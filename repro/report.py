@@ -15,7 +15,7 @@ import runlog
 import speedup as S
 
 from . import plans as P
-from .runs import group_runs
+from .runs import check_summary, group_runs
 
 SPEEDUPS = ["L99", "L100", "L99_seconds", "L100_seconds", "L99_seeds", "L99_seeds_se", "L99_seeds_reached",
             "L100_seeds", "L100_seeds_se", "L100_seeds_reached"]  # speedup.row_stats; the per-seed L_r: Eq. 2 per seed
@@ -327,7 +327,7 @@ def report_laptop(runs, args, runs_dir, results_dir):
         if log is None:
             continue
         header, _, summary = log
-        runlog.check_summary(runlog.log_path(d), summary)  # a hand-edited log: one line
+        check_summary(runlog.log_path(d), summary)  # a hand-edited log: one line
         train_accs.setdefault(r.label, []).append(summary.get("train_acc"))
         best[r.label, r.seed] = summary["max_acc"]
         ver = header.get("versions", {})

@@ -1,6 +1,7 @@
-"""A table's runs, read from their train.py logs (runlog.read_log): check_log (what a table needs of a log) and
-group_runs (the runs grouped by row over seeds, refusing what would mix configurations, data or copies of one
-run). Used by the plans' tables (report.py), the driver's checks (reproduce.py) and `python -m repro.table`.
+"""A table's runs, read from their train.py logs (runlog.read_log): check_log and check_summary (what a table needs of a
+log's evaluations and summary) and group_runs (the runs grouped by row over seeds, refusing what would mix
+configurations, data or copies of one run). Used by the plans' tables (report.py), the driver's checks (reproduce.py)
+and `python -m repro.table`.
 """
 import json
 import os
@@ -24,6 +25,15 @@ def check_log(path, header, evals):
             v = e.get(key)
             if not is_number(v):
                 raise ValueError(f"{path}: evaluation at iteration {e.get('iter')} has {key} = {v}")
+
+
+def check_summary(path, summary):
+    """A summary line's accuracies as the tables read them, as one readable ValueError: max_acc a finite number,
+    train_acc one too or None (logs older than it)."""
+    for key in ("max_acc", "train_acc"):
+        v = summary.get(key)
+        if not is_number(v) and (key == "max_acc" or v is not None):
+            raise ValueError(f"{path}: its summary has {key} = {v}")
 
 
 def group_runs(run_dirs, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)):

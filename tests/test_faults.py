@@ -42,9 +42,10 @@ def tree_hash(root):
     return out
 
 
-def disk_with_room(monkeypatch, module, room):
-    """module's open() for writing puts its files on a disk with `room` bytes left: the raw write that would pass
-    it fails with ENOSPC, as the kernel's does, after the buffered layers above it have taken the bytes."""
+def disk_with_room(monkeypatch, module, room, modes="w"):
+    """module's open() for writing (a mode with one of `modes`: "w+" also fakes "a+", the lock file's) puts its
+    files on a disk with `room` bytes left: the raw write that would pass it fails with ENOSPC, as the kernel's
+    does, after the buffered layers above it (if any) have taken the bytes."""
     left = [room]
 
     class Filling(io.FileIO):
@@ -55,10 +56,13 @@ def disk_with_room(monkeypatch, module, room):
             left[0] -= n
             return super().write(bytes(b[:n]))
 
-    def fake_open(path, mode="r", *a, **k):
-        if "w" not in mode:
-            return open(path, mode, *a, **k)
-        buffered = io.BufferedWriter(Filling(path, "w"))
+    def fake_open(path, mode="r", buffering=-1, **k):
+        if not any(m in mode for m in modes):
+            return open(path, mode, buffering, **k)
+        raw = Filling(path, mode.replace("b", "").replace("t", ""))
+        if buffering == 0:
+            return raw
+        buffered = (io.BufferedRandom if "+" in mode else io.BufferedWriter)(raw)
         return buffered if "b" in mode else io.TextIOWrapper(buffered)
 
     monkeypatch.setattr(module, "open", fake_open, raising=False)
@@ -787,6 +791,17 @@ def test_a_failed_first_log_line_is_one_line_and_leaves_no_lock_or_part(world, m
     assert err == (f"train.py: error: cannot write {out}/log.jsonl.part: No space left on device (ENOSPC); "
                    "the run is not finished"), err
     assert os.listdir(out) == []  # no .lock, no log.jsonl.part
+
+
+def test_a_lock_file_that_cannot_be_written_is_one_line_and_left_behind_by_no_one(world, monkeypatch, capsys):
+    """The pid in out/.lock is a run's first write: a full disk there is one line (exit 2), and no .lock is left
+    (the buffered pid, written again as the file closes, made the error a bare OSError and kept the file)."""
+    disk_with_room(monkeypatch, runlog, 0, modes="w+")
+    out = world / "nospace-lock"
+    assert train.cli(TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"train.py: error: cannot write into {out}: No space left on device", err
+    assert os.listdir(out) == []
 
 
 @pytest.mark.parametrize("room", [0, 4096])  # torch.save's first write fails, or one once part of the file is out
