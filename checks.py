@@ -11,7 +11,7 @@ import shutil
 import torch
 
 import data as D
-from runlog import UsageError, is_number, log_path, read_finished, refuse_finished
+from runlog import UsageError, log_path, max_acc_of, read_finished, refuse_finished
 
 
 FLOATS = {"sp_alpha": (0, 1), "sp_beta": (0, None), "reg_lambda": (0, None), "eh_c": (0, 1), "eh_r": (0, None),
@@ -121,10 +121,10 @@ def stop_accuracy(args):
     log = read_finished(args.stop_at_acc_of)
     if log is None:
         raise UsageError(f"--stop-at-acc-of {args.stop_at_acc_of}: no finished run there")
-    acc = log[2].get("max_acc")
-    if not is_number(acc):
-        raise UsageError(f"--stop-at-acc-of {log_path(args.stop_at_acc_of)}: its summary has max_acc = {acc}")
-    return acc
+    try:
+        return max_acc_of(log_path(args.stop_at_acc_of), log[2])
+    except ValueError as e:
+        raise UsageError(f"--stop-at-acc-of {e}") from None
 
 
 def num_weights(width):

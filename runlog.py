@@ -81,6 +81,15 @@ def is_number(v):
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def max_acc_of(path, summary):
+    """A finished run's max_acc (its log at `path`), as the tables and --stop-at-acc-of read it: a finite number,
+    else a ValueError naming the log (a hand-edited summary)."""
+    v = summary.get("max_acc")
+    if not is_number(v):
+        raise ValueError(f"{path}: its summary has max_acc = {v}")
+    return v
+
+
 @contextlib.contextmanager
 def naming(path, *own):
     """An OSError raised inside about `path`, the caller's `own` files (a temporary file beside it) or no file (a
@@ -124,9 +133,10 @@ def lock_run(out, what="another training process"):
     import fcntl
 
     path = os.path.join(out, ".lock")
+    f = held = None
     try:
         os.makedirs(out, exist_ok=True)
-        while True:
+        while not held:
             f = open(path, "a+b", buffering=0)  # unbuffered: close() never writes the pid again
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,18 +144,26 @@ def lock_run(out, what="another training process"):
                 with f:
                     f.seek(0)
                     raise UsageError(f"{out} is in use by {what} (pid {f.read().decode().strip() or '?'})") from None
-            if os.path.exists(path) and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
-                break
-            f.close()  # the holder removed the file as we opened it: lock the new one
-    except OSError as e:
-        raise UsageError(f"cannot write into {out}: {e.strerror or e}") from None
-    try:
+            held = _is_at(f, path)
+            if not held:
+                f.close()  # the holder removed the file as we opened it: lock the new one
         f.truncate(0)
         f.write(str(os.getpid()).encode())
     except OSError as e:
-        unlock_run(f)
+        if held:
+            unlock_run(f)
+        elif f is not None:
+            f.close()
         raise UsageError(f"cannot write into {out}: {e.strerror or e}") from None
     return f
+
+
+def _is_at(f, path):
+    """Whether the open file f is the one at path now (a holder may remove it at any moment)."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def unlock_run(handle):

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from runlog import is_number, log_path, read_log
+from runlog import is_number, log_path, max_acc_of, read_log
 
 
 def check_log(path, header, evals):
@@ -30,10 +30,10 @@ def check_log(path, header, evals):
 def check_summary(path, summary):
     """A summary line's accuracies as the tables read them, as one readable ValueError: max_acc a finite number,
     train_acc one too or None (logs older than it)."""
-    for key in ("max_acc", "train_acc"):
-        v = summary.get(key)
-        if not is_number(v) and (key == "max_acc" or v is not None):
-            raise ValueError(f"{path}: its summary has {key} = {v}")
+    max_acc_of(path, summary)
+    v = summary.get("train_acc")
+    if v is not None and not is_number(v):
+        raise ValueError(f"{path}: its summary has train_acc = {v}")
 
 
 def group_runs(run_dirs, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)):

@@ -177,6 +177,44 @@ def test_a_run_folder_belongs_to_one_process(world, capsys):
     assert sorted(os.listdir(world / "locked")) == ["ckpt.pt", "log.jsonl"]
 
 
+@pytest.mark.parametrize("look", [1, 2])
+def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path, monkeypatch, look):
+    """The holder ends (unlock_run removes .lock) while a second process checks that the file it locked is still
+    the one there: whichever look at it finds it gone, the second process locks the new file (it was a one-line
+    'cannot write into' when the file went between two looks)."""
+    out, real, seen = str(tmp_path / "run"), os.stat, []
+    path = os.path.join(out, ".lock")
+
+    def stat(p, *a, **k):
+        if p == path:
+            seen.append(p)
+            if len(seen) == look:
+                os.remove(p)  # the holder's unlock_run, just now
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(runlog.os, "stat", stat)
+    held = runlog.lock_run(out)
+    monkeypatch.undo()
+    assert open(path).read() == str(os.getpid()) and os.path.samestat(os.fstat(held.fileno()), os.stat(path))
+    runlog.unlock_run(held)
+    assert os.listdir(out) == []
+
+
+def test_a_lock_that_cannot_be_taken_is_one_line_and_closes_its_file(tmp_path, monkeypatch):
+    """flock refused for another reason than a holder (ENOLCK, as on some network disks): one line, and the lock
+    file opened for it is closed, not left open (and maybe locked) until the garbage collector finds it."""
+    opened = []
+
+    def flock(f, how):
+        opened.append(f)
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(runlog.UsageError, match=r"^cannot write into .*run: No locks available$"):
+        runlog.lock_run(str(tmp_path / "run"))
+    assert len(opened) == 1 and opened[0].closed
+
+
 def test_a_run_finished_by_another_process_meanwhile_is_refused_under_the_lock(world, monkeypatch, capsys):
     """validate() looked before the data was loaded; the writer looks again once it holds the lock."""
     import checks
