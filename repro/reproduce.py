@@ -139,20 +139,21 @@ def stale_runs(runs, plans, runs_dir, finished, hashes):
             and (why := lineage_change(r, plans[r.name], runs_dir, hashes, retrained=())) is not None}
 
 
-def may_train(runs, by_name, plans, finished, stale, runs_dir):
+def may_train(order, plans, finished, stale, runs_dir):
     """(may, again): the names of the runs a driver may train, before any of them trains, and of those the
     finished runs trained again because a run in `may` starts from their ckpt.pt and it is gone (a run carried
     as its log alone). It trains the unfinished runs and the stale ones ({name: why}); a finished run that
     depends on a run it trains may train too (kept only if that one trains again to the same result: on a GPU,
     seldom), so the ckpt.pt it starts from must be there: a pending run cannot wait to see whether it trains.
-    `may` is an upper bound, for the space check. plans: {name: planned}."""
-    may, again = {r.name for r in runs if r.name not in finished} | set(stale), set()
+    `may` is an upper bound, for the space check. order: the runs, each after the runs it depends on; plans:
+    {name: planned}."""
+    may, again = {r.name for r in order if r.name not in finished} | set(stale), set()
     while True:
-        for r in sorted(runs, key=lambda r: depth(r, by_name)):  # a run's dependencies come first
+        for r in order:
             if set(r.deps) & may:
                 may.add(r.name)
         needed = {plans[name].old_ckpt for name in may}
-        gone = {r.name for r in runs if r.name in finished and r.name not in again
+        gone = {r.name for r in order if r.name in finished and r.name not in again
                 and os.path.join(runs_dir, r.name, "ckpt.pt") in needed
                 and not os.path.isfile(os.path.join(runs_dir, r.name, "ckpt.pt"))}
         if not gone:  # down a chain (Fig. 6), a run trained again needs the ckpt.pt of the link before
@@ -160,32 +161,50 @@ def may_train(runs, by_name, plans, finished, stale, runs_dir):
         may, again = may | gone, again | gone
 
 
+def set_aside(runs_dir, name, why):
+    """A finished run that no longer starts from what is there now is unfinished from here on: its log.jsonl
+    becomes log.jsonl.stale (kept to be read), so a training again that fails or is stopped leaves no run of the
+    old lineage for a table to take, or for the next driver to keep (a log from before the lineage was recorded
+    could not tell)."""
+    log = os.path.join(runs_dir, name, "log.jsonl")
+    try:
+        os.replace(log, log + ".stale")
+    except OSError as e:
+        die(f"cannot set aside {log}: {e.strerror}")
+    print(f"{name}: finished, but {why}; training it again (its log is now {log}.stale)", flush=True)
+
+
 def execute(runs, args, runs_dir, plans):
-    """Runs what is not finished, dependencies first, on len(slots) parallel workers (plans: {name: planned}).
+    """Runs what is not finished, dependencies first, on len(slots) parallel workers, under the driver's lock
+    (plans: {name: planned}): the finished runs are read here, the free space checked for the runs it may train.
     Returns failed names."""
     by_name = {r.name: r for r in runs}
+    order = sorted(runs, key=lambda r: depth(r, by_name))  # a run's dependencies first
     argvs = {r.name: train_argv(r, args, runs_dir) for r in runs}
-    # read again under the driver's lock: main's look, for the space check, came before it and another driver may
-    # have finished runs since
     finished, hashes = finished_runs(runs, runs_dir), {}
     for r in runs:
         if r.name in finished:
             check_matches(r, plans[r.name], runs_dir, args.data_identity)
     stale = stale_runs(runs, plans, runs_dir, finished, hashes)
-    _, again = may_train(runs, by_name, plans, finished, stale, runs_dir)
+    may, again = may_train(order, plans, finished, stale, runs_dir)
+    try:
+        checks.check_space(runs_dir, sum(run_bytes(plans[name]) for name in may),
+                           f"the {len(may)} run{'s' * (len(may) != 1)} it may train write{'s' * (len(may) == 1)}")
+    except checks.UsageError as e:
+        die(str(e))
     done, pending, ran = set(), set(), set()
-    for r in sorted(runs, key=lambda r: depth(r, by_name)):
+    for r in order:
         if r.name not in finished:
             continue
-        if r.name in again:
+        waits = any(d not in done for d in r.deps)
+        if r.name in stale and (r.name in again or not waits):
+            set_aside(runs_dir, r.name, stale[r.name])
+        elif r.name in again:
             print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it again",
                   flush=True)
             argvs[r.name] += ["--overwrite"]
-        elif any(d not in done for d in r.deps):
+        elif waits:
             pending.add(r.name)  # finished from a run that trains again first: checked once that is done
-        elif r.name in stale:
-            print(f"{r.name}: finished, but {stale[r.name]}; training it again", flush=True)
-            argvs[r.name] += ["--overwrite"]
         else:
             done.add(r.name)
     todo = [r for r in runs if r.name not in done]
@@ -216,7 +235,7 @@ def execute(runs, args, runs_dir, plans):
                 todo.remove(r)
                 failed.add(r.name)
                 print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
-            for r in sorted((r for r in todo if r.name in pending), key=lambda r: depth(r, by_name)):
+            for r in [r for r in order if r.name in pending]:
                 if not all(d in done for d in r.deps):  # read as the loop goes: a chain's kept runs free the next
                     continue
                 pending.discard(r.name)  # what it depends on is final now: the same as it ran from, or not
@@ -228,8 +247,7 @@ def execute(runs, args, runs_dir, plans):
                     print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: the runs it depends on did not "
                           "change (trained again to the same result, or kept)", flush=True)
                 else:
-                    argvs[r.name] += ["--overwrite"]
-                    print(f"{r.name}: {why}; training it again", flush=True)
+                    set_aside(runs_dir, r.name, why)
             busy = {slot for slot, _, _ in procs.values()}
             free = [s for s in args.slots if s not in busy]
             ready = [r for r in todo if all(d in done for d in r.deps) and r.name not in pending]
@@ -275,20 +293,16 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
     unless that run was trained again by this driver (retrained: their folders); so does a run whose old checkpoint is
     gone, or whose --stop-at-acc-of run is unfinished (nothing to differ from). run_args: planned's; hashes: a cache
     {path: hash}."""
-    header = runlog.read_log(os.path.join(runs_dir, run.name))[0]
     old, stop = run_args.old_ckpt, run_args.stop_at_acc_of
+    if not old and not stop:  # an old model or a scratch run: nothing it starts from
+        return None
+    header = runlog.read_log(os.path.join(runs_dir, run.name))[0]
     if old and os.path.isfile(old):
         recorded = header.get("old_weights_sha256")
         if recorded is None and os.path.dirname(old) in retrained:
             return "its log does not record which old model it continued from, and that was trained again"
-        if recorded is not None:
-            if old not in hashes:
-                try:
-                    hashes[old] = ckpt.weights_hash(torch.load(old, map_location="cpu", weights_only=True))
-                except Exception:  # noqa: BLE001 - unreadable: not the model it started from
-                    hashes[old] = None
-            if recorded != hashes[old]:
-                return f"it was continued from another {old} than the one there now"
+        if recorded is not None and recorded != hash_of(old, hashes):
+            return f"it was continued from another {old} than the one there now"
     if stop:
         recorded, log = header.get("stop_at_acc"), runlog.read_finished(stop)
         if recorded is None and stop in retrained:
@@ -298,12 +312,35 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
     return None
 
 
+def hash_of(path, hashes):
+    """ckpt.weights_hash of the checkpoint at path, None if unreadable (not the model a run started from), cached
+    in hashes {path: hash}."""
+    if path not in hashes:
+        try:
+            hashes[path] = ckpt.weights_hash(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception:  # noqa: BLE001 - unreadable
+            hashes[path] = None
+    return hashes[path]
+
+
 def check_lineages(runs, plans, runs_dir):
     """--report-only: a finished run continued from another old model than the one now at its --old-ckpt, or
     stopped at another accuracy than its --stop-at-acc-of run's now (either was trained again since), is refused,
     not mixed into a table; the driver would train it again."""
     for name, why in stale_runs(runs, plans, runs_dir, finished_runs(runs, runs_dir), {}).items():
         die(f"{os.path.join(runs_dir, name)}: {why}; run without --report-only to train it again")
+
+
+def remove_empty(folder, existed):
+    """Remove `folder` and the folders above it up to `existed` while they are empty: a driver refused under its
+    lock (a full disk) leaves no trace of the runs folder it made for the lock."""
+    folder = os.path.abspath(folder)
+    while folder != existed:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: runs were written
+            return
+        folder = os.path.dirname(folder)
 
 
 def slot_device(slot, args):
@@ -564,7 +601,7 @@ def main(argv=None):
         args.device = "cpu"  # tables and figures need no GPU
     if args.device == "auto":
         if not torch.cuda.is_available():
-            iters = [run_iters(r, args, runs_dir) for r in runs]
+            iters = [train.run_length(plans[r.name]) for r in runs]
             die(f"no GPU found. This plan is {len(runs)} runs of up to {max(iters)} iterations: about "
                 f"{cpu_time(iters, args)} on a CPU. --plan laptop is the CPU-sized run (Table 2a's CIFAR-10 rows); "
                 "--device cpu runs this plan on the CPU anyway"
@@ -585,12 +622,8 @@ def main(argv=None):
         num_classes, args.data_identity = prepare_data(args, runs)
         check_splits(runs, num_classes)
         plans = check_runs(runs, args, runs_dir, num_classes)
-        finished = finished_runs(runs, runs_dir)
-        may, _ = may_train(runs, by_name, plans, finished, stale_runs(runs, plans, runs_dir, finished, {}), runs_dir)
-        try:  # a full disk up front; one driver per runs folder (a second would find every unfinished run in use)
-            need = sum(run_bytes(plans[name]) for name in may)
-            checks.check_space(runs_dir, need, f"the {len(may)} run{'s' * (len(may) != 1)} it may train "
-                                                f"write{'s' * (len(may) == 1)}")
+        existed = checks.nearest_existing(runs_dir)
+        try:  # one driver per runs folder (a second would find every unfinished run in use)
             lock = runlog.lock_run(runs_dir, what="another reproduce.sh")
         except checks.UsageError as e:
             die(str(e))
@@ -599,6 +632,7 @@ def main(argv=None):
                 failed = execute(runs, args, runs_dir, plans)
         finally:
             runlog.unlock_run(lock)
+            remove_empty(runs_dir, existed)
     else:
         check_lineages(runs, plans, runs_dir)
         failed = set()
@@ -621,12 +655,6 @@ def main(argv=None):
 # GFLOPs, backward twice that: bench.flops_per_image counts 3.33e9), and what a CPU sustains on it (the laptop plan:
 # 4e14 FLOPs in 77 min on 2 cores, 0.9e11 FLOP/s): a rough guide for cpu_time, not a measurement
 TRAIN_FLOPS, CPU_FLOPS = 3.3e9, 1e11
-
-
-def run_iters(run, args, runs_dir):
-    """The iterations a planned run trains (train.run_length of its command line: a shortened schedule ends
-    early, the plateau check runs twice --iters)."""
-    return train.run_length(planned(run, args, runs_dir))
 
 
 def cpu_time(iters, args):

@@ -705,6 +705,43 @@ def test_runs_from_an_old_model_that_changed_are_trained_again(world, uninterrup
     assert tree_hash(runs / "2+2" / "seed0" / "scratch") == scratch
 
 
+def test_runs_from_an_old_model_trained_again_to_other_weights_are_set_aside_and_trained_again(
+        world, uninterrupted, capsys, monkeypatch):
+    """The old model's log lost, and the model trained again to other weights (as on a GPU): the three runs
+    continued from the previous one are set aside (log.jsonl.stale) and trained again from the new one. Where
+    that training fails, the table holds none of them (no run of the previous lineage is mixed in), and the next
+    driver trains them: their folders no longer read as finished."""
+    runs = copy_runs(world, "runs_gpu_like")
+    seed = runs / "2+2" / "seed0"
+    (seed / "old" / "log.jsonl").unlink()
+    previous, real = old_hash(runs), reproduce.run_inprocess
+
+    def gpu_like(argv, out):  # the old model trains to other weights; the runs continued from it fail
+        if argv[argv.index("--out") + 1].endswith(CONTINUED):
+            return False
+        ok = real(argv, out)
+        c = torch.load(seed / "old" / "ckpt.pt", weights_only=True)
+        c["model"]["fc.bias"] += 0.01
+        torch.save(c, seed / "old" / "ckpt.pt")
+        return ok
+
+    monkeypatch.setattr(reproduce, "run_inprocess", gpu_like)
+    argv = driver_argv(world, "a", "runs_gpu_like", "res_gpu_like")
+    assert reproduce.main(argv) == 1
+    out = capsys.readouterr().out
+    assert out.count("finished, but it was continued from another") == 3 and "3 failed" in out, out
+    assert old_hash(runs) != previous
+    for label in CONTINUED:
+        assert not runlog.is_finished(seed / label)
+        assert runlog.read_log(seed / label / "log.jsonl.stale")[0]["old_weights_sha256"] == previous
+    assert ", 2 finished run(s);" in (world / "res_gpu_like" / "table2a_folder.md").read_text()
+    monkeypatch.setattr(reproduce, "run_inprocess", real)
+    assert reproduce.main(argv) == 0
+    assert "2 already finished, 3 to run" in capsys.readouterr().out
+    for label in CONTINUED:
+        assert runlog.read_log(seed / label)[0]["old_weights_sha256"] == old_hash(runs), label
+
+
 def test_a_finished_old_model_without_its_checkpoint_is_trained_again(world, uninterrupted, capsys):
     """Only when a run still to do needs it: the old model is trained again (on a CPU to the same weights, so the
     two finished runs continued from it are checked against the new checkpoint and kept, their logs untouched)."""
@@ -736,8 +773,8 @@ def test_a_run_whose_log_records_no_old_model_is_trained_again_after_its_old_mod
     kept = {label: (seed / label / "log.jsonl").read_bytes() for label in CONTINUED[1:]}
     assert reproduce.main(driver_argv(world, "a", "runs_no_hash", "res_no_hash")) == 0
     out = capsys.readouterr().out
-    assert ("2+2/seed0/continuous: its log does not record which old model it continued from, and that was trained "
-            "again; training it again") in out, out
+    assert ("2+2/seed0/continuous: finished, but its log does not record which old model it continued from, and "
+            "that was trained again; training it again") in out, out
     assert out.count("kept: the runs it depends on did not change") == 2, out
     assert all((seed / label / "log.jsonl").read_bytes() == log for label, log in kept.items())
     assert runlog.read_log(seed / "continuous")[0]["old_weights_sha256"] == old_hash(runs)

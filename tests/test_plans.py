@@ -146,24 +146,27 @@ def test_fig6_chain_carried_as_logs_resumes_down_the_chain(root, capsys):
     assert (again / "log.jsonl").is_file() and {p: p.read_bytes() for p in before} == before
 
 
-def test_fig6_chain_is_kept_link_by_link_when_its_old_model_trains_again(root, capsys):
+def test_fig6_chain_is_kept_link_by_link_when_its_old_model_trains_again(root, capsys, monkeypatch):
     """The old model's log lost, the rest of the chain finished: the old model trains again (on a CPU to the same
     weights), then each link, pending on the one before, is checked and kept in one pass down the chain; none
     is left waiting on a link kept in the same pass (the driver stopped there with 'unsatisfiable
-    dependencies')."""
+    dependencies'). The same with the plan listing the runs backwards: the driver orders them itself."""
     run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
-    runs = root / "runs_lost"
-    shutil.copytree(root / "runs" / "4+2x3", runs / "4+2x3")
-    (runs / "4+2x3" / "seed0" / "old" / "log.jsonl").unlink()
-    logs = {p: p.read_bytes() for p in runs.rglob("log.jsonl")}
-    capsys.readouterr()
-    argv = common(root, "runs_lost", "res_lost") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2"]
-    assert reproduce.main(argv) == 0
-    out = capsys.readouterr().out
-    kept = [line.split()[1] for line in out.splitlines() if "kept: the runs it depends on did not change" in line]
-    assert kept == [f"4+2x3/seed0/task{t}/schedule-{plans.OURS}" for t in (1, 2, 3)], out
-    assert "10 already finished, 4 to run" in out and "0 failed" in out
-    assert {p: p.read_bytes() for p in logs} == logs and (runs / "4+2x3" / "seed0" / "old" / "log.jsonl").is_file()
+    fig6 = plans.PLANS["fig6"]
+    for name, listed in (("runs_lost", fig6), ("runs_lost_backwards", lambda *a: fig6(*a)[::-1])):
+        monkeypatch.setitem(plans.PLANS, "fig6", listed)
+        runs = root / name
+        shutil.copytree(root / "runs" / "4+2x3", runs / "4+2x3")
+        (runs / "4+2x3" / "seed0" / "old" / "log.jsonl").unlink()
+        logs = {p: p.read_bytes() for p in runs.rglob("log.jsonl")}
+        capsys.readouterr()
+        argv = common(root, name, f"res_{name}") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2"]
+        assert reproduce.main(argv) == 0
+        out = capsys.readouterr().out
+        kept = [line.split()[1] for line in out.splitlines() if "kept: the runs it depends on did not change" in line]
+        assert kept == [f"4+2x3/seed0/task{t}/schedule-{plans.OURS}" for t in (1, 2, 3)], out
+        assert "10 already finished, 4 to run" in out and "0 failed" in out
+        assert {p: p.read_bytes() for p in logs} == logs and (runs / "4+2x3" / "seed0" / "old" / "log.jsonl").is_file()
 
 
 def test_fig6_chain_stopped_at_l100(root, capsys):
@@ -198,6 +201,14 @@ def test_fig6_chain_stopped_at_l100(root, capsys):
         assert header["config"]["old_ckpt"].endswith(f"seed0/{prev}/ckpt.pt")
     assert (root / "res" / "fig6.png").exists()
     capsys.readouterr()
+    assert reproduce.main(argv + ["--list"]) == 0
+    outs = [c.split("--out ")[1].split()[0] for c in capsys.readouterr().out.strip().splitlines()]
+    assert len(outs) == 2 * (1 + 3 * 2)
+    pos = {o: i for i, o in enumerate(outs)}
+    for s in (0, 1):  # every chain link is listed after the link it continues from
+        chain = [f"seed{s}/old"] + [f"seed{s}/task{t}/l100-{plans.OURS}" for t in (1, 2, 3)]
+        idx = [next(i for o, i in pos.items() if o.endswith(c)) for c in chain]
+        assert idx == sorted(idx)
 
 
 def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, capsys):
@@ -240,17 +251,9 @@ def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, 
     (scratch / "log.jsonl").unlink()
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
-    assert (f"4+2x3/seed0/task1/l100-{plans.OURS}: its log does not record the accuracy it stopped at, and "
-            f"{scratch} was trained again; training it again") in out, out
+    assert (f"4+2x3/seed0/task1/l100-{plans.OURS}: finished, but its log does not record the accuracy it stopped "
+            f"at, and {scratch} was trained again; training it again") in out, out
     assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
-    assert reproduce.main(argv + ["--list"]) == 0
-    outs = [c.split("--out ")[1].split()[0] for c in capsys.readouterr().out.strip().splitlines()]
-    assert len(outs) == 2 * (1 + 3 * 2)
-    pos = {o: i for i, o in enumerate(outs)}
-    for s in (0, 1):  # every chain link is listed after the link it continues from
-        chain = [f"seed{s}/old"] + [f"seed{s}/task{t}/l100-{plans.OURS}" for t in (1, 2, 3)]
-        idx = [next(i for o, i in pos.items() if o.endswith(c)) for c in chain]
-        assert idx == sorted(idx)
 
 
 def test_an_l100_link_trained_again_for_its_target_gets_the_checkpoint_it_starts_from(root, capsys, monkeypatch):
@@ -276,9 +279,12 @@ def test_an_l100_link_trained_again_for_its_target_gets_the_checkpoint_it_starts
     assert "the 4 runs it may train" in capsys.readouterr().err
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
-    for name in ("old", f"task1/l100-{plans.OURS}", f"task2/l100-{plans.OURS}"):
+    for name in ("old", f"task1/l100-{plans.OURS}"):
         assert f"4+2x3/seed0/{name}: finished, but the ckpt.pt that later runs start from is gone" in out, out
         assert (seed / name / "ckpt.pt").is_file()
+    # its own ckpt.pt gone too, but it is trained again for its target (the reason given), its log set aside
+    assert f"4+2x3/seed0/task2/l100-{plans.OURS}: finished, but it stopped at {target - 10}, " in out, out
+    assert json.loads(open(link / "log.jsonl.stale").readline())["stop_at_acc"] == target - 10
     assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
     assert f"4+2x3/seed0/task3/l100-{plans.OURS}" in out and "kept: the runs it depends on" in out, out
     assert "0 failed" in out, out

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import train
 from conftest import ROOT, curves, independent_max_acc, independent_speedup, write_folder
 from repro import plans, reproduce
 
@@ -141,11 +142,12 @@ def test_cpu_time_by_hand():
 
 
 def test_planned_runs_are_counted_at_the_length_they_train(tmp_path):
-    """run_iters: a run's iterations from the command line the driver gives it (train.run_length), so the
-    laptop plan's x0.5 rows count half of --iters and its plateau check twice."""
+    """A run's iterations from the command line the driver gives it (planned, then train.run_length, as the no-GPU
+    message counts them), so the laptop plan's x0.5 rows count half of --iters and its plateau check twice."""
     args = reproduce.build_parser().parse_args(["--plan", "laptop", "--device", "cpu", "--runs", str(tmp_path)])
     runs_dir, _ = reproduce.resolve(args)
-    iters = {r.name: reproduce.run_iters(r, args, runs_dir) for r in plans.PLANS["laptop"](args, runs_dir)}
+    iters = {r.name: train.run_length(reproduce.planned(r, args, runs_dir))
+             for r in plans.PLANS["laptop"](args, runs_dir)}
     assert iters["8+2/seed0/scratch"] == args.iters == 3910
     assert iters["8+2/seed0/continuous+init+reg+data+x0.5"] == 1955 and iters["8+2/seed0/scratch-2x-iters"] == 7820
 
