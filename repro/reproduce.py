@@ -161,17 +161,21 @@ def may_train(order, plans, finished, stale, runs_dir):
         may, again = may | gone, again | gone
 
 
-def set_aside(runs_dir, name, why):
+def set_aside(runs_dir, name, why, then="training it again"):
     """A finished run that no longer starts from what is there now is unfinished from here on: its log.jsonl
     becomes log.jsonl.stale (kept to be read), so a training again that fails or is stopped leaves no run of the
     old lineage for a table to take, or for the next driver to keep (a log from before the lineage was recorded
-    could not tell)."""
+    could not tell); the runs that depend on it read the mark (was_set_aside)."""
     log = os.path.join(runs_dir, name, "log.jsonl")
     try:
         os.replace(log, log + ".stale")
     except OSError as e:
         die(f"cannot set aside {log}: {e.strerror}")
-    print(f"{name}: finished, but {why}; training it again (its log is now {log}.stale)", flush=True)
+    print(f"{name}: finished, but {why}; {then} (its log is now {log}.stale)", flush=True)
+
+
+def was_set_aside(run_dir):
+    return os.path.isfile(os.path.join(run_dir, "log.jsonl.stale")) and not runlog.is_finished(run_dir)
 
 
 def execute(runs, args, runs_dir, plans):
@@ -197,7 +201,10 @@ def execute(runs, args, runs_dir, plans):
         if r.name not in finished:
             continue
         waits = any(d not in done for d in r.deps)
-        if r.name in stale and (r.name in again or not waits):
+        if r.name in again and (waits or r.name in stale):  # it trains again, whatever what it depends on gives
+            set_aside(runs_dir, r.name, stale.get(r.name, "the ckpt.pt that later runs start from is gone and a run "
+                                                          "it depends on trains again"))
+        elif r.name in stale and not waits:
             set_aside(runs_dir, r.name, stale[r.name])
         elif r.name in again:
             print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it again",
@@ -231,16 +238,23 @@ def execute(runs, args, runs_dir, plans):
     procs = {}  # name -> (slot, Popen, start time)
     try:
         while todo or procs:
-            for r in [r for r in todo if any(d in failed for d in r.deps)]:  # its old model failed: cannot run
+            retrained = {os.path.join(runs_dir, d) for d in ran}
+            for r in order:  # down a chain in one pass: a run skipped here skips the runs after it
+                if r not in todo or not any(d in failed for d in r.deps):
+                    continue
                 todo.remove(r)
                 failed.add(r.name)
                 print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
+                if r.name in pending:  # finished: kept only if what it depends on stands as it ran from
+                    pending.discard(r.name)
+                    why = lineage_change(r, plans[r.name], runs_dir, hashes, retrained)
+                    if why is not None:
+                        set_aside(runs_dir, r.name, why, then="left to train next time")
             for r in [r for r in order if r.name in pending]:
                 if not all(d in done for d in r.deps):  # read as the loop goes: a chain's kept runs free the next
                     continue
                 pending.discard(r.name)  # what it depends on is final now: the same as it ran from, or not
-                why = lineage_change(r, plans[r.name], runs_dir, hashes,
-                                     retrained={os.path.join(runs_dir, d) for d in ran})
+                why = lineage_change(r, plans[r.name], runs_dir, hashes, retrained)
                 if why is None:
                     todo.remove(r)
                     done.add(r.name)
@@ -272,9 +286,9 @@ def execute(runs, args, runs_dir, plans):
                     report(by_name[name], proc.returncode == 0, time.time() - t0)
             if procs:
                 time.sleep(0.2)
-    except KeyboardInterrupt:  # finished runs are safe; unfinished ones start again next time
+    except KeyboardInterrupt:
         stop_workers([proc for _, proc, _ in procs.values()])
-        raise SystemExit("reproduce.sh: interrupted; finished runs are kept, run the same command to resume")
+        raise
     print(f"{args.plan}: finished in {(time.time() - started) / 60:.1f} min, {len(failed)} failed", flush=True)
     return failed
 
@@ -296,6 +310,9 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
     old, stop = run_args.old_ckpt, run_args.stop_at_acc_of
     if not old and not stop:  # an old model or a scratch run: nothing it starts from
         return None
+    for dep in (os.path.dirname(old) if old else None, stop):
+        if dep and was_set_aside(dep):  # and not trained again since (stopped, or failed): nothing to compare
+            return f"{dep} was set aside to be trained again"
     header = runlog.read_log(os.path.join(runs_dir, run.name))[0]
     if old and os.path.isfile(old):
         recorded = header.get("old_weights_sha256")
@@ -626,10 +643,14 @@ def main(argv=None):
         try:  # one driver per runs folder (a second would find every unfinished run in use)
             lock = runlog.lock_run(runs_dir, what="another reproduce.sh")
         except checks.UsageError as e:
+            remove_empty(runs_dir, existed)
             die(str(e))
         try:
             with stop_on_signals():
                 failed = execute(runs, args, runs_dir, plans)
+        except KeyboardInterrupt:  # finished runs are safe; unfinished ones start again next time
+            msg = "reproduce.sh: interrupted; finished runs are kept, run the same command to resume"
+            raise SystemExit(msg) from None
         finally:
             runlog.unlock_run(lock)
             remove_empty(runs_dir, existed)

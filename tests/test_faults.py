@@ -192,10 +192,13 @@ def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path
                 os.remove(p)  # the holder's unlock_run, just now
         return real(p, *a, **k)
 
+    opened = []
+    monkeypatch.setattr(runlog, "open", lambda *a, **k: opened.append(open(*a, **k)) or opened[-1], raising=False)
     monkeypatch.setattr(runlog.os, "stat", stat)
     held = runlog.lock_run(out)
     monkeypatch.undo()
     assert open(path).read() == str(os.getpid()) and os.path.samestat(os.fstat(held.fileno()), os.stat(path))
+    assert opened[-1] is held and all(f.closed for f in opened[:-1])  # the file it found removed, closed
     runlog.unlock_run(held)
     assert os.listdir(out) == []
 
@@ -412,6 +415,24 @@ def test_ctrl_c_is_one_line_and_the_rerun_trains(world):
     assert sorted(os.listdir(out)) == ["log.jsonl.part"]  # the log so far is kept, to be read
     r = subprocess.run(argv, capture_output=True, text=True)  # the unfinished run starts again
     assert r.returncode == 0 and runlog.is_finished(out), r.stderr
+
+
+def test_a_driver_stopped_before_or_while_it_trains_is_one_line_and_lets_go_of_its_runs(world, capsys, monkeypatch):
+    """Ctrl-C (or SIGTERM) while the driver reads the runs folder under its lock, or while a run trains: one line,
+    the lock released, and the next driver finishes the plan."""
+    argv = driver_argv(world, "a", "runs_stopped", "res_stopped")
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    for where in ("stale_runs", "run_inprocess"):
+        with monkeypatch.context() as m:
+            m.setattr(reproduce, where, stop)
+            with pytest.raises(SystemExit) as e:
+                reproduce.main(argv)
+        assert e.value.code == "reproduce.sh: interrupted; finished runs are kept, run the same command to resume"
+        assert not (world / "runs_stopped" / ".lock").exists(), where
+    assert reproduce.main(argv) == 0 and "0 failed" in capsys.readouterr().out
 
 
 def test_list_into_a_closed_pipe_is_quiet(world):
@@ -705,28 +726,38 @@ def test_runs_from_an_old_model_that_changed_are_trained_again(world, uninterrup
     assert tree_hash(runs / "2+2" / "seed0" / "scratch") == scratch
 
 
+def perturb(run_dir):
+    """The model in run_dir/ckpt.pt trained again to other weights, as on a GPU."""
+    c = torch.load(run_dir / "ckpt.pt", weights_only=True)
+    c["model"]["fc.bias"] += 0.01
+    torch.save(c, run_dir / "ckpt.pt")
+
+
+@pytest.mark.parametrize("how", ["changed", "trained_again"])
 def test_runs_from_an_old_model_trained_again_to_other_weights_are_set_aside_and_trained_again(
-        world, uninterrupted, capsys, monkeypatch):
-    """The old model's log lost, and the model trained again to other weights (as on a GPU): the three runs
-    continued from the previous one are set aside (log.jsonl.stale) and trained again from the new one. Where
-    that training fails, the table holds none of them (no run of the previous lineage is mixed in), and the next
-    driver trains them: their folders no longer read as finished."""
-    runs = copy_runs(world, "runs_gpu_like")
+        world, uninterrupted, capsys, monkeypatch, how):
+    """The old model at other weights (changed: since the runs continued from it finished; trained_again: its log
+    lost, so this driver trains it again, as on a GPU): the three runs continued from the previous one are set
+    aside (log.jsonl.stale) and trained again from the new one. Where that training fails, the table holds none
+    of them (no run of the previous lineage is mixed in), and the next driver trains them: their folders no
+    longer read as finished."""
+    runs = copy_runs(world, f"runs_{how}")
     seed = runs / "2+2" / "seed0"
-    (seed / "old" / "log.jsonl").unlink()
     previous, real = old_hash(runs), reproduce.run_inprocess
+    if how == "changed":
+        perturb(seed / "old")
+    else:
+        (seed / "old" / "log.jsonl").unlink()
 
     def gpu_like(argv, out):  # the old model trains to other weights; the runs continued from it fail
         if argv[argv.index("--out") + 1].endswith(CONTINUED):
             return False
         ok = real(argv, out)
-        c = torch.load(seed / "old" / "ckpt.pt", weights_only=True)
-        c["model"]["fc.bias"] += 0.01
-        torch.save(c, seed / "old" / "ckpt.pt")
+        perturb(seed / "old")
         return ok
 
     monkeypatch.setattr(reproduce, "run_inprocess", gpu_like)
-    argv = driver_argv(world, "a", "runs_gpu_like", "res_gpu_like")
+    argv = driver_argv(world, "a", runs.name, f"res_{how}")
     assert reproduce.main(argv) == 1
     out = capsys.readouterr().out
     assert out.count("finished, but it was continued from another") == 3 and "3 failed" in out, out
@@ -734,7 +765,7 @@ def test_runs_from_an_old_model_trained_again_to_other_weights_are_set_aside_and
     for label in CONTINUED:
         assert not runlog.is_finished(seed / label)
         assert runlog.read_log(seed / label / "log.jsonl.stale")[0]["old_weights_sha256"] == previous
-    assert ", 2 finished run(s);" in (world / "res_gpu_like" / "table2a_folder.md").read_text()
+    assert ", 2 finished run(s);" in (world / f"res_{how}" / "table2a_folder.md").read_text()
     monkeypatch.setattr(reproduce, "run_inprocess", real)
     assert reproduce.main(argv) == 0
     assert "2 already finished, 3 to run" in capsys.readouterr().out
@@ -819,6 +850,20 @@ def test_a_full_disk_is_one_line_up_front(world, monkeypatch, capsys):
     # init, Adam's two moments), the 4 runs of the next task 2 each (--learning-speed off: no Adam state saved);
     # plus 1 MiB per log: (4 + 4 x 2) x 4 x 175,000 + 5 x 2^20 = 13,642,880 bytes = 13.0 MiB
     assert e.value.code == 2 and "runs_full: 1 MiB free on its disk, the 5 runs it may train write about 13 MiB" in err
+    assert tree_hash(world) == before and not (world / "runs_full").exists()
+    # the runs folder made for the driver's lock goes with the refusal; one that was there already stays
+    (world / "runs_full_empty").mkdir()
+    with pytest.raises(SystemExit):
+        reproduce.main(driver_argv(world, "a", "runs_full_empty", "res_full"))
+    assert "the 5 runs it may train" in capsys.readouterr().err and os.listdir(world / "runs_full_empty") == []
+    (world / "runs_full_empty").rmdir()
+    # a disk too full for the lock file's pid: refused at the lock, and the runs folder made for it goes too
+    monkeypatch.setattr(sh, "disk_usage", lambda path: usage)
+    disk_with_room(monkeypatch, runlog, 0, modes="w+")
+    with pytest.raises(SystemExit):
+        reproduce.main(driver_argv(world, "a", "runs_full", "res_full"))
+    err = capsys.readouterr().err.strip()
+    assert err == f"reproduce.sh: error: cannot write into {world / 'runs_full'}: No space left on device", err
     assert tree_hash(world) == before and not (world / "runs_full").exists()
 
 

@@ -6,7 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
+import runlog
+from ckpt import weights_hash
 from conftest import curves, edit_log, independent_max_acc, independent_speedup, without, write_folder
 from repro import plans, reproduce
 
@@ -288,6 +291,49 @@ def test_an_l100_link_trained_again_for_its_target_gets_the_checkpoint_it_starts
     assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
     assert f"4+2x3/seed0/task3/l100-{plans.OURS}" in out and "kept: the runs it depends on" in out, out
     assert "0 failed" in out, out
+
+
+def test_a_chain_whose_link_fails_after_its_old_model_trained_again_leaves_no_link_finished(root, capsys, monkeypatch):
+    """Logs carried alone, the old model's lost: the old model trains again, to other weights (as on a GPU), and
+    task 1's link, trained again from it, fails. The links after it cannot run; none of the seed's links is left
+    finished from the previous old model for a table to take (they were: the first two trained again with their
+    finished logs kept until replaced, the third kept as it ran), and the driver ends with its count, not
+    'unsatisfiable dependencies'. The next driver trains the chain from the new old model."""
+    run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
+    runs = root / "runs_link_fails"
+    shutil.copytree(root / "runs" / "4+2x3", runs / "4+2x3")
+    seed = runs / "4+2x3" / "seed0"
+    for ckpt_pt in seed.rglob("ckpt.pt"):
+        ckpt_pt.unlink()
+    (seed / "old" / "log.jsonl").unlink()
+    links = [seed / f"task{t}" / f"schedule-{plans.OURS}" for t in (1, 2, 3)]
+    real = reproduce.run_inprocess
+
+    def gpu_like(argv, out):
+        to = argv[argv.index("--out") + 1]
+        if to == str(links[0]):
+            return False
+        ok = real(argv, out)
+        if to == str(seed / "old"):
+            c = torch.load(seed / "old" / "ckpt.pt", weights_only=True)
+            c["model"]["fc.bias"] += 0.01
+            torch.save(c, seed / "old" / "ckpt.pt")
+        return ok
+
+    monkeypatch.setattr(reproduce, "run_inprocess", gpu_like)
+    argv = common(root, runs.name, "res_link_fails") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2"]
+    assert reproduce.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "3 failed" in out and out.count("skipped: a run it needs failed") == 2, out
+    for link in links:
+        assert not runlog.is_finished(link) and (link / "log.jsonl.stale").is_file(), link
+    assert reproduce.main(argv + ["--report-only"]) == 0  # nothing of the previous lineage to refuse
+    monkeypatch.setattr(reproduce, "run_inprocess", real)
+    assert reproduce.main(argv) == 0
+    assert "0 failed" in capsys.readouterr().out
+    for link, before in zip(links, [seed / "old"] + links):
+        recorded = json.loads(open(link / "log.jsonl").readline())["old_weights_sha256"]
+        assert recorded == weights_hash(torch.load(before / "ckpt.pt", weights_only=True)), link
 
 
 def test_appendix(root):
