@@ -197,21 +197,20 @@ def execute(runs, args, runs_dir, plans):
     except checks.UsageError as e:
         die(str(e))
     done, pending, ran = set(), set(), set()
+
+    def train_for_ckpt(r):  # a run it trains starts from this one's ckpt.pt: the run, unchanged, trains again
+        print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it again", flush=True)
+        argvs[r.name] += ["--overwrite"]
+
     for r in order:
         if r.name not in finished:
             continue
-        waits = any(d not in done for d in r.deps)
-        if r.name in again and (waits or r.name in stale):  # it trains again, whatever what it depends on gives
-            set_aside(runs_dir, r.name, stale.get(r.name, "the ckpt.pt that later runs start from is gone and a run "
-                                                          "it depends on trains again"))
-        elif r.name in stale and not waits:
+        if any(d not in done for d in r.deps):
+            pending.add(r.name)  # finished from a run that trains again first: checked once that is done
+        elif r.name in stale:
             set_aside(runs_dir, r.name, stale[r.name])
         elif r.name in again:
-            print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it again",
-                  flush=True)
-            argvs[r.name] += ["--overwrite"]
-        elif waits:
-            pending.add(r.name)  # finished from a run that trains again first: checked once that is done
+            train_for_ckpt(r)
         else:
             done.add(r.name)
     todo = [r for r in runs if r.name not in done]
@@ -255,13 +254,15 @@ def execute(runs, args, runs_dir, plans):
                     continue
                 pending.discard(r.name)  # what it depends on is final now: the same as it ran from, or not
                 why = lineage_change(r, plans[r.name], runs_dir, hashes, retrained)
-                if why is None:
+                if why is not None:
+                    set_aside(runs_dir, r.name, why)
+                elif r.name in again:
+                    train_for_ckpt(r)
+                else:
                     todo.remove(r)
                     done.add(r.name)
                     print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: the runs it depends on did not "
                           "change (trained again to the same result, or kept)", flush=True)
-                else:
-                    set_aside(runs_dir, r.name, why)
             busy = {slot for slot, _, _ in procs.values()}
             free = [s for s in args.slots if s not in busy]
             ready = [r for r in todo if all(d in done for d in r.deps) and r.name not in pending]

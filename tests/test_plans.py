@@ -336,6 +336,34 @@ def test_a_chain_whose_link_fails_after_its_old_model_trained_again_leaves_no_li
         assert recorded == weights_hash(torch.load(before / "ckpt.pt", weights_only=True)), link
 
 
+def test_a_chain_whose_old_model_fails_to_train_again_keeps_its_links(root, capsys, monkeypatch):
+    """Logs carried alone, task 3's link unfinished: the old model and the links before it train again for the
+    ckpt.pt that task 3 starts from. If the old model's training fails, or is stopped, nothing the links depend on
+    changed: they stay finished, their logs as they were (not set aside before it was known)."""
+    run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
+    seed = root / "runs_old_fails" / "4+2x3" / "seed0"
+    shutil.copytree(root / "runs" / "4+2x3" / "seed0", seed)
+    for ckpt_pt in seed.rglob("ckpt.pt"):
+        ckpt_pt.unlink()
+    (seed / "task3" / f"schedule-{plans.OURS}" / "log.jsonl").unlink()
+    kept = {p: p.read_bytes() for p in seed.rglob("log.jsonl")}
+    argv = common(root, "runs_old_fails", "res_old_fails") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "1"]
+
+    def stop(argv, out):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(reproduce, "run_inprocess", lambda argv, out: False)
+        assert reproduce.main(argv) == 1
+    assert {p: p.read_bytes() for p in kept} == kept and not list(seed.rglob("log.jsonl.stale"))
+    with monkeypatch.context() as m:
+        m.setattr(reproduce, "run_inprocess", stop)
+        with pytest.raises(SystemExit, match="interrupted; finished runs are kept"):
+            reproduce.main(argv)
+    assert {p: p.read_bytes() for p in kept} == kept and not list(seed.rglob("log.jsonl.stale"))
+    capsys.readouterr()
+
+
 def test_appendix(root):
     run_plan(root, "appendix", "--split", "6+4", "--seeds", "1")
     rows = list(csv.DictReader(open(root / "res" / "appendix.csv")))
