@@ -6,8 +6,9 @@ figures made from their logs only (speedup.py), with the paper's published value
     ./reproduce.sh --list --wave 0      # shell commands of the old models (then --wave 1, ...) for a cluster
     ./reproduce.sh --plan table2b       # also: table2a, fig6, fig7, appendix, analysis (plans.py, report*.py)
 
-A finished run (its log.jsonl has a summary line) is never run again; an unfinished one starts again from
-scratch; a finished run whose configuration differs from the plan stops the driver instead of being mixed in.
+A finished run (its log.jsonl has a summary line) is kept; an unfinished one starts again from scratch; a finished
+run whose configuration differs from the plan stops the driver instead of being mixed in. A finished run trains again
+only if what it started from changed (set_aside) or a run the driver trains starts from its ckpt.pt, gone.
 """
 import argparse
 import contextlib
@@ -163,9 +164,9 @@ def may_train(order, plans, finished, stale, runs_dir):
 
 def set_aside(runs_dir, name, why, then="training it again"):
     """A finished run that no longer starts from what is there now is unfinished from here on: its log.jsonl
-    becomes log.jsonl.stale (kept to be read), so a training again that fails or is stopped leaves no run of the
-    old lineage for a table to take, or for the next driver to keep (a log from before the lineage was recorded
-    could not tell); the runs that depend on it read the mark (was_set_aside)."""
+    becomes log.jsonl.stale (kept to be read until the run trains again), so a training again that fails or is
+    stopped leaves no run of the old lineage for a table to take, or for the next driver to keep (a log from before
+    the lineage was recorded could not tell); the runs that depend on it read the mark (was_set_aside)."""
     log = os.path.join(runs_dir, name, "log.jsonl")
     try:
         os.replace(log, log + ".stale")
@@ -175,6 +176,7 @@ def set_aside(runs_dir, name, why, then="training it again"):
 
 
 def was_set_aside(run_dir):
+    """Set aside and not trained since (execute's report removes the mark when the run finishes again)."""
     return os.path.isfile(os.path.join(run_dir, "log.jsonl.stale")) and not runlog.is_finished(run_dir)
 
 
@@ -196,35 +198,52 @@ def execute(runs, args, runs_dir, plans):
                            f"the {len(may)} run{'s' * (len(may) != 1)} it may train write{'s' * (len(may) == 1)}")
     except checks.UsageError as e:
         die(str(e))
-    done, pending, ran = set(), set(), set()
+    todo, total, pending, done, failed, ran = {r.name for r in runs}, len(runs), set(finished), set(), set(), set()
 
-    def train_for_ckpt(r):  # a run it trains starts from this one's ckpt.pt: the run, unchanged, trains again
-        print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it again", flush=True)
-        argvs[r.name] += ["--overwrite"]
+    def settle(why_of, kept=""):
+        """One pass over the runs left, dependencies first (a run decided here frees or skips the runs after it). A
+        run one it needs failed is skipped. A finished run (pending) waits until every run it depends on is final
+        (done or failed): set aside if it no longer starts from what is there (why_of(r): lineage_change's why),
+        else trained again (--overwrite) if a run the driver trains starts from its gone ckpt.pt, else kept (a
+        skipped one keeps its log too)."""
+        for r in order:
+            if r.name not in todo:
+                continue
+            skip = any(d in failed for d in r.deps)
+            if r.name in pending:
+                if not all(d in done or d in failed for d in r.deps):
+                    continue  # a run it depends on trains (again) first
+                pending.discard(r.name)
+                why = why_of(r)
+                if why is not None:
+                    set_aside(runs_dir, r.name, why, then="left to train next time" if skip else "training it again")
+                elif r.name in again and not skip:
+                    print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it "
+                          "again", flush=True)
+                    argvs[r.name] += ["--overwrite"]
+                elif not skip:
+                    todo.discard(r.name)
+                    done.add(r.name)
+                    if kept:
+                        print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} {kept}", flush=True)
+            if skip:
+                todo.discard(r.name)
+                failed.add(r.name)
+                print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
 
-    for r in order:
-        if r.name not in finished:
-            continue
-        if any(d not in done for d in r.deps):
-            pending.add(r.name)  # finished from a run that trains again first: checked once that is done
-        elif r.name in stale:
-            set_aside(runs_dir, r.name, stale[r.name])
-        elif r.name in again:
-            train_for_ckpt(r)
-        else:
-            done.add(r.name)
-    todo = [r for r in runs if r.name not in done]
-    total = len(runs)
+    settle(lambda r: stale.get(r.name))  # before any run trains: lineage_change as stale_runs found it
     print(f"{args.plan}: {total} runs, {len(done)} already finished, {len(todo)} to run on "
           f"{len(args.slots)} worker(s) ({args.device})", flush=True)
-    failed, started = set(), time.time()
+    started = time.time()
     walls = []
 
     def report(r, ok, wall):
         hashes.pop(os.path.join(runs_dir, r.name, "ckpt.pt"), None)  # trained again: hashed anew when read
         ran.add(r.name)
         k = len(done) + len(failed)
-        if ok:
+        if ok:  # trained since it was set aside, if it was: the mark goes (was_set_aside)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(runs_dir, r.name, "log.jsonl.stale"))
             s = runlog.read_log(os.path.join(runs_dir, r.name))[2]
             walls.append(wall)
             left = total - k
@@ -238,38 +257,15 @@ def execute(runs, args, runs_dir, plans):
     try:
         while todo or procs:
             retrained = {os.path.join(runs_dir, d) for d in ran}
-            for r in order:  # down a chain in one pass: a run skipped here skips the runs after it
-                if r not in todo or not any(d in failed for d in r.deps):
-                    continue
-                todo.remove(r)
-                failed.add(r.name)
-                print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
-                if r.name in pending:  # finished: kept only if what it depends on stands as it ran from
-                    pending.discard(r.name)
-                    why = lineage_change(r, plans[r.name], runs_dir, hashes, retrained)
-                    if why is not None:
-                        set_aside(runs_dir, r.name, why, then="left to train next time")
-            for r in [r for r in order if r.name in pending]:
-                if not all(d in done for d in r.deps):  # read as the loop goes: a chain's kept runs free the next
-                    continue
-                pending.discard(r.name)  # what it depends on is final now: the same as it ran from, or not
-                why = lineage_change(r, plans[r.name], runs_dir, hashes, retrained)
-                if why is not None:
-                    set_aside(runs_dir, r.name, why)
-                elif r.name in again:
-                    train_for_ckpt(r)
-                else:
-                    todo.remove(r)
-                    done.add(r.name)
-                    print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: the runs it depends on did not "
-                          "change (trained again to the same result, or kept)", flush=True)
+            settle(lambda r: lineage_change(r, plans[r.name], runs_dir, hashes, retrained),  # final now
+                   kept="kept: the runs it depends on did not change (trained again to the same result, or kept)")
             busy = {slot for slot, _, _ in procs.values()}
             free = [s for s in args.slots if s not in busy]
-            ready = [r for r in todo if all(d in done for d in r.deps) and r.name not in pending]
+            ready = [r for r in runs if r.name in todo and all(d in done for d in r.deps) and r.name not in pending]
             if not procs and todo and not ready:
-                raise RuntimeError(f"plan has unsatisfiable dependencies: {[r.name for r in todo]}")
+                raise RuntimeError(f"plan has unsatisfiable dependencies: {sorted(todo)}")
             for slot, r in zip(free, ready):
-                todo.remove(r)
+                todo.discard(r.name)
                 run_dir = os.path.join(runs_dir, r.name)
                 os.makedirs(run_dir, exist_ok=True)
                 if len(args.slots) == 1:  # one worker: run in this process (no interpreter start per run)
@@ -287,7 +283,7 @@ def execute(runs, args, runs_dir, plans):
                     report(by_name[name], proc.returncode == 0, time.time() - t0)
             if procs:
                 time.sleep(0.2)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or a one-line error (set_aside's) while workers train: none is left running
         stop_workers([proc for _, proc, _ in procs.values()])
         raise
     print(f"{args.plan}: finished in {(time.time() - started) / 60:.1f} min, {len(failed)} failed", flush=True)

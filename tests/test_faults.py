@@ -435,6 +435,34 @@ def test_a_driver_stopped_before_or_while_it_trains_is_one_line_and_lets_go_of_i
     assert reproduce.main(argv) == 0 and "0 failed" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("error", [SystemExit, RuntimeError])
+def test_a_driver_that_fails_while_its_workers_train_stops_them(world, monkeypatch, error):
+    """Any error out of the driver's loop (a one-line error such as a log it cannot set aside, or a plan's
+    unsatisfiable dependencies) stops the workers it started, as Ctrl-C does: none goes on writing into a run
+    folder once the lock is released."""
+    workers, real_sleep = [], time.sleep
+
+    def launch(argv, slot, args, run_dir):
+        workers.append(subprocess.Popen(["sleep", "60"], start_new_session=True))
+        return workers[-1]
+
+    def fail(seconds):
+        if seconds == 0.2:  # the loop's wait for its workers
+            raise error("reproduce.sh: cannot set aside a log")
+        real_sleep(seconds)
+
+    monkeypatch.setattr(reproduce, "launch", launch)
+    monkeypatch.setattr(time, "sleep", fail)
+    try:
+        with pytest.raises(error):
+            reproduce.main(driver_argv(world, "a", f"runs_fail_{error.__name__}", "res_fail") + ["--jobs-per-gpu", "2"])
+        assert workers and [w.poll() for w in workers] == [-signal.SIGTERM] * len(workers)
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+
+
 def test_list_into_a_closed_pipe_is_quiet(world):
     p = subprocess.Popen([sys.executable, "-m", "repro.reproduce", *driver_argv(world, "a", "r", "s"),
                           "--list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
@@ -771,6 +799,9 @@ def test_runs_from_an_old_model_trained_again_to_other_weights_are_set_aside_and
     assert "2 already finished, 3 to run" in capsys.readouterr().out
     for label in CONTINUED:
         assert runlog.read_log(seed / label)[0]["old_weights_sha256"] == old_hash(runs), label
+        assert not (seed / label / "log.jsonl.stale").exists(), label  # trained since: no longer set aside
+    assert reproduce.main(argv) == 0  # none still reads as set aside: nothing trains again
+    assert "5 already finished, 0 to run" in capsys.readouterr().out
 
 
 def test_a_finished_old_model_without_its_checkpoint_is_trained_again(world, uninterrupted, capsys):

@@ -280,6 +280,14 @@ def test_an_l100_link_trained_again_for_its_target_gets_the_checkpoint_it_starts
         with pytest.raises(SystemExit):
             reproduce.main(argv)
     assert "the 4 runs it may train" in capsys.readouterr().err
+    set_aside, real = {}, reproduce.run_inprocess
+
+    def read_set_aside(argv, out):  # as the link trains again: its log set aside, read before the mark goes
+        if argv[argv.index("--out") + 1] == str(link):
+            set_aside["header"] = json.loads(open(link / "log.jsonl.stale").readline())
+        return real(argv, out)
+
+    monkeypatch.setattr(reproduce, "run_inprocess", read_set_aside)
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
     for name in ("old", f"task1/l100-{plans.OURS}"):
@@ -287,7 +295,7 @@ def test_an_l100_link_trained_again_for_its_target_gets_the_checkpoint_it_starts
         assert (seed / name / "ckpt.pt").is_file()
     # its own ckpt.pt gone too, but it is trained again for its target (the reason given), its log set aside
     assert f"4+2x3/seed0/task2/l100-{plans.OURS}: finished, but it stopped at {target - 10}, " in out, out
-    assert json.loads(open(link / "log.jsonl.stale").readline())["stop_at_acc"] == target - 10
+    assert set_aside["header"]["stop_at_acc"] == target - 10 and not (link / "log.jsonl.stale").exists()
     assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
     assert f"4+2x3/seed0/task3/l100-{plans.OURS}" in out and "kept: the runs it depends on" in out, out
     assert "0 failed" in out, out
@@ -334,6 +342,51 @@ def test_a_chain_whose_link_fails_after_its_old_model_trained_again_leaves_no_li
     for link, before in zip(links, [seed / "old"] + links):
         recorded = json.loads(open(link / "log.jsonl").readline())["old_weights_sha256"]
         assert recorded == weights_hash(torch.load(before / "ckpt.pt", weights_only=True)), link
+        assert not (link / "log.jsonl.stale").exists(), link  # trained since: the mark is gone
+    # task 1's log lost later and its training failing: nothing the links after it start from changed, so they
+    # stay finished (an old mark read as 'set aside and not trained since' set them aside)
+    (links[0] / "log.jsonl").unlink()
+    kept = {p: p.read_bytes() for p in seed.rglob("log.jsonl")}
+    monkeypatch.setattr(reproduce, "run_inprocess", lambda argv, out: False)
+    assert reproduce.main(argv) == 1
+    assert {p: p.read_bytes() for p in kept} == kept and not list(seed.rglob("log.jsonl.stale"))
+    capsys.readouterr()
+
+
+def test_an_l100_link_whose_link_before_fails_waits_for_its_scratch_run(root, capsys, monkeypatch):
+    """--chain-stop l100, task 1's link and task 2's scratch run unfinished: task 1's link fails, so task 2's
+    link (finished) is skipped; it is judged only once its scratch run, which it also depends on, is final. That
+    trains again to another maximum (as on a GPU): the link is set aside, not left finished from the previous
+    maximum (it was kept, found unchanged while its scratch run was still to train), nor the link after it."""
+    run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "1", "--chain-stop", "l100")
+    seed = root / "runs_l100_skip" / "4+2x3" / "seed0"
+    shutil.copytree(root / "runs" / "4+2x3" / "seed0", seed)
+    links = [seed / f"task{t}" / f"l100-{plans.OURS}" for t in (1, 2, 3)]
+    scratch = seed / "task2" / "scratch"
+    for d in (links[0], scratch):
+        (d / "log.jsonl").unlink()
+    real = reproduce.run_inprocess
+
+    def gpu_like(argv, out):
+        to = argv[argv.index("--out") + 1]
+        if to == str(links[0]):
+            return False
+        ok = real(argv, out)
+        if to == str(scratch):
+            edit_log(scratch / "log.jsonl", summary=lambda s: {**s, "max_acc": s["max_acc"] - 5})
+        return ok
+
+    monkeypatch.setattr(reproduce, "run_inprocess", gpu_like)
+    argv = common(root, "runs_l100_skip", "res_l100_skip") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "1",
+                                                               "--chain-stop", "l100"]
+    capsys.readouterr()
+    assert reproduce.main(argv) == 1
+    out = capsys.readouterr().out
+    assert out.index("task2/scratch ") < out.index(f"task2/l100-{plans.OURS}: finished, but it stopped at"), out
+    for link in links:
+        assert not runlog.is_finished(link) and not (link / "log.jsonl").exists(), link
+    assert [(link / "log.jsonl.stale").is_file() for link in links] == [False, True, True]
+    assert reproduce.main(argv + ["--report-only"]) == 0  # nothing left of the previous maximum to refuse
 
 
 def test_a_chain_whose_old_model_fails_to_train_again_keeps_its_links(root, capsys, monkeypatch):
