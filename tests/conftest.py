@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -88,6 +89,13 @@ def edit_log(log, header=lambda h: h, evals=lambda e: e, summary=lambda s: s):
 
 def without(d, key):
     return {k: v for k, v in d.items() if k != key}
+
+
+def perturb(run_dir):
+    """The model in run_dir/ckpt.pt trained again to other weights, as on a GPU."""
+    c = torch.load(run_dir / "ckpt.pt", weights_only=True)
+    c["model"]["fc.bias"] += 0.01
+    torch.save(c, run_dir / "ckpt.pt")
 
 
 # ------------------------------------------------------------------ independent re-computation from logs
