@@ -176,10 +176,11 @@ def unlock_run(handle):
 @contextlib.contextmanager
 def log_writer(out, overwrite=False):
     """`with log_writer(out) as log:` log(record) appends one JSON line to log.jsonl.part (log.path) and flushes
-    it, under the folder's lock. Leaving the block renames it to log.jsonl, the mark of a finished run; an OSError
-    (a full disk) removes it; any other error (a diverged loss, Ctrl-C) leaves it to be read. A finished run is
-    refused without `overwrite` (under the lock: another process may have finished it); with it, the run stays
-    whole until log.unfinish(), which the caller runs just before replacing the run's ckpt.pt."""
+    it, under the folder's lock. Leaving the block renames it to log.jsonl, the mark of a finished run (a log the
+    driver set aside, log.jsonl.stale, goes: it marks a run not trained since); an OSError (a full disk) removes
+    it; any other error (a diverged loss, Ctrl-C) leaves it to be read. A finished run is refused without
+    `overwrite` (under the lock: another process may have finished it); with it, the run stays whole until
+    log.unfinish(), which the caller runs just before replacing the run's ckpt.pt."""
     part, done = os.path.join(out, "log.jsonl.part"), os.path.join(out, "log.jsonl")
     lock = lock_run(out)
     try:
@@ -205,6 +206,8 @@ def log_writer(out, overwrite=False):
             with f:
                 yield log
             os.replace(part, done)
+            with contextlib.suppress(OSError):  # finished again: a log set aside before (the driver's mark) is void
+                os.remove(os.path.join(out, "log.jsonl.stale"))
         except OSError:
             with contextlib.suppress(OSError):
                 os.remove(part)

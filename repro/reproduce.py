@@ -176,7 +176,7 @@ def set_aside(runs_dir, name, why, then="training it again"):
 
 
 def was_set_aside(run_dir):
-    """Set aside and not trained since (execute's report removes the mark when the run finishes again)."""
+    """Set aside and not trained since (runlog.log_writer removes the mark when the run finishes again)."""
     return os.path.isfile(os.path.join(run_dir, "log.jsonl.stale")) and not runlog.is_finished(run_dir)
 
 
@@ -198,21 +198,22 @@ def execute(runs, args, runs_dir, plans):
                            f"the {len(may)} run{'s' * (len(may) != 1)} it may train write{'s' * (len(may) == 1)}")
     except checks.UsageError as e:
         die(str(e))
-    todo, total, pending, done, failed, ran = {r.name for r in runs}, len(runs), set(finished), set(), set(), set()
+    todo, total = {r.name for r in runs}, len(runs)
+    pending, done, failed, ran = set(finished), set(), set(), set()
 
-    def settle(why_of, kept=""):
+    def settle(why_of, quiet=False):
         """One pass over the runs left, dependencies first (a run decided here frees or skips the runs after it). A
         run one it needs failed is skipped. A finished run (pending) waits until every run it depends on is final
         (done or failed): set aside if it no longer starts from what is there (why_of(r): lineage_change's why),
         else trained again (--overwrite) if a run the driver trains starts from its gone ckpt.pt, else kept (a
-        skipped one keeps its log too)."""
+        skipped one keeps its log too). quiet: no line per kept run (before any trains: counted as finished)."""
         for r in order:
             if r.name not in todo:
                 continue
             skip = any(d in failed for d in r.deps)
             if r.name in pending:
                 if not all(d in done or d in failed for d in r.deps):
-                    continue  # a run it depends on trains (again) first
+                    continue  # a run it depends on trains (again) first: not skipped yet, judged once that is final
                 pending.discard(r.name)
                 why = why_of(r)
                 if why is not None:
@@ -224,14 +225,15 @@ def execute(runs, args, runs_dir, plans):
                 elif not skip:
                     todo.discard(r.name)
                     done.add(r.name)
-                    if kept:
-                        print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} {kept}", flush=True)
+                    if not quiet:
+                        print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: the runs it depends on did not "
+                              "change (trained again to the same result, or kept)", flush=True)
             if skip:
                 todo.discard(r.name)
                 failed.add(r.name)
                 print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
 
-    settle(lambda r: stale.get(r.name))  # before any run trains: lineage_change as stale_runs found it
+    settle(lambda r: stale.get(r.name), quiet=True)  # before any run trains: lineage_change as stale_runs found it
     print(f"{args.plan}: {total} runs, {len(done)} already finished, {len(todo)} to run on "
           f"{len(args.slots)} worker(s) ({args.device})", flush=True)
     started = time.time()
@@ -241,9 +243,7 @@ def execute(runs, args, runs_dir, plans):
         hashes.pop(os.path.join(runs_dir, r.name, "ckpt.pt"), None)  # trained again: hashed anew when read
         ran.add(r.name)
         k = len(done) + len(failed)
-        if ok:  # trained since it was set aside, if it was: the mark goes (was_set_aside)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(runs_dir, r.name, "log.jsonl.stale"))
+        if ok:
             s = runlog.read_log(os.path.join(runs_dir, r.name))[2]
             walls.append(wall)
             left = total - k
@@ -257,8 +257,7 @@ def execute(runs, args, runs_dir, plans):
     try:
         while todo or procs:
             retrained = {os.path.join(runs_dir, d) for d in ran}
-            settle(lambda r: lineage_change(r, plans[r.name], runs_dir, hashes, retrained),  # final now
-                   kept="kept: the runs it depends on did not change (trained again to the same result, or kept)")
+            settle(lambda r: lineage_change(r, plans[r.name], runs_dir, hashes, retrained))
             busy = {slot for slot, _, _ in procs.values()}
             free = [s for s in args.slots if s not in busy]
             ready = [r for r in runs if r.name in todo and all(d in done for d in r.deps) and r.name not in pending]

@@ -268,6 +268,19 @@ def test_a_log_writer_leaves_its_folder_as_its_block_ends(tmp_path):
         (tmp_path / "run" / "ckpt.pt").write_bytes(b"the new run's")
         raise KeyboardInterrupt
     assert sorted(os.listdir(out)) == ["ckpt.pt", "log.jsonl.part"] and not runlog.is_finished(out)
+    # a run the driver set aside (log.jsonl.stale): the mark stays while the run does not finish, and goes as it does,
+    # however it was trained (a driver that saw it finish, or train.py by hand)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    (aside / "log.jsonl.stale").write_text('{"event": "header", "label": "old lineage"}\n')
+    with pytest.raises(KeyboardInterrupt), runlog.log_writer(str(aside)) as log:
+        log({"event": "header", "label": "a"})
+        raise KeyboardInterrupt
+    assert sorted(os.listdir(aside)) == ["log.jsonl.part", "log.jsonl.stale"]
+    with runlog.log_writer(str(aside)) as log:
+        log({"event": "header", "label": "a"})
+        log({"event": "summary", "max_acc": 1.0})
+    assert os.listdir(aside) == ["log.jsonl"] and runlog.is_finished(aside)
 
 
 def test_log_and_checkpoint_record_the_data(world):
