@@ -258,7 +258,8 @@ def report_fig6(runs, args, runs_dir, results_dir):
     ax.set(xlabel="cumulative training iterations of the chain (task after task)",
            ylabel="test accuracy on all classes (%)", ylim=(0, 100))
     ax.set_title(f"Fig. 6: {args.split}", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # a task has both curves (matplotlib warns of an empty legend)
+        ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     save(fig, os.path.join(results_dir, "fig6.png"))
 

@@ -83,7 +83,7 @@ def no_checksum(monkeypatch):
 def edit_log(log, header=lambda h: h, evals=lambda e: e, summary=lambda s: s):
     """Edit a run's log.jsonl line by line, as a hand (or an older train.py) would have written it."""
     edits = {"header": header, "eval": evals, "summary": summary}
-    lines = [edits.get(x["event"], lambda x: x)(x) for x in (json.loads(x) for x in open(log))]
+    lines = [edits.get(x["event"], lambda x: x)(x) for x in map(json.loads, log.read_text().splitlines())]
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
