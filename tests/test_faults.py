@@ -24,7 +24,7 @@ import ckpt
 import runlog
 import step
 import train
-from conftest import ROOT, edit_log, perturb, synthetic_images, without, write_folder
+from conftest import ROOT, edit_log, gpu_like, perturb, synthetic_images, without, write_folder
 from repro import reproduce, table
 
 TRAIN = ["--dataset", "folder", "--split", "2+2", "--width", "8", "--batch-size", "8", "--iters", "4",
@@ -783,15 +783,9 @@ def test_runs_from_an_old_model_trained_again_to_other_weights_are_set_aside_and
         perturb(seed / "old")
     else:
         (seed / "old" / "log.jsonl").unlink()
-
-    def gpu_like(argv, out):  # the old model trains to other weights; the runs continued from it fail
-        if argv[argv.index("--out") + 1].endswith(CONTINUED):
-            return False
-        ok = real(argv, out)
-        perturb(seed / "old")
-        return ok
-
-    monkeypatch.setattr(reproduce, "run_inprocess", gpu_like)
+    # the old model trains to other weights; the runs continued from it fail
+    monkeypatch.setattr(reproduce, "run_inprocess", gpu_like(real, fails=lambda to: to.endswith(CONTINUED),
+                                                             after={str(seed / "old"): lambda: perturb(seed / "old")}))
     argv = driver_argv(world, "a", runs.name, f"res_{how}")
     assert reproduce.main(argv) == 1
     out = capsys.readouterr().out

@@ -11,7 +11,8 @@ import torch
 
 import runlog
 from ckpt import weights_hash
-from conftest import curves, edit_log, independent_max_acc, independent_speedup, perturb, without, write_folder
+from conftest import (curves, edit_log, gpu_like, independent_max_acc, independent_speedup, perturb, without,
+                      write_folder)
 from repro import plans, reproduce
 
 COMMON = ["--dataset", "folder", "--width", "8", "--batch-size", "32", "--iters", "12", "--eval-every", "3",
@@ -319,17 +320,8 @@ def test_a_chain_whose_link_fails_after_its_old_model_trained_again_leaves_no_li
     (seed / "old" / "log.jsonl").unlink()
     links = [seed / f"task{t}" / f"schedule-{plans.OURS}" for t in (1, 2, 3)]
     real = reproduce.run_inprocess
-
-    def gpu_like(argv, out):
-        to = argv[argv.index("--out") + 1]
-        if to == str(links[0]):
-            return False
-        ok = real(argv, out)
-        if to == str(seed / "old"):
-            perturb(seed / "old")
-        return ok
-
-    monkeypatch.setattr(reproduce, "run_inprocess", gpu_like)
+    monkeypatch.setattr(reproduce, "run_inprocess", gpu_like(real, fails=lambda to: to == str(links[0]),
+                                                             after={str(seed / "old"): lambda: perturb(seed / "old")}))
     argv = common(root, runs.name, "res_link_fails") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "2"]
     assert reproduce.main(argv) == 1
     out = capsys.readouterr().out
@@ -366,18 +358,10 @@ def test_an_l100_link_whose_link_before_fails_waits_for_its_scratch_run(root, ca
     scratch = seed / "task2" / "scratch"
     for d in (links[0], scratch):
         (d / "log.jsonl").unlink()
-    real = reproduce.run_inprocess
-
-    def gpu_like(argv, out):
-        to = argv[argv.index("--out") + 1]
-        if to == str(links[0]):
-            return False
-        ok = real(argv, out)
-        if to == str(scratch):
-            edit_log(scratch / "log.jsonl", summary=lambda s: {**s, "max_acc": s["max_acc"] - 5})
-        return ok
-
-    monkeypatch.setattr(reproduce, "run_inprocess", gpu_like)
+    lower = {str(scratch): lambda: edit_log(scratch / "log.jsonl",
+                                            summary=lambda s: {**s, "max_acc": s["max_acc"] - 5})}
+    monkeypatch.setattr(reproduce, "run_inprocess",
+                        gpu_like(reproduce.run_inprocess, fails=lambda to: to == str(links[0]), after=lower))
     argv = common(root, "runs_l100_skip", "res_l100_skip") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "1",
                                                                "--chain-stop", "l100"]
     capsys.readouterr()
