@@ -76,6 +76,14 @@ def is_finished(run_dir):
     return read_finished(run_dir) is not None
 
 
+STALE = "log.jsonl.stale"  # a finished run's log set aside by the driver (repro/reproduce.py's set_aside)
+
+
+def was_set_aside(run_dir):
+    """Set aside by the driver and not trained since (log_writer removes the mark when the run finishes again)."""
+    return os.path.isfile(os.path.join(run_dir, STALE)) and not is_finished(run_dir)
+
+
 def is_number(v):
     """Whether a logged value is a finite number (JSON's true/false are not; NaN and Infinity are refused)."""
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
@@ -207,7 +215,7 @@ def log_writer(out, overwrite=False):
                 yield log
             os.replace(part, done)
             with contextlib.suppress(OSError):  # finished again: a log set aside before (the driver's mark) is void
-                os.remove(os.path.join(out, "log.jsonl.stale"))
+                os.remove(os.path.join(out, STALE))
         except OSError:
             with contextlib.suppress(OSError):
                 os.remove(part)

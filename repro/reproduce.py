@@ -166,18 +166,13 @@ def set_aside(runs_dir, name, why, then="training it again"):
     """A finished run that no longer starts from what is there now is unfinished from here on: its log.jsonl
     becomes log.jsonl.stale (kept to be read until the run trains again), so a training again that fails or is
     stopped leaves no run of the old lineage for a table to take, or for the next driver to keep (a log from before
-    the lineage was recorded could not tell); the runs that depend on it read the mark (was_set_aside)."""
-    log = os.path.join(runs_dir, name, "log.jsonl")
+    the lineage was recorded could not tell); the runs that depend on it read the mark (runlog.was_set_aside)."""
+    log, stale = os.path.join(runs_dir, name, "log.jsonl"), os.path.join(runs_dir, name, runlog.STALE)
     try:
-        os.replace(log, log + ".stale")
+        os.replace(log, stale)
     except OSError as e:
         die(f"cannot set aside {log}: {e.strerror}")
-    print(f"{name}: finished, but {why}; {then} (its log is now {log}.stale)", flush=True)
-
-
-def was_set_aside(run_dir):
-    """Set aside and not trained since (runlog.log_writer removes the mark when the run finishes again)."""
-    return os.path.isfile(os.path.join(run_dir, "log.jsonl.stale")) and not runlog.is_finished(run_dir)
+    print(f"{name}: finished, but {why}; {then} (its log is now {stale})", flush=True)
 
 
 def execute(runs, args, runs_dir, plans):
@@ -307,7 +302,7 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
     if not old and not stop:  # an old model or a scratch run: nothing it starts from
         return None
     for dep in (os.path.dirname(old) if old else None, stop):
-        if dep and was_set_aside(dep):  # and not trained again since (stopped, or failed): nothing to compare
+        if dep and runlog.was_set_aside(dep):  # and not trained again since (stopped, or failed): nothing to compare
             return f"{dep} was set aside to be trained again"
     header = runlog.read_log(os.path.join(runs_dir, run.name))[0]
     if old and os.path.isfile(old):
@@ -317,11 +312,16 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
         if recorded is not None and recorded != hash_of(old, hashes):
             return f"it was continued from another {old} than the one there now"
     if stop:
-        recorded, log = header.get("stop_at_acc"), runlog.read_finished(stop)
+        recorded = header.get("stop_at_acc")
         if recorded is None and stop in retrained:
             return f"its log does not record the accuracy it stopped at, and {stop} was trained again"
-        if recorded is not None and log is not None and recorded != log[2].get("max_acc"):
-            return f"it stopped at {recorded}, {stop}'s maximum then, not at its maximum now ({log[2]['max_acc']})"
+        if recorded is not None and runlog.is_finished(stop):
+            try:  # a summary edited by hand: one line now, not a link set aside that train.py then refuses
+                now = checks.stop_accuracy(run_args)
+            except checks.UsageError as e:
+                die(f"{run.name}: {e}")
+            if recorded != now:
+                return f"it stopped at {recorded}, {stop}'s maximum then, not at its maximum now ({now})"
     return None
 
 
