@@ -177,18 +177,17 @@ def test_a_run_folder_belongs_to_one_process(world, capsys):
     assert sorted(os.listdir(world / "locked")) == ["ckpt.pt", "log.jsonl"]
 
 
-@pytest.mark.parametrize("look", [1, 2])
-def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path, monkeypatch, look):
+def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path, monkeypatch):
     """The holder ends (unlock_run removes .lock) while a second process checks that the file it locked is still
-    the one there: whichever look at it finds it gone, the second process locks the new file (it was a one-line
-    'cannot write into' when the file went between two looks)."""
+    the one there: it finds it gone and locks the new file (it was a one-line 'cannot write into' when the file
+    went between two looks)."""
     out, real, seen = str(tmp_path / "run"), os.stat, []
     path = os.path.join(out, ".lock")
 
     def stat(p, *a, **k):
         if p == path:
             seen.append(p)
-            if len(seen) == look:
+            if len(seen) == 1:
                 os.remove(p)  # the holder's unlock_run, just now
         return real(p, *a, **k)
 
@@ -198,7 +197,19 @@ def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path
     held = runlog.lock_run(out)
     monkeypatch.undo()
     assert open(path).read() == str(os.getpid()) and os.path.samestat(os.fstat(held.fileno()), os.stat(path))
-    assert opened[-1] is held and all(f.closed for f in opened[:-1])  # the file it found removed, closed
+    assert len(opened) == 2 and opened[-1] is held and opened[0].closed, opened  # the file it found removed, closed
+    runlog.unlock_run(held)
+    assert os.listdir(out) == []
+
+
+def test_a_dead_holders_lock_file_is_taken_over_with_this_pid_alone(tmp_path):
+    """Nobody holds the .lock a killed process left: it is locked, and holds this process's pid alone, by which a
+    second process names the holder (appended to the dead one's, it named a pid that never was)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("999999999")
+    held = runlog.lock_run(str(out))
+    assert (out / ".lock").read_text() == str(os.getpid())
     runlog.unlock_run(held)
     assert os.listdir(out) == []
 
@@ -276,11 +287,13 @@ def test_a_log_writer_leaves_its_folder_as_its_block_ends(tmp_path):
     with pytest.raises(KeyboardInterrupt), runlog.log_writer(str(aside)) as log:
         log({"event": "header", "label": "a"})
         raise KeyboardInterrupt
-    assert sorted(os.listdir(aside)) == ["log.jsonl.part", "log.jsonl.stale"]
+    assert sorted(os.listdir(aside)) == ["log.jsonl.part", "log.jsonl.stale"] and runlog.was_set_aside(aside)
     with runlog.log_writer(str(aside)) as log:
         log({"event": "header", "label": "a"})
         log({"event": "summary", "max_acc": 1.0})
-    assert os.listdir(aside) == ["log.jsonl"] and runlog.is_finished(aside)
+    assert os.listdir(aside) == ["log.jsonl"] and runlog.is_finished(aside) and not runlog.was_set_aside(aside)
+    (aside / "log.jsonl.stale").write_text('{"event": "header", "label": "old lineage"}\n')  # copied back by hand
+    assert not runlog.was_set_aside(aside)  # a finished log beside it: trained since
 
 
 def test_log_and_checkpoint_record_the_data(world):

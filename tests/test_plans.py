@@ -294,7 +294,8 @@ def test_an_l100_link_trained_again_for_its_target_gets_the_checkpoint_it_starts
         m.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2 ** 20))
         with pytest.raises(SystemExit):
             reproduce.main(argv)
-    assert "the 4 runs it may train" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the 4 runs it may train" in err, err
     set_aside, real = {}, reproduce.run_inprocess
 
     def read_set_aside(argv, out):  # as the link trains again: its log set aside, read before the mark goes
@@ -343,7 +344,8 @@ def test_a_chain_whose_link_fails_after_its_old_model_trained_again_leaves_no_li
     assert reproduce.main(argv + ["--report-only"]) == 0  # nothing of the previous lineage to refuse
     monkeypatch.setattr(reproduce, "run_inprocess", real)
     assert reproduce.main(argv) == 0
-    assert "0 failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 failed" in out, out
     for link, before in zip(links, [seed / "old"] + links):
         recorded = json.loads(open(link / "log.jsonl").readline())["old_weights_sha256"]
         assert recorded == weights_hash(torch.load(before / "ckpt.pt", weights_only=True)), link
@@ -386,6 +388,12 @@ def test_an_l100_link_whose_link_before_fails_waits_for_its_scratch_run(root, ca
     for link in links:
         assert not runlog.is_finished(link) and not (link / "log.jsonl").exists(), link
     assert [(link / "log.jsonl.stale").is_file() for link in links] == [False, True, True]
+    set_aside = [line for line in out.splitlines() if f"/l100-{plans.OURS}: finished, but " in line]
+    assert [line.split(": finished")[0] for line in set_aside] == [f"4+2x3/seed0/task{t}/l100-{plans.OURS}"
+                                                                   for t in (2, 3)], out
+    for line, link in zip(set_aside, links[1:]):  # skipped: set aside, not said to be trained again
+        assert line.endswith(f"; left to train next time (its log is now {link / 'log.jsonl.stale'})"), line
+    assert f": finished, but {links[1]} was set aside to be trained again;" in set_aside[1], set_aside
     assert reproduce.main(argv + ["--report-only"]) == 0  # nothing left of the previous maximum to refuse
 
 
@@ -402,17 +410,28 @@ def test_a_chain_whose_old_model_fails_to_train_again_keeps_its_links(root, caps
     kept = {p: p.read_bytes() for p in seed.rglob("log.jsonl")}
     argv = common(root, "runs_old_fails", "res_old_fails") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "1"]
 
+    tried = []
+
+    def fail(argv, out):
+        tried.append(argv[argv.index("--out") + 1])
+        return False
+
     def stop(argv, out):
+        tried.append(argv[argv.index("--out") + 1])
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(reproduce, "run_inprocess", lambda argv, out: False)
+        m.setattr(reproduce, "run_inprocess", fail)
         assert reproduce.main(argv) == 1
+    out = capsys.readouterr().out
+    assert tried == [str(seed / "old")], tried  # trained again first; the links it frees are skipped
+    assert "4+2x3/seed0/old: finished, but the ckpt.pt that later runs start from is gone" in out, out
     assert {p: p.read_bytes() for p in kept} == kept and not list(seed.rglob("log.jsonl.stale"))
     with monkeypatch.context() as m:
         m.setattr(reproduce, "run_inprocess", stop)
         with pytest.raises(SystemExit, match="interrupted; finished runs are kept"):
             reproduce.main(argv)
+    assert tried == [str(seed / "old")] * 2, tried
     assert {p: p.read_bytes() for p in kept} == kept and not list(seed.rglob("log.jsonl.stale"))
     capsys.readouterr()
 
