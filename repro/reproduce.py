@@ -255,7 +255,8 @@ def execute(runs, args, runs_dir, plans):
             settle(lambda r: lineage_change(r, plans[r.name], runs_dir, hashes, retrained))
             busy = {slot for slot, _, _ in procs.values()}
             free = [s for s in args.slots if s not in busy]
-            ready = [r for r in runs if r.name in todo and all(d in done for d in r.deps) and r.name not in pending]
+            # none is pending: settle has just decided every pending run whose runs are done
+            ready = [r for r in runs if r.name in todo and all(d in done for d in r.deps)]
             if not procs and todo and not ready:
                 raise RuntimeError(f"plan has unsatisfiable dependencies: {sorted(todo)}")
             for slot, r in zip(free, ready):
