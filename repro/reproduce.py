@@ -302,6 +302,10 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
     old, stop = run_args.old_ckpt, run_args.stop_at_acc_of
     if not old and not stop:  # an old model or a scratch run: nothing it starts from
         return None
+    try:  # a summary edited by hand: one line, whatever else changed, not a link set aside that train.py then refuses
+        now = checks.stop_accuracy(run_args) if stop and runlog.is_finished(stop) else None
+    except checks.UsageError as e:
+        die(f"{run.name}: {e}")
     for dep in (os.path.dirname(old) if old else None, stop):
         if dep and runlog.was_set_aside(dep):  # and not trained again since (stopped, or failed): nothing to compare
             return f"{dep} was set aside to be trained again"
@@ -316,13 +320,8 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
         recorded = header.get("stop_at_acc")
         if recorded is None and stop in retrained:
             return f"its log does not record the accuracy it stopped at, and {stop} was trained again"
-        if recorded is not None and runlog.is_finished(stop):
-            try:  # a summary edited by hand: one line now, not a link set aside that train.py then refuses
-                now = checks.stop_accuracy(run_args)
-            except checks.UsageError as e:
-                die(f"{run.name}: {e}")
-            if recorded != now:
-                return f"it stopped at {recorded}, {stop}'s maximum then, not at its maximum now ({now})"
+        if recorded is not None and now is not None and recorded != now:
+            return f"it stopped at {recorded}, {stop}'s maximum then, not at its maximum now ({now})"
     return None
 
 

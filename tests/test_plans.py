@@ -261,17 +261,21 @@ def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, 
             f"at, and {scratch} was trained again; training it again") in out, out
     assert json.loads(open(link / "log.jsonl").readline())["stop_at_acc"] == target
     # the scratch run's summary edited by hand: one line naming its log, from the driver and from a report, before
-    # the link is set aside (it was a KeyError traceback, or a link set aside that train.py then refused to start)
-    kept = (link / "log.jsonl").read_bytes()
-    for bad in (lambda s: {**s, "max_acc": float("nan")}, lambda s: without(s, "max_acc")):
-        edit_log(scratch / "log.jsonl", summary=bad)
-        for extra in ([], ["--report-only"]):
-            with pytest.raises(SystemExit) as e:
-                reproduce.main(argv + extra)
-            err = capsys.readouterr().err.strip()
-            assert e.value.code == 2 and len(err.splitlines()) == 1, err
-            assert f"{scratch / 'log.jsonl'}: its summary has max_acc = " in err, err
-            assert (link / "log.jsonl").read_bytes() == kept and not (link / "log.jsonl.stale").exists(), extra
+    # the link is set aside (it was a KeyError traceback, or a link set aside that train.py then refused to start),
+    # also when the link's old model changed too (found first, it had the link set aside)
+    for old_hash in (None, "another"):
+        if old_hash:
+            edit_log(link / "log.jsonl", header=lambda h: {**h, "old_weights_sha256": old_hash})
+        kept = (link / "log.jsonl").read_bytes()
+        for bad in (lambda s: {**s, "max_acc": float("nan")}, lambda s: without(s, "max_acc")):
+            edit_log(scratch / "log.jsonl", summary=bad)
+            for extra in ([], ["--report-only"]):
+                with pytest.raises(SystemExit) as e:
+                    reproduce.main(argv + extra)
+                err = capsys.readouterr().err.strip()
+                assert e.value.code == 2 and len(err.splitlines()) == 1, err
+                assert f"{scratch / 'log.jsonl'}: its summary has max_acc = " in err, err
+                assert (link / "log.jsonl").read_bytes() == kept and not (link / "log.jsonl.stale").exists(), extra
 
 
 def test_an_l100_link_trained_again_for_its_target_gets_the_checkpoint_it_starts_from(root, capsys, monkeypatch):
