@@ -149,14 +149,14 @@ def may_train(order, plans, finished, stale, runs_dir):
     `may` is an upper bound, for the space check. order: the runs, each after the runs it depends on; plans:
     {name: planned}."""
     may, again = {r.name for r in order if r.name not in finished} | set(stale), set()
+    own = {name: os.path.join(runs_dir, name, "ckpt.pt") for name in finished}
+    lost = {name for name in finished if not os.path.isfile(own[name])}  # carried as its log alone
     while True:
         for r in order:
             if set(r.deps) & may:
                 may.add(r.name)
         needed = {plans[name].old_ckpt for name in may}
-        gone = {r.name for r in order if r.name in finished and r.name not in again
-                and os.path.join(runs_dir, r.name, "ckpt.pt") in needed
-                and not os.path.isfile(os.path.join(runs_dir, r.name, "ckpt.pt"))}
+        gone = {name for name in lost - again if own[name] in needed}
         if not gone:  # down a chain (Fig. 6), a run trained again needs the ckpt.pt of the link before
             return may, again
         may, again = may | gone, again | gone
@@ -196,12 +196,13 @@ def execute(runs, args, runs_dir, plans):
     todo, total = {r.name for r in runs}, len(runs)
     pending, done, failed, ran = set(finished), set(), set(), set()
 
-    def settle(why_of, quiet=False):
+    def settle():
         """One pass over the runs left, dependencies first (a run decided here frees or skips the runs after it). A
         run one it needs failed is skipped. A finished run (pending) waits until every run it depends on is final
-        (done or failed): set aside if it no longer starts from what is there (why_of(r): lineage_change's why),
-        else trained again (--overwrite) if a run the driver trains starts from its gone ckpt.pt, else kept (a
-        skipped one keeps its log too). quiet: no line per kept run (before any trains: counted as finished)."""
+        (done or failed): set aside if it no longer starts from what is there (lineage_change; before any run
+        trains, as stale_runs found it), else trained again (--overwrite) if a run the driver trains starts from
+        its gone ckpt.pt, else kept (a skipped one keeps its log too; one kept before any trains is counted as
+        finished, without a line)."""
         for r in order:
             if r.name not in todo:
                 continue
@@ -210,17 +211,20 @@ def execute(runs, args, runs_dir, plans):
                 if not all(d in done or d in failed for d in r.deps):
                     continue  # a run it depends on trains (again) first: not skipped yet, judged once that is final
                 pending.discard(r.name)
-                why = why_of(r)
+                why = (lineage_change(r, plans[r.name], runs_dir, hashes, {os.path.join(runs_dir, d) for d in ran})
+                       if ran else stale.get(r.name))
                 if why is not None:
                     set_aside(runs_dir, r.name, why, then="left to train next time" if skip else "training it again")
-                elif r.name in again and not skip:
+                elif skip:
+                    pass  # kept as it is, and skipped below
+                elif r.name in again:
                     print(f"{r.name}: finished, but the ckpt.pt that later runs start from is gone; training it "
                           "again", flush=True)
                     argvs[r.name] += ["--overwrite"]
-                elif not skip:
+                else:
                     todo.discard(r.name)
                     done.add(r.name)
-                    if not quiet:
+                    if ran:
                         print(f"[{len(done) + len(failed)}/{total}] {r.name:42s} kept: the runs it depends on did not "
                               "change (trained again to the same result, or kept)", flush=True)
             if skip:
@@ -228,7 +232,7 @@ def execute(runs, args, runs_dir, plans):
                 failed.add(r.name)
                 print(f"[-/{total}] {r.name:42s} skipped: a run it needs failed", flush=True)
 
-    settle(lambda r: stale.get(r.name), quiet=True)  # before any run trains: lineage_change as stale_runs found it
+    settle()
     print(f"{args.plan}: {total} runs, {len(done)} already finished, {len(todo)} to run on "
           f"{len(args.slots)} worker(s) ({args.device})", flush=True)
     started = time.time()
@@ -251,8 +255,7 @@ def execute(runs, args, runs_dir, plans):
     procs = {}  # name -> (slot, Popen, start time)
     try:
         while todo or procs:
-            retrained = {os.path.join(runs_dir, d) for d in ran}
-            settle(lambda r: lineage_change(r, plans[r.name], runs_dir, hashes, retrained))
+            settle()
             busy = {slot for slot, _, _ in procs.values()}
             free = [s for s in args.slots if s not in busy]
             # none is pending: settle has just decided every pending run whose runs are done
