@@ -63,8 +63,7 @@ def read_log(run_dir):
 
 
 def read_finished(run_dir):
-    """read_log's (header, evaluations, summary) of a finished run, or None: no log, an unreadable one, or a run
-    that did not finish."""
+    """read_log of a finished run, or None (no log, an unreadable one, or a run that did not finish)."""
     try:
         log = read_log(run_dir)
     except ValueError:
@@ -90,38 +89,27 @@ def is_number(v):
 
 
 def max_acc_of(path, summary):
-    """A finished run's max_acc (its log at `path`), as the tables and --stop-at-acc-of read it: a finite number,
-    else a ValueError naming the log (a hand-edited summary)."""
+    """A summary's max_acc as the tables and --stop-at-acc-of read it: else a ValueError naming its log `path`."""
     v = summary.get("max_acc")
     if not is_number(v):
         raise ValueError(f"{path}: its summary has max_acc = {v}")
     return v
 
 
-@contextlib.contextmanager
-def naming(path, *own):
-    """An OSError raised inside about `path`, the caller's `own` files (a temporary file beside it) or no file (a
-    write to an open file) names `path`. One about another file (a missing source) keeps its own name."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno is None or e.filename not in (None, path, *own):  # not a failed system call, or another file's
-            raise
-        raise OSError(e.errno, e.strerror, path) from None
-
-
 def replace_atomic(path, write):
     """write(tmp) into a temporary file beside `path`, then rename it over `path`: a reader, or a killed
-    process, never sees a half-written file. The temporary file is removed if anything fails."""
+    process, never sees a half-written file. The temporary file is removed if anything fails; an OSError about it
+    (or about no file) names `path`, one about another file (a missing source) keeps its own name."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with naming(path, tmp):
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, path, tmp):
+            raise OSError(e.errno, e.strerror, path) from None
+        raise
 
 
 def write_atomic(path, text):
@@ -151,8 +139,10 @@ def lock_run(out, what="another training process"):
             except BlockingIOError:
                 with f:
                     f.seek(0)
-                    raise UsageError(f"{out} is in use by {what} (pid {f.read().decode().strip() or '?'})") from None
-            held = _is_at(f, path)
+                    holder = f.read().decode(errors="replace").strip() or "?"  # as written, whatever it holds
+                raise UsageError(f"{out} is in use by {what} (pid {holder})") from None
+            with contextlib.suppress(FileNotFoundError):  # the holder may remove it at any moment
+                held = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
             if not held:
                 f.close()  # the holder removed the file as we opened it: lock the new one
         f.truncate(0)
@@ -164,14 +154,6 @@ def lock_run(out, what="another training process"):
             f.close()
         raise UsageError(f"cannot write into {out}: {e.strerror or e}") from None
     return f
-
-
-def _is_at(f, path):
-    """Whether the open file f is the one at path now (a holder may remove it at any moment)."""
-    try:
-        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
-    except FileNotFoundError:
-        return False
 
 
 def unlock_run(handle):
@@ -196,14 +178,13 @@ def log_writer(out, overwrite=False):
         f = open(part, "w")  # an OSError names `part` already
 
         def log(record):
-            with naming(part):
-                try:
-                    f.write(json.dumps(record) + "\n")
-                    f.flush()
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        f.close()  # now: closing later would flush the same line again, failing without a name
-                    raise
+            try:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+            except OSError as e:  # a write to an open file names none
+                with contextlib.suppress(OSError):
+                    f.close()  # now: closing later would flush the same line again, failing without a name
+                raise OSError(e.errno, e.strerror, part) from None
 
         def unfinish():
             with contextlib.suppress(FileNotFoundError):

@@ -177,6 +177,19 @@ def test_a_run_folder_belongs_to_one_process(world, capsys):
     assert sorted(os.listdir(world / "locked")) == ["ckpt.pt", "log.jsonl"]
 
 
+def test_a_holder_whose_lock_file_is_not_text_is_named_in_one_line(tmp_path):
+    """A live holder's .lock that does not decode (written by hand, or by another tool): the usual one line, the
+    bytes it cannot read replaced (it was a UnicodeDecodeError traceback)."""
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / ".lock", "wb") as held:
+        held.write(b"\xff12")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(runlog.UsageError) as e:
+            runlog.lock_run(str(tmp_path / "run"))
+    assert str(e.value) == f"{tmp_path / 'run'} is in use by another training process (pid \ufffd12)"
+
+
 def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path, monkeypatch):
     """The holder ends (unlock_run removes .lock) while a second process checks that the file it locked is still
     the one there: it finds it gone and locks the new file (it was a one-line 'cannot write into' when the file
