@@ -161,13 +161,26 @@ def test_no_traceback_from_the_command_line(world):
         assert r.stderr.startswith("train.py: error: ")
 
 
+def hold_lock(folder, pid=b"12345"):
+    """The lock of a live process on folder/.lock (returns the open file; closing it releases the lock)."""
+    os.makedirs(folder, exist_ok=True)
+    f = open(os.path.join(folder, ".lock"), "wb")
+    f.write(pid)
+    f.flush()
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def record_opens(monkeypatch):
+    """The files runlog opens, in order."""
+    opened = []
+    monkeypatch.setattr(runlog, "open", lambda *a, **k: opened.append(open(*a, **k)) or opened[-1], raising=False)
+    return opened
+
+
 def test_a_run_folder_belongs_to_one_process(world, capsys):
     argv = TRAIN + ["--data-dir", str(world / "a" / "syn"), "--out", str(world / "locked")]
-    os.makedirs(world / "locked")
-    with open(world / "locked" / ".lock", "w") as held:  # as a live train.py holds it
-        held.write("12345")
-        held.flush()
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with hold_lock(world / "locked"):  # as a live train.py holds it
         assert train.cli(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"train.py: error: {world / 'locked'} is in use by another training process (pid 12345)"
@@ -177,17 +190,15 @@ def test_a_run_folder_belongs_to_one_process(world, capsys):
     assert sorted(os.listdir(world / "locked")) == ["ckpt.pt", "log.jsonl"]
 
 
-def test_a_holder_whose_lock_file_is_not_text_is_named_in_one_line(tmp_path):
-    """A live holder's .lock that does not decode (written by hand, or by another tool): the usual one line, the
-    bytes it cannot read replaced (it was a UnicodeDecodeError traceback)."""
-    (tmp_path / "run").mkdir()
-    with open(tmp_path / "run" / ".lock", "wb") as held:
-        held.write(b"\xff12")
-        held.flush()
-        fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(runlog.UsageError) as e:
-            runlog.lock_run(str(tmp_path / "run"))
+def test_a_held_lock_is_one_line_and_closes_the_file_it_read(tmp_path, monkeypatch):
+    """A live holder's .lock, even one that does not decode (written by hand, or by another tool): the usual one
+    line, the bytes it cannot read replaced (it was a UnicodeDecodeError traceback); the file opened to read it
+    is closed, not left open until the garbage collector finds it."""
+    opened = record_opens(monkeypatch)
+    with hold_lock(tmp_path / "run", pid=b"\xff12"), pytest.raises(runlog.UsageError) as e:
+        runlog.lock_run(str(tmp_path / "run"))
     assert str(e.value) == f"{tmp_path / 'run'} is in use by another training process (pid \ufffd12)"
+    assert len(opened) == 1 and opened[0].closed
 
 
 def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path, monkeypatch):
@@ -202,10 +213,10 @@ def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path
             seen.append(p)
             if len(seen) == 1:
                 os.remove(p)  # the holder's unlock_run, just now
+                open(p, "w").close()  # and a third process's lock file (not the one locked)
         return real(p, *a, **k)
 
-    opened = []
-    monkeypatch.setattr(runlog, "open", lambda *a, **k: opened.append(open(*a, **k)) or opened[-1], raising=False)
+    opened = record_opens(monkeypatch)
     monkeypatch.setattr(runlog.os, "stat", stat)
     held = runlog.lock_run(out)
     monkeypatch.undo()
@@ -230,10 +241,9 @@ def test_a_dead_holders_lock_file_is_taken_over_with_this_pid_alone(tmp_path):
 def test_a_lock_that_cannot_be_taken_is_one_line_and_closes_its_file(tmp_path, monkeypatch):
     """flock refused for another reason than a holder (ENOLCK, as on some network disks): one line, and the lock
     file opened for it is closed, not left open (and maybe locked) until the garbage collector finds it."""
-    opened = []
+    opened = record_opens(monkeypatch)
 
     def flock(f, how):
-        opened.append(f)
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", flock)
@@ -692,16 +702,6 @@ def copy_runs(world, name):
     return world / name
 
 
-def hold_lock(folder):
-    """The lock of a live process on folder/.lock (returns the open file; closing it releases the lock)."""
-    os.makedirs(folder, exist_ok=True)
-    f = open(os.path.join(folder, ".lock"), "w")
-    f.write("12345")
-    f.flush()
-    fcntl.flock(f, fcntl.LOCK_EX)
-    return f
-
-
 def broken_runs_folders(world):
     """(name, how to break a copy of runs_ref, extra driver flags, expected exit code, phrase of the one line)."""
     log = os.path.join("2+2", "seed0", "scratch", "log.jsonl")
@@ -919,10 +919,10 @@ def test_a_full_disk_is_one_line_up_front(world, monkeypatch, capsys):
     monkeypatch.setattr(sh, "disk_usage", lambda path: usage)
     disk_with_room(monkeypatch, runlog, 0, modes="w+")
     with pytest.raises(SystemExit):
-        reproduce.main(driver_argv(world, "a", "runs_full", "res_full"))
+        reproduce.main(driver_argv(world, "a", "new/runs_full", "res_full"))
     err = capsys.readouterr().err.strip()
-    assert err == f"reproduce.sh: error: cannot write into {world / 'runs_full'}: No space left on device", err
-    assert tree_hash(world) == before and not (world / "runs_full").exists()
+    assert err == f"reproduce.sh: error: cannot write into {world / 'new' / 'runs_full'}: No space left on device", err
+    assert tree_hash(world) == before and not (world / "new").exists()  # the folders made for it, all of them
 
 
 def test_the_up_front_space_check_counts_the_runs_it_may_train(world, uninterrupted, monkeypatch, capsys):

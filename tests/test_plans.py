@@ -1,7 +1,9 @@
 """The other plans of reproduce.sh (table2a, table2b, fig6, appendix) on a tiny synthetic image folder:
 each output table is complete and its numbers agree with a re-computation from the run logs."""
 import csv
+import errno
 import json
+import os
 import shutil
 import warnings
 
@@ -13,7 +15,7 @@ import runlog
 from ckpt import weights_hash
 from conftest import (curves, edit_log, gpu_like, independent_max_acc, independent_speedup, perturb, without,
                       write_folder)
-from repro import plans, reproduce
+from repro import plans, report, reproduce
 
 COMMON = ["--dataset", "folder", "--width", "8", "--batch-size", "32", "--iters", "12", "--eval-every", "3",
           "--device", "cpu"]
@@ -86,13 +88,16 @@ def test_table2b(root):
         assert (root / "res" / f"table2b_{s}.png").exists()
 
 
-def test_fig6_chain_runs_each_schedule_by_default(root):
+def test_fig6_chain_runs_each_schedule_by_default(root, monkeypatch):
     """Sec. 4.2: the chain trains every task's schedule to the end ("in total, the continuous models have trained
     for more iterations"); beside its total, the cost to each task's L100 point: the earlier tasks' whole
     training plus this task's iterations to its scratch model's Max Acc on the seed-averaged curve."""
-    run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
+    argv = run_plan(root, "fig6", "--split", "4+2x3", "--seeds", "2")
     rows = list(csv.DictReader(open(root / "res" / "fig6.csv")))
     assert [int(r["task"]) for r in rows] == [1, 2, 3]
+    legends = []  # the figure's legend names its curves (drawn only when a task has them)
+    monkeypatch.setattr(report, "save", lambda fig, path: legends.append(fig.axes[0].get_legend()))
+    assert reproduce.main(argv + ["--report-only"]) == 0 and len(legends) == 1 and legends[0] is not None
     before = 0
     for r in rows:
         t = int(r["task"])
@@ -216,7 +221,7 @@ def test_fig6_chain_stopped_at_l100(root, capsys):
         assert idx == sorted(idx)
 
 
-def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, capsys):
+def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, capsys, monkeypatch):
     """--chain-stop l100: a link records the accuracy it stopped at (its scratch run's maximum as it started). A
     scratch run trained again to another maximum (as on a GPU) makes the link another run: --report-only refuses
     it in one line and the driver trains it again to the new target; one trained again to the same maximum (on a
@@ -247,6 +252,21 @@ def test_an_l100_link_stopped_at_another_scratch_maximum_is_trained_again(root, 
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1, err
     assert f"it stopped at {target - 10}, {scratch}'s maximum then, not at its maximum now ({target})" in err, err
+    # its log cannot be set aside (a folder it cannot write): one line, the log as it was, nothing trained
+    kept, real = (link / "log.jsonl").read_bytes(), os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(runlog.STALE):
+            raise PermissionError(errno.EACCES, "Permission denied", src)
+        real(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(reproduce.os, "replace", replace)
+        with pytest.raises(SystemExit) as e:
+            reproduce.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == f"reproduce.sh: error: cannot set aside {link / 'log.jsonl'}: Permission denied"
+    assert (link / "log.jsonl").read_bytes() == kept
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
     assert f"4+2x3/seed0/task1/l100-{plans.OURS}: finished, but it stopped at {target - 10}" in out, out
@@ -413,7 +433,8 @@ def test_a_chain_whose_old_model_fails_to_train_again_keeps_its_links(root, caps
     (seed / "task3" / f"schedule-{plans.OURS}" / "log.jsonl").unlink()
     kept = {p: p.read_bytes() for p in seed.rglob("log.jsonl")}
     argv = common(root, "runs_old_fails", "res_old_fails") + ["--plan", "fig6", "--split", "4+2x3", "--seeds", "1"]
-
+    fig6 = plans.PLANS["fig6"]
+    monkeypatch.setitem(plans.PLANS, "fig6", lambda *a: fig6(*a)[::-1])  # no link starts before the old model
     tried = []
 
     def fail(argv, out):
@@ -430,6 +451,7 @@ def test_a_chain_whose_old_model_fails_to_train_again_keeps_its_links(root, caps
     out = capsys.readouterr().out
     assert tried == [str(seed / "old")], tried  # trained again first; the links it frees are skipped
     assert "4+2x3/seed0/old: finished, but the ckpt.pt that later runs start from is gone" in out, out
+    assert out.count("the ckpt.pt that later runs start from is gone") == 1, out  # the links it frees: skipped
     assert {p: p.read_bytes() for p in kept} == kept and not list(seed.rglob("log.jsonl.stale"))
     with monkeypatch.context() as m:
         m.setattr(reproduce, "run_inprocess", stop)
