@@ -309,9 +309,10 @@ def lineage_change(run, run_args, runs_dir, hashes, retrained):
         now = checks.stop_accuracy(run_args) if stop and runlog.is_finished(stop) else None
     except checks.UsageError as e:
         die(f"{run.name}: {e}")
-    for dep in (os.path.dirname(old) if old else None, stop):
-        if dep and runlog.was_set_aside(dep):  # and not trained again since (stopped, or failed): nothing to compare
-            return f"{dep} was set aside to be trained again"
+    # an old model set aside and not trained since (stopped, or failed): nothing to compare (a stop target, a scratch
+    # run, starts from nothing, so it is never set aside)
+    if old and runlog.was_set_aside(os.path.dirname(old)):
+        return f"{os.path.dirname(old)} was set aside to be trained again"
     header = runlog.read_log(os.path.join(runs_dir, run.name))[0]
     if old and os.path.isfile(old):
         recorded = header.get("old_weights_sha256")
