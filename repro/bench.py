@@ -11,6 +11,7 @@ CIFAR100 dataset class (a PIL image per item, then the transforms) through a Dat
 step. Random data, no downloads; medians over --repeats timings. docs/speed.md says what each figure is.
 """
 import argparse
+import importlib.util
 import itertools
 import json
 import math
@@ -336,6 +337,8 @@ def main(argv=None):
         p.error(str(e))
     if min(args.width, args.batch_size, args.classes, args.image_size, args.n_train, args.steps, args.repeats) < 1:
         p.error("--width, --batch-size, --classes, --image-size, --n-train, --steps and --repeats must be >= 1")
+    if not (args.no_typical or args.worker or importlib.util.find_spec("torchvision")):
+        p.error("the typical pipeline needs torchvision (pip install torchvision), or pass --no-typical")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:

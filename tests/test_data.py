@@ -1,7 +1,12 @@
 """data.py: loading from the real on-disk formats, split notation, class remapping, the device loader."""
+import hashlib
+import os
+import tarfile
+
 import pytest
 import torch
 
+import data
 from conftest import write_cifar, write_folder
 from data import (Loader, apply_crops, channel_stats, class_order, load_dataset, parse_split, predict, random_crops,
                   task_data)
@@ -19,8 +24,48 @@ def test_load_cifar_from_pickles(tmp_path, no_checksum, name):
 
 
 def test_load_cifar_missing_files_raise(tmp_path):
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="cifar10 not found"):
         load_dataset("cifar10", str(tmp_path), download=False)
+
+
+def test_cifar_files_are_checked_against_their_md5(tmp_path):
+    write_cifar(tmp_path, "cifar10", n_train=1, n_test=1)  # the release's layout, not its bytes
+    with pytest.raises(ValueError, match="not its authors' files"):
+        load_dataset("cifar10", str(tmp_path), download=False)
+
+
+def test_cifar_download_is_checked_unpacked_and_kept(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (xtr, ytr), _, names = write_cifar(src, "cifar100", n_train=2, n_test=1)
+    folder = "cifar-100-python"
+    archive = tmp_path / "cifar-100-python.tar.gz"  # the authors' archive, served from a file:// URL
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / folder, arcname=folder)
+
+    def md5(path):
+        return hashlib.md5(path.read_bytes()).hexdigest()
+
+    url, _, _, key, (meta, names_key, _), parts = data.CIFAR["cifar100"]
+    release = [archive.as_uri(), md5(archive), folder, key, (meta, names_key, md5(src / folder / meta)),
+               {split: [(f, md5(src / folder / f)) for f, _ in files] for split, files in parts.items()}]
+    monkeypatch.setitem(data.CIFAR, "cifar100", tuple(release))
+    dest = tmp_path / "data"
+    (tx, ty), _, classes = load_dataset("cifar100", str(dest))
+    assert torch.equal(tx, torch.from_numpy(xtr).permute(0, 3, 1, 2)) and ty.tolist() == ytr.tolist()
+    assert classes == names and md5(dest / archive.name) == md5(archive)  # the archive is kept
+
+    release[1] = "0" * 32  # a download that is not the release: refused, kept aside as .part, nothing unpacked
+    monkeypatch.setitem(data.CIFAR, "cifar100", tuple(release))
+    with pytest.raises(ValueError, match="does not match its md5"):
+        load_dataset("cifar100", str(tmp_path / "other"))
+    assert os.listdir(tmp_path / "other") == [archive.name + ".part"]
+
+    release[1] = md5(archive)
+    monkeypatch.setitem(data.CIFAR, "cifar100", tuple(release))
+    archive.unlink()  # nothing to download any more: a damaged file is unpacked again from the kept archive
+    with open(dest / folder / "train", "ab") as f:
+        f.write(b"x")
+    assert torch.equal(load_dataset("cifar100", str(dest))[0][0], tx)
 
 
 def test_load_folder_and_cache(tmp_path):

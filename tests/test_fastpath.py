@@ -281,28 +281,35 @@ def chi2_uniform(values, k):
     return float(((counts - expected) ** 2 / expected).sum())
 
 
-def test_augmentation_matches_torchvision_statistically():
-    import torchvision.transforms as T
-
+def augmented(n):
+    """n crops-and-flips of a [3,32,32] image whose pixels code their own position, by the device loader."""
     ii, jj = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     img = torch.stack([ii * 8, jj * 8, torch.full_like(ii, 255)]).to(torch.uint8)  # [3,32,32] position code
+    return img, apply_crops(img.expand(n, -1, -1, -1).contiguous(), *random_crops(n, torch.Generator().manual_seed(0)))
+
+
+def test_augmentation_is_a_uniform_padded_crop_and_a_fair_flip():
+    _, out = augmented(4000)
+    dy, dx, flip = positions_and_flips(out)
+    assert dy.min() == 0 and dy.max() == 8 and dx.min() == 0 and dx.max() == 8  # 9 offsets per axis
+    # uniform offsets (chi-square, 8 dof: 26.1 is the 0.1% critical value) and fair flips
+    assert chi2_uniform(dy, 9) < 26.1 and chi2_uniform(dx, 9) < 26.1
+    assert abs(flip.float().mean() - 0.5) < 0.03
+    # padding: where the window leaves the image, pixels are zero in every channel
+    src_r = dy[:50, None] + torch.arange(32) - 4
+    outside = (src_r < 0) | (src_r > 31)  # rows outside the image
+    assert (out[:50].permute(0, 2, 1, 3)[outside] == 0).all()
+
+
+def test_augmentation_matches_torchvision_statistically():
+    T = pytest.importorskip("torchvision.transforms")  # an optional reference: not a requirement
+
     n = 4000
-    ours = apply_crops(img.expand(n, -1, -1, -1).contiguous(), *random_crops(n, torch.Generator().manual_seed(0)))
+    img, ours = augmented(n)
     torch.manual_seed(0)
     tv = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
     theirs = torch.stack([tv(img) for _ in range(n)])
-    for out in (ours, theirs):
-        dy, dx, flip = positions_and_flips(out)
-        assert dy.min() == 0 and dy.max() == 8 and dx.min() == 0 and dx.max() == 8  # 9 offsets per axis
-        # uniform offsets (chi-square, 8 dof: 26.1 is the 0.1% critical value) and fair flips
-        assert chi2_uniform(dy, 9) < 26.1 and chi2_uniform(dx, 9) < 26.1
-        assert abs(flip.float().mean() - 0.5) < 0.03
-        # padding: where the window leaves the image, pixels are zero in every channel
-        window = torch.stack([out[i] for i in range(50)])
-        src_r = dy[:50, None] + torch.arange(32) - 4
-        outside = (src_r < 0) | (src_r > 31)  # rows outside the image
-        assert (window.permute(0, 2, 1, 3)[outside] == 0).all()
-    # and the two agree with each other (two-sample: same offset histograms within noise)
+    # two-sample: the same offset histograms within noise
     h = [torch.bincount(positions_and_flips(o)[0] * 9 + positions_and_flips(o)[1], minlength=81).float()
          for o in (ours, theirs)]
     assert float(((h[0] - h[1]) ** 2 / (h[0] + h[1]).clamp(min=1)).sum()) < 124.8  # chi-square 80 dof, 0.1%
@@ -360,6 +367,17 @@ def test_bench_refuses_a_bad_device_in_one_line(device, msg, capsys):
         main(["--device", device])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and msg in err and len(err.splitlines()) == 1
+
+
+def test_bench_without_torchvision_refuses_the_typical_pipeline_in_one_line(monkeypatch, capsys):
+    from repro import bench
+
+    real = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None if name == "torchvision" else real(name))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "--no-typical" in err and len(err.splitlines()) == 1
 
 
 def test_bench_workers_run_the_same_command_line_and_their_rates_add_up(monkeypatch):
