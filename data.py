@@ -77,7 +77,7 @@ def load_dataset(name, data_dir, image_size=32, download=True):
 def file_md5_is(path, md5):
     if not os.path.isfile(path):
         return False
-    h = hashlib.md5()
+    h = hashlib.md5(usedforsecurity=False)  # a checksum: allowed where FIPS forbids md5 for security
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -115,6 +115,7 @@ def unpickle(path):
 def fetch_cifar(url, md5, data_dir):
     """Download the archive to data_dir (kept if its md5 matches, so a second unpacking needs no download; a
     .part file until it is whole) and unpack it there."""
+    import http.client
     import tarfile
     import urllib.request
 
@@ -122,7 +123,10 @@ def fetch_cifar(url, md5, data_dir):
     if not file_md5_is(archive, md5):
         os.makedirs(data_dir, exist_ok=True)
         print(f"downloading {url} to {archive}", flush=True)
-        urllib.request.urlretrieve(url, archive + ".part")
+        try:
+            urllib.request.urlretrieve(url, archive + ".part")
+        except http.client.HTTPException as e:  # a response cut short or garbled: not an OSError, unlike the rest
+            raise OSError(f"{url}: {type(e).__name__}: {e}") from None
         if not file_md5_is(archive + ".part", md5):
             raise ValueError(f"{url}: the download does not match its md5 (kept as {archive}.part)")
         os.replace(archive + ".part", archive)

@@ -5,6 +5,7 @@ so a tiny network learns it in tens of iterations and "starts from the old model
 import json
 import os
 import pickle
+import struct
 import sys
 
 import numpy as np
@@ -51,9 +52,22 @@ def write_cifar(root, name="cifar10", n_train=20, n_test=10, num_classes=None, s
     return (xtr, ytr), (xte, yte), names
 
 
+class Py2Pickler(pickle._Pickler):
+    """Writes text and bytes as Python 2's str (BINSTRING), as the CIFAR release's pickles hold them: array data
+    included, so reading them takes encoding="latin1"."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = dispatch[bytes] = save_py2_str
+
+
 def _dump(path, obj):
     with open(path, "wb") as f:
-        pickle.dump(obj, f)
+        Py2Pickler(f, protocol=2).dump(obj)
 
 
 def write_folder(root, num_classes=3, n_train=4, n_test=2, size=32, seed=0):

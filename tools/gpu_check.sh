@@ -33,7 +33,9 @@ table2a() {  # full length, the paper's defaults, no tuning; --seeds 5: finished
 case "${1:-}" in
 bringup)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-    python -c "import torch, torchvision; print(torch.__version__, torchvision.__version__)" | tee -a "$OUT/gpu.txt"
+    python -c "import importlib.metadata as m, importlib.util, torch; print(torch.__version__, 'torchvision',
+        m.version('torchvision') if importlib.util.find_spec('torchvision') else 'not installed')" |
+        tee -a "$OUT/gpu.txt"
     python -m pytest -q tests -x 2>&1 | tee "$OUT/pytest.txt" | tail -5
     data
     ./reproduce.sh --quick --plan table2a --dataset folder --data-dir "$DATA" --compare-to cifar10 --split 8+2 \
