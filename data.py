@@ -17,13 +17,13 @@ normalised and returned in channels_last. Nothing in a training step reads a val
 """
 import hashlib
 import os
-import pickle
 import re
 from collections import namedtuple
 
 import numpy as np
 import torch
 
+import cifar
 from folder import holds_domains, load_folder, subfolders
 
 DATASETS = ("cifar10", "cifar100", "folder")
@@ -39,110 +39,20 @@ num_classes (seen up to t), num_old_classes (seen up to t-1; all of them in a do
 # ----------------------------------------------------------------------------------------------------------
 # loading
 
-# CIFAR's python release as its authors publish it (https://www.cs.toronto.edu/~kriz/cifar.html): the archive and
-# its md5, the folder it unpacks to, the label key, the class-names file and key, and each batch file's md5.
-CIFAR = {
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
-                "cifar-10-batches-py", "labels", ("batches.meta", "label_names", "5ff9c542aee3614f3951f8cda6e48888"),
-                {"train": [("data_batch_1", "c99cafc152244af753f735de768cd75f"),
-                           ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
-                           ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
-                           ("data_batch_4", "634d18415352ddfa80567beed471001a"),
-                           ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb")],
-                 "test": [("test_batch", "40351d587109b95175f43aff81a1287e")]}),
-    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-                 "cifar-100-python", "fine_labels", ("meta", "fine_label_names", "7973b15100ade9c7d40fb424638fde48"),
-                 {"train": [("train", "16019d7e3df5f24257cddd939b257f8d")],
-                  "test": [("test", "f0ef6b0ae62326f3e7ffdfab6717acfc")]}),
-}
-
-
 def load_dataset(name, data_dir, image_size=32, download=True):
     """Returns ((train_x uint8 [N,3,H,W], train_y int64 [N]), (test_x, test_y), class_names).
 
-    cifar10 / cifar100 are the authors' python release, every file checked against its md5 (read_cifar); an
-    image_size other than 32 resizes them once here (resize_uint8). folder reads data_dir/train/<class>/* and
+    cifar10 / cifar100 are the authors' python release, every file checked against its md5, resized once to
+    image_size (cifar.load). folder reads data_dir/train/<class>/* and
     data_dir/test/<class>/*, or data_dir/<class>/* cut per class into train and test (folder.seeded_split),
     resized to image_size x image_size (the whole image, squashed, as Downsampled ImageNet does), and caches the
     decoded tensors in one file next to the data (or, if that folder is read-only, in ~/.cache/same-accuracy/;
     see folder.cache_paths)."""
-    if name in ("cifar10", "cifar100"):
-        train, test, classes = read_cifar(name, data_dir, download)
-        return (resize_uint8(train[0], image_size), train[1]), (resize_uint8(test[0], image_size), test[1]), classes
+    if name in cifar.RELEASES:
+        return cifar.load(name, data_dir, image_size, download)
     if name == "folder":
         return load_folder(data_dir, image_size)
     raise ValueError(f"unknown dataset '{name}' (choose from {', '.join(DATASETS)})")
-
-
-def file_md5_is(path, md5):
-    if not os.path.isfile(path):
-        return False
-    h = hashlib.md5(usedforsecurity=False)  # a checksum: allowed where FIPS forbids md5 for security
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest() == md5
-
-
-def read_cifar(name, data_dir, download=True):
-    """CIFAR-10/100 from data_dir/<its folder>/, downloaded and unpacked first if a file is missing or does not
-    match its md5 (and download is set). Returns ((x uint8 [N,3,32,32], y int64 [N]) for train and test, class
-    names). The files are pickles of {"data": uint8 [n,3072] (channel-major rows), label key: [n] ints}."""
-    url, tgz_md5, folder, label_key, (meta, names_key, meta_md5), parts = CIFAR[name]
-    base = os.path.join(data_dir, folder)
-    files = [(meta, meta_md5)] + parts["train"] + parts["test"]
-    if not all(file_md5_is(os.path.join(base, f), md5) for f, md5 in files):
-        if not download:
-            raise ValueError(f"{name} not found, or not its authors' files, in {base} (drop --no-download to "
-                             "download it)")
-        fetch_cifar(url, tgz_md5, data_dir)
-        if not all(file_md5_is(os.path.join(base, f), md5) for f, md5 in files):
-            raise ValueError(f"{name}: the files unpacked into {base} do not match their md5")
-    out = []
-    for split in ("train", "test"):
-        blobs = [unpickle(os.path.join(base, f)) for f, _ in parts[split]]
-        x = np.concatenate([b["data"] for b in blobs]).reshape(-1, 3, 32, 32)  # rows are R, then G, then B planes
-        y = np.concatenate([b[label_key] for b in blobs])
-        out.append((torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.as_tensor(y, dtype=torch.int64)))
-    return out[0], out[1], list(unpickle(os.path.join(base, meta))[names_key])
-
-
-def unpickle(path):
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")  # written by Python 2
-
-
-def fetch_cifar(url, md5, data_dir):
-    """Download the archive to data_dir (kept if its md5 matches, so a second unpacking needs no download; a
-    .part file until it is whole) and unpack it there."""
-    import http.client
-    import tarfile
-    import urllib.request
-
-    archive = os.path.join(data_dir, url.rsplit("/", 1)[1])
-    if not file_md5_is(archive, md5):
-        os.makedirs(data_dir, exist_ok=True)
-        print(f"downloading {url} to {archive}", flush=True)
-        try:
-            urllib.request.urlretrieve(url, archive + ".part")
-        except http.client.HTTPException as e:  # a response cut short or garbled: not an OSError, unlike the rest
-            raise OSError(f"{url}: {type(e).__name__}: {e}") from None
-        if not file_md5_is(archive + ".part", md5):
-            raise ValueError(f"{url}: the download does not match its md5 (kept as {archive}.part)")
-        os.replace(archive + ".part", archive)
-    with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(data_dir, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-
-
-def resize_uint8(x, size, chunk=4096):
-    """uint8 images [N,C,H,W] -> uint8 [N,C,size,size]: bilinear with antialiasing, rounded, as torchvision's
-    Resize(size, antialias=True) does on tensors. Once at load, so a smaller CIFAR costs nothing per step."""
-    if tuple(x.shape[-2:]) == (size, size):
-        return x
-    out = [torch.nn.functional.interpolate(c.float(), size=(size, size), mode="bilinear", align_corners=False,
-                                           antialias=True).round_().clamp_(0, 255).to(torch.uint8)
-           for c in x.split(chunk)]
-    return torch.cat(out) if out else x.new_empty((0, x.shape[1], size, size))
 
 
 SUBSET_SEED = 0  # one fixed subset for every run, whatever the run's own seed: runs of a table share their data

@@ -570,7 +570,7 @@ def paper_setting(args, tag):
 
 def folder_name(data_dir):
     """folder-<name>-<hash of the absolute path>: two image folders of one name never share a runs folder.
-    CIFAR keeps its plain name: data.py checks its files' md5, so it is the same data wherever it lies;
+    CIFAR keeps its plain name: cifar.py checks its files' md5, so it is the same data wherever it lies;
     and a finished run is only reused for identical data anyway (check_data)."""
     path = os.path.abspath(data_dir)
     return f"folder-{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"

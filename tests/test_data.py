@@ -1,12 +1,7 @@
 """data.py: loading from the real on-disk formats, split notation, class remapping, the device loader."""
-import hashlib
-import os
-import tarfile
-
 import pytest
 import torch
 
-import data
 from conftest import write_cifar, write_folder
 from data import (Loader, apply_crops, channel_stats, class_order, load_dataset, parse_split, predict, random_crops,
                   task_data)
@@ -21,100 +16,6 @@ def test_load_cifar_from_pickles(tmp_path, no_checksum, name):
     assert ty.dtype == torch.int64 and ty.tolist() == ytr.tolist()
     assert torch.equal(vx, torch.from_numpy(xte).permute(0, 3, 1, 2)) and vy.tolist() == yte.tolist()
     assert classes == names
-
-
-def test_load_cifar_missing_files_raise(tmp_path):
-    with pytest.raises(ValueError, match="cifar10 not found"):
-        load_dataset("cifar10", str(tmp_path), download=False)
-
-
-def md5(path):
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def synthetic_release(tmp_path, monkeypatch, name):
-    """Synthetic CIFAR files, packed as the authors' archive and served from a file:// URL, put in data.CIFAR
-    with their own md5s in place of the release's. Returns (the files as write_cifar returns them, the folder
-    they were written to, the archive, the CIFAR entry as a list: change it, then publish() it)."""
-    src = tmp_path / "src"
-    written = write_cifar(src, name, n_train=2, n_test=1)
-    url, _, folder, key, (meta, names_key, _), parts = data.CIFAR[name]
-    archive = tmp_path / url.rsplit("/", 1)[1]
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(src / folder, arcname=folder)
-    entry = [archive.as_uri(), md5(archive), folder, key, (meta, names_key, md5(src / folder / meta)),
-             {split: [(f, md5(src / folder / f)) for f, _ in files] for split, files in parts.items()}]
-
-    def publish():
-        monkeypatch.setitem(data.CIFAR, name, tuple(entry))
-
-    publish()
-    return written, src / folder, archive, entry, publish
-
-
-def test_cifar_files_are_checked_against_the_releases_md5(tmp_path):
-    write_cifar(tmp_path, "cifar10", n_train=1, n_test=1)  # the release's layout, not its bytes
-    with pytest.raises(ValueError, match="not its authors' files"):
-        load_dataset("cifar10", str(tmp_path), download=False)
-
-
-@pytest.mark.parametrize("damaged", ["batches.meta", "data_batch_3", "test_batch"])
-def test_every_cifar_file_is_checked_against_its_md5(tmp_path, monkeypatch, damaged):
-    _, folder, _, _, _ = synthetic_release(tmp_path, monkeypatch, "cifar10")
-    assert load_dataset("cifar10", str(tmp_path / "src"), download=False)[2][0] == "class000"  # all intact
-    with open(folder / damaged, "ab") as f:
-        f.write(b"x")  # pickle.load would not notice: it stops before the extra byte
-    with pytest.raises(ValueError, match="not its authors' files"):
-        load_dataset("cifar10", str(tmp_path / "src"), download=False)
-
-
-def test_cifar_download_is_checked_unpacked_and_kept(tmp_path, monkeypatch):
-    ((xtr, ytr), _, names), folder, archive, entry, publish = synthetic_release(tmp_path, monkeypatch, "cifar100")
-    dest = tmp_path / "data"
-    (tx, ty), _, classes = load_dataset("cifar100", str(dest))
-    assert torch.equal(tx, torch.from_numpy(xtr).permute(0, 3, 1, 2)) and ty.tolist() == ytr.tolist()
-    assert classes == names and md5(dest / archive.name) == md5(archive)  # the archive is kept
-
-    entry[1] = "0" * 32  # a download that is not the release: refused, kept aside as .part, nothing unpacked
-    publish()
-    with pytest.raises(ValueError, match="does not match its md5"):
-        load_dataset("cifar100", str(tmp_path / "other"))
-    assert os.listdir(tmp_path / "other") == [archive.name + ".part"]
-
-    entry[1] = md5(archive)
-    entry[4] = entry[4][:2] + ("0" * 32,)  # the archive holds a file unlike the release's: refused after unpacking
-    publish()
-    with pytest.raises(ValueError, match="do not match their md5"):
-        load_dataset("cifar100", str(tmp_path / "third"))
-
-    entry[4] = entry[4][:2] + (md5(folder / "meta"),)
-    publish()
-    archive.unlink()  # nothing to download any more: a damaged file is unpacked again from the kept archive
-    train = dest / folder.name / "train"
-    train.write_bytes(train.read_bytes()[:100])
-    assert torch.equal(load_dataset("cifar100", str(dest))[0][0], tx) and md5(train) == md5(folder / "train")
-
-
-def test_a_cut_download_is_one_oserror(tmp_path, monkeypatch):
-    import http.client
-    import urllib.request
-
-    def cut(url, path):
-        raise http.client.IncompleteRead(b"partial", 100)
-
-    monkeypatch.setattr(urllib.request, "urlretrieve", cut)
-    with pytest.raises(OSError, match="IncompleteRead"):  # train.py turns an OSError into one line
-        load_dataset("cifar10", str(tmp_path))
-
-
-def test_cifar_release_matches_torchvisions_constants():
-    cifar = pytest.importorskip("torchvision.datasets.cifar")  # an optional reference: not a requirement
-
-    for name, cls in (("cifar10", cifar.CIFAR10), ("cifar100", cifar.CIFAR100)):
-        url, tgz_md5, folder, _, (meta, names_key, meta_md5), parts = data.CIFAR[name]
-        assert (url, tgz_md5, folder) == (cls.url, cls.tgz_md5, cls.base_folder)
-        assert (meta, names_key, meta_md5) == (cls.meta["filename"], cls.meta["key"], cls.meta["md5"])
-        assert [list(p) for p in parts["train"]] == cls.train_list and [list(p) for p in parts["test"]] == cls.test_list
 
 
 def test_load_folder_and_cache(tmp_path):

@@ -59,41 +59,6 @@ def test_per_class_changes_the_data_identity(tmp_path, no_checksum):
     assert D.identity_diff(D.identity(*sub, per_class=4), D.identity(*sub)) is not None
 
 
-# ------------------------------------------------------------------------------------ CIFAR resized
-
-def hand_resize_matrix(n_in, n_out):
-    """[n_out, n_in]: bilinear with antialiasing as PIL defines it, a triangle of half-width n_in / n_out input
-    pixels around each output pixel's centre, its weights renormalised where it leaves the image."""
-    s = n_in / n_out
-    w = np.array([[max(0.0, 1 - abs(j + 0.5 - (i + 0.5) * s) / s) for j in range(n_in)] for i in range(n_out)])
-    return w / w.sum(1, keepdims=True)
-
-
-@pytest.mark.parametrize("size", [16, 24])
-def test_cifar_resize_is_an_antialiased_bilinear_filter(tmp_path, no_checksum, size):
-    (xtr, _), (xte, _), _ = write_cifar(tmp_path, "cifar10", n_train=3, n_test=1)
-    (x, _), (tx, _), _ = D.load_dataset("cifar10", str(tmp_path), image_size=size, download=False)
-    assert x.dtype == tx.dtype == torch.uint8
-    w = hand_resize_matrix(32, size)  # at 16: 1/8, 3/8, 3/8, 1/8 inside; 3/7, 3/7, 1/7 at the edges
-    for ours, images in ((x, xtr), (tx, xte)):
-        exact = np.einsum("ih,nhwc,kw->ncik", w, images.astype(np.float64), w)  # [N,3,size,size], unrounded
-        assert ours.shape == exact.shape and np.abs(ours.numpy() - exact).max() <= 0.5 + 1e-3  # rounded
-    x32 = D.load_dataset("cifar10", str(tmp_path), image_size=32, download=False)[0][0]
-    assert torch.equal(x32, torch.from_numpy(xtr).permute(0, 3, 1, 2))  # 32 px: untouched
-
-
-def test_cifar_resize_matches_torchvision(tmp_path, no_checksum):
-    TF = pytest.importorskip("torchvision.transforms.v2.functional")  # an optional reference: not a requirement
-
-    (xtr, _), _, _ = write_cifar(tmp_path, "cifar10", n_train=3, n_test=1)
-    x = D.load_dataset("cifar10", str(tmp_path), image_size=16, download=False)[0][0]
-    ims = [torch.from_numpy(im).permute(2, 0, 1) for im in xtr]  # [3,32,32] each, one at a time as a Resize sees them
-    exact = torch.stack([TF.resize(im.float(), [16, 16], antialias=True).round() for im in ims])
-    assert torch.equal(x, exact.to(torch.uint8))  # torchvision's float path, rounded
-    fixed = torch.stack([TF.resize(im, [16, 16], antialias=True) for im in ims])  # its uint8 path: fixed point
-    assert (x.int() - fixed.int()).abs().max() <= 1
-
-
 # ------------------------------------------------------------------------------------ the plan
 
 def planned(capsys, *extra):

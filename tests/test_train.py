@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import cifar
 import data as D
 import step
 import train
@@ -25,7 +26,7 @@ def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     write_cifar(root / "data", "cifar10", n_train=30, n_test=10)
     mp = pytest.MonkeyPatch()
-    mp.setattr(D, "file_md5_is", lambda path, md5: os.path.isfile(path))  # conftest.no_checksum, module-wide
+    mp.setattr(cifar, "file_md5_is", lambda path, md5: os.path.isfile(path))  # conftest.no_checksum, module-wide
 
     def run(name, *extra, iters=60):
         args = train.build_parser().parse_args(COMMON + ["--data-dir", str(root / "data"), "--iters", str(iters),
