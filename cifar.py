@@ -1,16 +1,21 @@
 """CIFAR-10 and CIFAR-100 (Sec. 2.1) as uint8 tensors, from their authors' python release
 (https://www.cs.toronto.edu/~kriz/cifar.html): downloaded once, every file checked against its md5, optionally
-resized (docs/choices.md, 32). Imports nothing from this project: stdlib, torch and numpy only.
+resized (docs/choices.md, 32).
 
     (train_x, train_y), (test_x, test_y), class_names = cifar.load("cifar100", "data")   # uint8 [N,3,32,32]
 """
 import hashlib
+import http.client
 import os
 import pickle
+import tarfile
+import urllib.request
 from collections import namedtuple
 
 import numpy as np
 import torch
+
+from runlog import replace_atomic
 
 Release = namedtuple("Release", "url md5 folder label_key meta names_key meta_md5 train test")
 Release.__doc__ = """The archive and its md5, the folder it unpacks to, the key of the labels in a batch file, the
@@ -78,25 +83,24 @@ def unpickle(path):
 
 
 def fetch(url, md5, data_dir):
-    """Download the archive to data_dir (a .part file until it is whole and matches md5; kept, so a damaged
-    file is unpacked again without a download) and unpack it there."""
-    import http.client
-    import tarfile
-    import urllib.request
-
+    """Download the archive to data_dir (atomically, and only if it matches md5; kept, so a damaged file is
+    unpacked again without a download) and unpack it there."""
     archive = os.path.join(data_dir, url.rsplit("/", 1)[1])
     if not file_md5_is(archive, md5):
         os.makedirs(data_dir, exist_ok=True)
         print(f"downloading {url} to {archive}", flush=True)
-        try:
-            urllib.request.urlretrieve(url, archive + ".part")
-        except http.client.HTTPException as e:  # a response cut short or garbled: not an OSError, unlike the rest
-            raise OSError(f"{url}: {type(e).__name__}: {e}") from None
-        if not file_md5_is(archive + ".part", md5):
-            raise ValueError(f"{url}: the download does not match its md5 (kept as {archive}.part)")
-        os.replace(archive + ".part", archive)
+        replace_atomic(archive, lambda tmp: download(url, md5, tmp))
     with tarfile.open(archive, "r:gz") as tar:
         tar.extractall(data_dir, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+
+
+def download(url, md5, path):
+    try:
+        urllib.request.urlretrieve(url, path)
+    except http.client.HTTPException as e:  # a response cut short or garbled: not an OSError, unlike the rest
+        raise OSError(f"{url}: {type(e).__name__}: {e}") from None
+    if not file_md5_is(path, md5):
+        raise ValueError(f"{url}: the download does not match its md5")
 
 
 def resize_uint8(x, size, chunk=4096):

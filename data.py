@@ -26,7 +26,7 @@ import torch
 import cifar
 from folder import holds_domains, load_folder, subfolders
 
-DATASETS = ("cifar10", "cifar100", "folder")
+DATASETS = (*cifar.RELEASES, "folder")
 
 TaskData = namedtuple("TaskData", "x y is_old index test_x test_y num_classes num_old_classes test_group")
 TaskData.__doc__ = """The data of one task. x uint8 [N,3,H,W], y int64 [N] (remapped labels), is_old bool [N]
@@ -43,11 +43,10 @@ def load_dataset(name, data_dir, image_size=32, download=True):
     """Returns ((train_x uint8 [N,3,H,W], train_y int64 [N]), (test_x, test_y), class_names).
 
     cifar10 / cifar100 are the authors' python release, every file checked against its md5, resized once to
-    image_size (cifar.load). folder reads data_dir/train/<class>/* and
-    data_dir/test/<class>/*, or data_dir/<class>/* cut per class into train and test (folder.seeded_split),
-    resized to image_size x image_size (the whole image, squashed, as Downsampled ImageNet does), and caches the
-    decoded tensors in one file next to the data (or, if that folder is read-only, in ~/.cache/same-accuracy/;
-    see folder.cache_paths)."""
+    image_size (cifar.load). folder reads data_dir/train/<class>/* and data_dir/test/<class>/*, or
+    data_dir/<class>/* cut per class into train and test (folder.seeded_split), resized to image_size x
+    image_size (the whole image, squashed, as Downsampled ImageNet does), and caches the decoded tensors in one
+    file next to the data (or, if that folder is read-only, in ~/.cache/same-accuracy/; see folder.cache_paths)."""
     if name in cifar.RELEASES:
         return cifar.load(name, data_dir, image_size, download)
     if name == "folder":

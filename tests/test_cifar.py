@@ -58,11 +58,11 @@ def test_download_is_checked_unpacked_and_kept(tmp_path, monkeypatch):
     assert torch.equal(tx, torch.from_numpy(xtr).permute(0, 3, 1, 2)) and ty.tolist() == ytr.tolist()
     assert classes == names and md5(dest / archive.name) == md5(archive)  # the archive is kept
 
-    # a download that is not the release: refused, kept aside as .part, nothing unpacked
+    # a download that is not the release: refused, nothing left behind (runlog.replace_atomic), nothing unpacked
     monkeypatch.setitem(cifar.RELEASES, "cifar100", release._replace(md5="0" * 32))
     with pytest.raises(ValueError, match="does not match its md5"):
         cifar.load("cifar100", str(tmp_path / "other"))
-    assert os.listdir(tmp_path / "other") == [archive.name + ".part"]
+    assert os.listdir(tmp_path / "other") == []
 
     # the archive holds a file unlike the release's: refused after unpacking
     monkeypatch.setitem(cifar.RELEASES, "cifar100", release._replace(meta_md5="0" * 32))
@@ -76,16 +76,18 @@ def test_download_is_checked_unpacked_and_kept(tmp_path, monkeypatch):
     assert torch.equal(cifar.load("cifar100", str(dest))[0][0], tx) and md5(train) == md5(folder / "train")
 
 
-def test_a_cut_download_is_one_oserror(tmp_path, monkeypatch):
+def test_a_cut_download_is_one_oserror_and_leaves_nothing(tmp_path, monkeypatch):
     import http.client
-    import urllib.request
 
     def cut(url, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
         raise http.client.IncompleteRead(b"partial", 100)
 
-    monkeypatch.setattr(urllib.request, "urlretrieve", cut)
+    monkeypatch.setattr(cifar.urllib.request, "urlretrieve", cut)
     with pytest.raises(OSError, match="IncompleteRead"):  # train.py turns an OSError into one line
         cifar.load("cifar10", str(tmp_path))
+    assert os.listdir(tmp_path) == []
 
 
 def test_release_matches_torchvisions_constants():

@@ -281,7 +281,7 @@ def test_schedule_rejects_bad_input():
 # ---------------------------------------------------------------- copy-alone imports
 
 @pytest.mark.parametrize("module", ["shrink_perturb", "l2init", "sampler", "schedule", "speedup", "runlog",
-                                    "analysis", "cifar"])
+                                    "analysis"])
 def test_module_imports_alone(tmp_path, module):
     shutil.copy(os.path.join(ROOT, f"{module}.py"), tmp_path)
     use = {"speedup": "; assert speedup.speedup([0, 1, 2], [0, 50, 100], [0, 1], [0, 100]) == 2.0"}  # Eq. 2 by hand
