@@ -90,6 +90,15 @@ def test_a_cut_download_is_one_oserror_and_leaves_nothing(tmp_path, monkeypatch)
     assert os.listdir(tmp_path) == []
 
 
+def test_archives_are_those_the_authors_publish():
+    # https://www.cs.toronto.edu/~kriz/cifar.html lists each python version's address and md5sum; the files inside
+    # are checked against torchvision's table where torchvision is installed (the next test)
+    assert cifar.RELEASES["cifar10"][:2] == ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                             "c58f30108f718f92721af3b95e74349a")
+    assert cifar.RELEASES["cifar100"][:2] == ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                                              "eb9058c3a382ffc7106e4002c42a8d85")
+
+
 def test_release_matches_torchvisions_constants():
     tv = pytest.importorskip("torchvision.datasets.cifar")  # an optional reference: not a requirement
 

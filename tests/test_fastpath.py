@@ -379,6 +379,18 @@ def test_bench_without_torchvision_refuses_the_typical_pipeline_in_one_line(monk
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "--no-typical" in err and len(err.splitlines()) == 1
 
+    class Passed(Exception):  # what the benchmark does first after its checks: reached, so not refused
+        pass
+
+    def passed(*a):
+        raise Passed
+
+    monkeypatch.setattr(bench, "matmul_tflops", passed)
+    monkeypatch.setattr(bench, "worker", passed)
+    for flag in ("--no-typical", "--worker"):  # neither needs torchvision
+        with pytest.raises(Passed):
+            bench.main(["--device", "cpu", flag])
+
 
 def test_bench_workers_run_the_same_command_line_and_their_rates_add_up(monkeypatch):
     from repro import bench

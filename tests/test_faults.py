@@ -201,10 +201,11 @@ def test_a_held_lock_is_one_line_and_closes_the_file_it_read(tmp_path, monkeypat
     assert len(opened) == 1 and opened[0].closed
 
 
-def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path, monkeypatch):
+@pytest.mark.parametrize("replaced", [False, True])
+def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path, monkeypatch, replaced):
     """The holder ends (unlock_run removes .lock) while a second process checks that the file it locked is still
-    the one there: it finds it gone and locks the new file (it was a one-line 'cannot write into' when the file
-    went between two looks)."""
+    the one there: whether the file is gone or already a third process's, it locks the new one (it was a
+    one-line 'cannot write into' when the file went between two looks)."""
     out, real, seen = str(tmp_path / "run"), os.stat, []
     path = os.path.join(out, ".lock")
 
@@ -213,7 +214,8 @@ def test_a_lock_file_its_holder_removes_as_it_is_checked_is_locked_anew(tmp_path
             seen.append(p)
             if len(seen) == 1:
                 os.remove(p)  # the holder's unlock_run, just now
-                open(p, "w").close()  # and a third process's lock file (not the one locked)
+                if replaced:
+                    open(p, "w").close()  # and a third process's lock file (not the one locked)
         return real(p, *a, **k)
 
     opened = record_opens(monkeypatch)
