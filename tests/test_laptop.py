@@ -139,8 +139,10 @@ def test_laptop_quick_end_to_end(tmp_path, no_checksum, capsys):
     commit = (plateau[0]["versions"]["git_commit"] or "?")[:7]  # every run of the plan is of this checkout
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert commit == (head[:7] or "?")  # "?" only outside a git checkout
+    device = plateau[0]["versions"]["device"]  # platform.processor(): '' on some Linux images, 'x86_64' on others
+    assert device == (platform.processor() or "cpu")
     assert (f"Made with (from the runs' headers): torch {torch.__version__}, Python {platform.python_version()}, "
-            f"cpu, code of commit {commit}.") in md
+            f"{device}, code of commit {commit}.") in md
     accs = [logs[f"8+2/seed{s}/old"][-1]["train_acc"] for s in (0, 1)]
     assert "- Old model: {:.2f} ± {:.2f} (2 seeds)".format(np.mean(accs), np.std(accs, ddof=1) / math.sqrt(2)) in md
     # the train_acc of a run is its final model's accuracy on its (unaugmented) training images: recomputed here
