@@ -362,7 +362,8 @@ def build_parser():
     a("--amp", default="auto", choices=["auto", "bf16", "fp32"],
       help="precision of the forward pass: auto = bf16 autocast on a GPU, fp32 on a CPU")
     a("--compile", action="store_true", help="torch.compile the model")
-    a("--cuda-graph", action="store_true", help="record the training step as one CUDA graph (GPU only)")
+    a("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+      help="record the training step as one CUDA graph (default: on a GPU, unless --compile; --no-cuda-graph: eager)")
     a("--quiet", action="store_true", help="no progress lines")
     a("--grad-norms", action="store_true",
       help="log the mean per-example gradient norm of a fixed probe of 256 old and 256 new training examples at "
@@ -413,7 +414,9 @@ def settle_for_device(args, dev):
         args.stem = stem_for(args.image_size)
     if args.amp == "auto":
         args.amp = "bf16" if dev.type == "cuda" else "fp32"
-    if args.cuda_graph and dev.type != "cuda":
+    if args.cuda_graph is None:  # graphed = eager in the GPU tests, and 3.5-4x faster (docs/speed.md)
+        args.cuda_graph = dev.type == "cuda" and not args.compile  # a graph around torch.compile: never tested
+    elif args.cuda_graph and dev.type != "cuda":
         if not args.quiet:
             print("train.py: --cuda-graph needs a GPU; running the same step eagerly", flush=True)
         args.cuda_graph = False

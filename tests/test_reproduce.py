@@ -152,6 +152,14 @@ def test_planned_runs_are_counted_at_the_length_they_train(tmp_path):
     assert iters["8+2/seed0/continuous+init+reg+data+x0.5"] == 1955 and iters["8+2/seed0/scratch-2x-iters"] == 7820
 
 
+@pytest.mark.parametrize("flag, want", [([], None), (["--cuda-graph"], True), (["--no-cuda-graph"], False)])
+def test_the_driver_leaves_the_graph_to_train_py_unless_told(tmp_path, flag, want):
+    args = reproduce.build_parser().parse_args(["--plan", "laptop", "--runs", str(tmp_path), *flag])
+    runs_dir, _ = reproduce.resolve(args)
+    for r in plans.PLANS["laptop"](args, runs_dir):
+        assert reproduce.planned(r, args, runs_dir).cuda_graph is want  # None: train.py's default for its device
+
+
 def test_finished_runs_from_before_a_switch_at_its_old_behaviour_are_kept(table, capsys):
     # --keep-optimizer-state and --per-class came later; their defaults (a fresh Adam, every training image) are
     # what a run did before them, so a log without those keys is the planned run: neither refused nor redone, and

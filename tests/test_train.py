@@ -340,6 +340,18 @@ def test_cuda_graph_falls_back_to_the_same_eager_step_on_a_cpu(chain):
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit the run without the flag
 
 
+@pytest.mark.parametrize("flags, cuda, cpu", [([], True, False), (["--compile"], False, False),
+                                              (["--no-cuda-graph"], False, False), (["--cuda-graph"], True, False)])
+def test_the_step_is_graphed_by_default_on_a_gpu_only(flags, cuda, cpu, capsys):
+    # the device is only looked at, never used: a CPU-only machine can settle the arguments of a GPU run
+    for dev, want in ((torch.device("cuda"), cuda), (torch.device("cpu"), cpu)):
+        args = train.build_parser().parse_args(flags)
+        train.settle_for_device(args, dev)
+        assert args.cuda_graph is want
+    said = capsys.readouterr().out
+    assert ("--cuda-graph needs a GPU" in said) == (flags == ["--cuda-graph"])  # only a flag asked for is refused
+
+
 def _task1(chain, *extra):
     """args and load_task(args) of a task-1 run continuing the chain's old model (nothing trained)."""
     root = chain["root"]
