@@ -97,7 +97,7 @@ def script_main(path):
 
 
 def gpu_check_stages(path):
-    return set(re.findall(r"^(\w+)\)$", open(path).read(), re.M))
+    return set(re.findall(r"^(\w+)\)(?:\s*#.*)?$", open(path).read(), re.M))  # a case pattern, perhaps commented
 
 
 def test_the_pages_hold_the_commands_a_reader_needs():
