@@ -143,6 +143,13 @@ def test_laptop_quick_end_to_end(tmp_path, no_checksum, capsys):
     assert device == (platform.processor() or "cpu")
     assert (f"Made with (from the runs' headers): torch {torch.__version__}, Python {platform.python_version()}, "
             f"{device}, code of commit {commit}.") in md
+    for path in runs.rglob("log.jsonl"):  # the line is read from the headers, whatever this machine is called
+        lines = path.read_text().splitlines()
+        header = json.loads(lines[0])
+        header["versions"]["device"] = "Some CPU 9000"
+        path.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+    assert reproduce.main(argv + ["--report-only"]) == 0
+    assert f"Python {platform.python_version()}, Some CPU 9000, code of commit" in (res / "laptop.md").read_text()
     accs = [logs[f"8+2/seed{s}/old"][-1]["train_acc"] for s in (0, 1)]
     assert "- Old model: {:.2f} ± {:.2f} (2 seeds)".format(np.mean(accs), np.std(accs, ddof=1) / math.sqrt(2)) in md
     # the train_acc of a run is its final model's accuracy on its (unaugmented) training images: recomputed here

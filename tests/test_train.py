@@ -340,6 +340,13 @@ def test_cuda_graph_falls_back_to_the_same_eager_step_on_a_cpu(chain):
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit the run without the flag
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_run_records_the_graphed_step_unless_told_not_to(chain):
+    for name, flags, want in (("gpu_default", [], True), ("gpu_eager", ["--no-cuda-graph"], False)):
+        header = read(chain["run"](name, "--task", "0", "--device", "cuda", *flags, iters=6))[0]
+        assert header["config"]["cuda_graph"] is want and header["config"]["amp"] == "bf16"
+
+
 @pytest.mark.parametrize("flags, cuda, cpu", [([], True, False), (["--compile"], False, False),
                                               (["--no-cuda-graph"], False, False), (["--cuda-graph"], True, False)])
 def test_the_step_is_graphed_by_default_on_a_gpu_only(flags, cuda, cpu, capsys):
@@ -349,7 +356,7 @@ def test_the_step_is_graphed_by_default_on_a_gpu_only(flags, cuda, cpu, capsys):
         train.settle_for_device(args, dev)
         assert args.cuda_graph is want
     said = capsys.readouterr().out
-    assert ("--cuda-graph needs a GPU" in said) == (flags == ["--cuda-graph"])  # only a flag asked for is refused
+    assert ("--cuda-graph needs a GPU" in said) == ("--cuda-graph" in flags)  # only a flag asked for is refused
 
 
 def _task1(chain, *extra):

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# The checks and measurements of this code on a GPU, one stage per call (each fits in under 10 minutes) and each
+# The checks and measurements of this code on a GPU, one stage per run (each fits in under 10 minutes) and each
 # leaving what it measured under $OUT (default /tmp/gpu_out).
 #
 # The table2a stage reads CIFAR-10 as JPEG folders from data/cifar10-jpg.tar.gz (train/ and test/ of class
 # folders); data/ is git-ignored, so put the archive there first. Then:
 #     bash tools/gpu_check.sh bringup    # GPU tests, the quick table2a on real CIFAR-10, bench smoke
 #     bash tools/gpu_check.sh bench      # python -m repro.bench: every step configuration, K = 1, 2, 4, 8
-#     bash tools/gpu_check.sh table2a    # full-length Table 2a on real CIFAR-10, one seed, in a detached driver:
-#                                        # waits BUDGET s (540); call it again at once to wait on; finished seeds' logs
+#     bash tools/gpu_check.sh table2a    # full-length Table 2a on real CIFAR-10, the next seed, in a detached
+#                                        # driver: waits BUDGET s (540) on it; run again, waits on the same one
 #     bash tools/gpu_check.sh report     # rebuild results/table2a_cifar10.md from the kept logs (no GPU needed)
-#     bash tools/gpu_check.sh all        # one call of under 10 minutes (BUDGET s): bringup and bench, then table2a
-#                                        # until the deadline; everything in 7 files under $OUT
+#     bash tools/gpu_check.sh all        # bringup and bench, then table2a until a deadline (BUDGET s, 560);
+#                                        # everything in 7 files under $OUT
 # After table2a: copy $OUT/table2a_logs.tar.gz to results/table2a_cifar10_logs.tar.gz and commit it; the next
-# table2a call restores it first, so seeds accumulate across calls (the driver skips finished runs).
+# table2a run restores it first, so seeds accumulate across runs (the driver skips finished runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}
@@ -53,26 +53,26 @@ bringup)
 bench)
     python -m repro.bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
     ;;
-table2a)  # a seed (~11 min on an H200) outlasts a call: the driver runs detached, and each call waits on it
+table2a)  # a seed (>10 min on an H200) outlasts BUDGET: the driver runs detached, each run of the stage waits
     data
     mkdir -p "$RUNS"
     PID=$RUNS/driver.pid
     if ! { [ -f "$PID" ] && kill -0 "$(cat "$PID")" 2>/dev/null; }; then
         [ -f "$LOGS" ] && tar -xzf "$LOGS" -C "$RUNS"
         n=$(finished_seeds | wc -l)
-        # one seed at a time, so that when the lease ends, what it leaves are whole seeds
-        setsid nohup bash -c "$(declare -f table2a); DATA=$DATA RUNS=$RUNS JOBS=$JOBS ARGS='$ARGS' \
-            table2a --seeds $((n < 5 ? n + 1 : 5))" >"$RUNS/driver.txt" 2>&1 </dev/null &
+        # one seed at a time, so that a driver stopped early leaves whole seeds behind
+        DATA=$DATA RUNS=$RUNS JOBS=$JOBS ARGS=$ARGS setsid nohup bash -c "$(declare -f table2a); \
+            table2a --seeds $((n < 5 ? n + 1 : 5))" >>"$RUNS/driver.txt" 2>&1 </dev/null &
         echo $! >"$PID"
     fi
     END=$((SECONDS + ${BUDGET:-540}))
     while kill -0 "$(cat "$PID")" 2>/dev/null && [ "$SECONDS" -lt "$END" ]; do sleep 5; done
-    kill -0 "$(cat "$PID")" 2>/dev/null && echo "table2a: still running; call this stage again within 30 s"
+    kill -0 "$(cat "$PID")" 2>/dev/null && echo "table2a: the driver is still running; run this stage again to wait"
     cp "$RUNS/driver.txt" "$OUT/table2a.txt" && tail -30 "$OUT/table2a.txt"
     finished_seeds | (cd "$RUNS" && xargs -r -I{} find {} -name log.jsonl | tar -czf "$OUT/table2a_logs.tar.gz" -T -)
-    cp results/table2a_cifar10.* "$OUT/" 2>/dev/null
+    cp results/table2a_cifar10.* "$OUT/" 2>/dev/null || true  # the report exists once a seed has finished
     ;;
-all)  # for a lease too short for one call per stage: the tests run on the CPUs while the quick plan uses the GPU
+all)  # every stage in one run of under 10 minutes: the tests use the CPUs while the quick plan uses the GPU
     END=$((SECONDS + ${BUDGET:-560}))
     left() { local t=$((END - SECONDS - 15)); [ "$t" -gt "$1" ] && t=$1; echo $((t > 1 ? t : 1)); }
     W=/tmp/gpu_all && rm -rf "$W" && mkdir -p "$W/quick"
@@ -95,11 +95,11 @@ all)  # for a lease too short for one call per stage: the tests run on the CPUs 
     echo "bench: exit $? at ${SECONDS} s"; cp "$W/bench.json" "$OUT/" 2>/dev/null
     mkdir -p "$RUNS"
     [ -f "$LOGS" ] && tar -xzf "$LOGS" -C "$RUNS"
-    timeout "$(left 100000)" bash -c "$(declare -f table2a); DATA=$DATA RUNS=$RUNS JOBS=$JOBS ARGS='$ARGS' table2a" \
+    DATA=$DATA RUNS=$RUNS JOBS=$JOBS ARGS=$ARGS timeout "$(left 100000)" bash -c "$(declare -f table2a); table2a" \
         >"$OUT/table2a.txt" 2>&1
     echo "table2a: exit $? at ${SECONDS} s"
     # every run's log (unfinished ones give the real driver's rate), the quick plan's tables and figures; no checkpoints
-    (find runs -name log.jsonl; find "$W/quick" -type f) | tar -czf "$OUT/logs.tar.gz" -T - 2>/dev/null
+    (find runs -name 'log.jsonl*'; find "$W/quick" -type f) | tar -czf "$OUT/logs.tar.gz" -T - 2>/dev/null
     tail -25 "$OUT/bench.txt"; tail -12 "$OUT/quick.txt"; tail -4 "$OUT/table2a.txt"
     ;;
 report)
