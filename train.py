@@ -414,7 +414,7 @@ def settle_for_device(args, dev):
         args.stem = stem_for(args.image_size)
     if args.amp == "auto":
         args.amp = "bf16" if dev.type == "cuda" else "fp32"
-    if args.cuda_graph is None:  # graphed = eager in the GPU tests, and 3.5-4x faster (docs/speed.md)
+    if args.cuda_graph is None:  # graphed = eager in the GPU tests, and 3.5-4.2x faster (docs/speed.md)
         args.cuda_graph = dev.type == "cuda" and not args.compile  # a graph around torch.compile: never tested
     elif args.cuda_graph and dev.type != "cuda":
         if not args.quiet:
